@@ -1,0 +1,24 @@
+//! The sans-IO core of Dharti, a peer-to-peer energy market.
+//!
+//! Everything here is a pure function or a state machine fed with inputs:
+//! it opens no socket or file, reads no clock and draws no randomness of its
+//! own. Time arrives as `now_s` arguments. The same inputs, in any order, give
+//! bit-identical outputs, which is what lets every node of a market compute
+//! the same result and the simulator replay any run from its seed.
+//!
+//! - [`types`]: markets, intervals, sides, participants.
+//! - [`offer`]: offers, their canonical encoding and ed25519 signatures.
+//! - [`validation`]: Accept / Ignore / Reject for arriving offers.
+//! - [`tariff`]: feed-in, retail and grid fee, by time of day.
+//! - [`clearing`]: the market mechanisms.
+//! - [`pricing`]: indicative prices for upcoming intervals.
+//! - [`settlement`]: who pays whom once the meters have spoken.
+
+pub mod clearing;
+pub mod hash;
+pub mod offer;
+pub mod pricing;
+pub mod settlement;
+pub mod tariff;
+pub mod types;
+pub mod validation;

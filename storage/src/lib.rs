@@ -1,0 +1,1 @@
+//! placeholder while the storage crate is written
