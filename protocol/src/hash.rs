@@ -29,7 +29,10 @@ impl Hasher {
     /// A hasher whose input starts with `domain`, so that digests of
     /// different kinds of object can never collide.
     pub fn new(domain: &[u8]) -> Hasher {
-        let mut hasher = Hasher { inner: Sha256::new(), buf: Vec::with_capacity(HASHER_BUFFER_BYTES) };
+        let mut hasher = Hasher {
+            inner: Sha256::new(),
+            buf: Vec::with_capacity(HASHER_BUFFER_BYTES),
+        };
         hasher.write(domain);
         hasher
     }

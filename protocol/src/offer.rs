@@ -105,7 +105,9 @@ mod serde_sig {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let bytes: Vec<u8> = Deserialize::deserialize(d)?;
-        bytes.try_into().map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))
     }
 }
 
@@ -150,7 +152,11 @@ impl SignedOffer {
         let mut wire = [0u8; OFFER_WIRE_LEN];
         wire[..OFFER_BODY_LEN].copy_from_slice(&offer.encode_body());
         wire[OFFER_BODY_LEN..].copy_from_slice(&signature);
-        SignedOffer { offer, signature, id: OfferId(sha256(&wire)) }
+        SignedOffer {
+            offer,
+            signature,
+            id: OfferId(sha256(&wire)),
+        }
     }
 
     /// The wire bytes: body then signature.
@@ -185,7 +191,11 @@ impl SignedOffer {
         };
         let mut signature = [0u8; 64];
         signature.copy_from_slice(&wire[OFFER_BODY_LEN..]);
-        Ok(SignedOffer { offer, signature, id: OfferId(sha256(wire)) })
+        Ok(SignedOffer {
+            offer,
+            signature,
+            id: OfferId(sha256(wire)),
+        })
     }
 
     /// Parses the participant's key, rejecting malformed and small-order keys.
@@ -227,15 +237,23 @@ pub fn verify_batch(offers: &[&SignedOffer], keys: &[VerifyingKey]) -> Vec<bool>
     if offers.is_empty() {
         return Vec::new();
     }
-    let messages: Vec<[u8; 16 + OFFER_BODY_LEN]> =
-        offers.iter().map(|o| signing_message(&o.offer.encode_body())).collect();
+    let messages: Vec<[u8; 16 + OFFER_BODY_LEN]> = offers
+        .iter()
+        .map(|o| signing_message(&o.offer.encode_body()))
+        .collect();
     let message_refs: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
-    let signatures: Vec<Signature> =
-        offers.iter().map(|o| Signature::from_bytes(&o.signature)).collect();
+    let signatures: Vec<Signature> = offers
+        .iter()
+        .map(|o| Signature::from_bytes(&o.signature))
+        .collect();
     if ed25519_dalek::verify_batch(&message_refs, &signatures, keys).is_ok() {
         return vec![true; offers.len()];
     }
-    offers.iter().zip(keys).map(|(offer, key)| offer.verify_with(key).is_ok()).collect()
+    offers
+        .iter()
+        .zip(keys)
+        .map(|(offer, key)| offer.verify_with(key).is_ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -302,7 +320,10 @@ mod tests {
     fn decode_rejects_malformed_bytes() {
         let key = key(4);
         let wire = offer(&key).sign(&key).encode();
-        assert_eq!(SignedOffer::decode(&wire[..100]), Err(DecodeError::Length(100)));
+        assert_eq!(
+            SignedOffer::decode(&wire[..100]),
+            Err(DecodeError::Length(100))
+        );
         let mut bad = wire;
         bad[0] = 2;
         assert_eq!(SignedOffer::decode(&bad), Err(DecodeError::Version(2)));
@@ -335,6 +356,9 @@ mod tests {
         // The identity point (y = 1) has order 1.
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert_eq!(participant_key(&ParticipantId(identity)), Err(SignatureError::WeakKey));
+        assert_eq!(
+            participant_key(&ParticipantId(identity)),
+            Err(SignatureError::WeakKey)
+        );
     }
 }

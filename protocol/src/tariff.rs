@@ -33,7 +33,9 @@ pub enum TariffError {
         "feed-in tariff ({feed_in}) must not exceed the retail tariff ({retail}); check the two prices are not swapped"
     )]
     FeedInAboveRetail { feed_in: u64, retail: u64 },
-    #[error("{name} = {value} is above the maximum of {MAX_PRICE_MICRO_PER_KWH} micro-units per kWh")]
+    #[error(
+        "{name} = {value} is above the maximum of {MAX_PRICE_MICRO_PER_KWH} micro-units per kWh"
+    )]
     Absurd { name: &'static str, value: u64 },
     #[error("zone {index}: hours must be within 0..=24 with from < to, got {from}..{to}")]
     ZoneHours { index: usize, from: u8, to: u8 },
@@ -112,18 +114,29 @@ pub struct TariffSchedule {
 impl TariffSchedule {
     /// A schedule with one tariff at all times.
     pub fn flat(base: Tariff) -> TariffSchedule {
-        TariffSchedule { base, zones: Vec::new(), utc_offset_minutes: 0 }
+        TariffSchedule {
+            base,
+            zones: Vec::new(),
+            utc_offset_minutes: 0,
+        }
     }
 
     pub fn validate(&self) -> Result<(), TariffError> {
         self.base.validate()?;
         for (index, zone) in self.zones.iter().enumerate() {
             if zone.from_hour >= zone.to_hour || zone.to_hour > 24 {
-                return Err(TariffError::ZoneHours { index, from: zone.from_hour, to: zone.to_hour });
+                return Err(TariffError::ZoneHours {
+                    index,
+                    from: zone.from_hour,
+                    to: zone.to_hour,
+                });
             }
             zone.tariff
                 .validate()
-                .map_err(|source| TariffError::ZoneTariff { index, source: Box::new(source) })?;
+                .map_err(|source| TariffError::ZoneTariff {
+                    index,
+                    source: Box::new(source),
+                })?;
         }
         Ok(())
     }
@@ -134,12 +147,14 @@ impl TariffSchedule {
         let local_s = local_s.max(0);
         let days = local_s / 86_400;
         // 1970-01-01 was a Thursday; shift so that 0 = Monday.
-        let weekday = ((days + 3) % 7) as u8;
-        let hour = ((local_s % 86_400) / 3_600) as u8;
+        let weekday = u8::try_from((days + 3) % 7).expect("a weekday is below 7");
+        let hour = u8::try_from((local_s % 86_400) / 3_600).expect("an hour is below 24");
         self.zones
             .iter()
             .find(|zone| {
-                zone.days_mask & (1 << weekday) != 0 && zone.from_hour <= hour && hour < zone.to_hour
+                zone.days_mask & (1 << weekday) != 0
+                    && zone.from_hour <= hour
+                    && hour < zone.to_hour
             })
             .map_or(self.base, |zone| zone.tariff)
     }
@@ -163,9 +178,19 @@ mod tests {
             base: tariff(80_000, 300_000, 20_000),
             zones: vec![
                 // Weekday nights are cheap.
-                TariffZone { days_mask: 0x1f, from_hour: 0, to_hour: 6, tariff: tariff(80_000, 200_000, 10_000) },
+                TariffZone {
+                    days_mask: 0x1f,
+                    from_hour: 0,
+                    to_hour: 6,
+                    tariff: tariff(80_000, 200_000, 10_000),
+                },
                 // Every evening the grid fee is high.
-                TariffZone { days_mask: 0x7f, from_hour: 17, to_hour: 21, tariff: tariff(80_000, 350_000, 40_000) },
+                TariffZone {
+                    days_mask: 0x7f,
+                    from_hour: 17,
+                    to_hour: 21,
+                    tariff: tariff(80_000, 350_000, 40_000),
+                },
             ],
             utc_offset_minutes: 60,
         };
@@ -174,25 +199,47 @@ mod tests {
         let monday_3am_local = 1_748_829_600;
         assert_eq!(schedule.at(monday_3am_local).retail_micro_per_kwh, 200_000);
         // Sunday 2025-06-01 03:00 local: no night zone on Sundays.
-        assert_eq!(schedule.at(monday_3am_local - 86_400).retail_micro_per_kwh, 300_000);
+        assert_eq!(
+            schedule.at(monday_3am_local - 86_400).retail_micro_per_kwh,
+            300_000
+        );
         // Monday 18:00 local.
-        assert_eq!(schedule.at(monday_3am_local + 15 * 3_600).grid_fee_micro_per_kwh, 40_000);
+        assert_eq!(
+            schedule
+                .at(monday_3am_local + 15 * 3_600)
+                .grid_fee_micro_per_kwh,
+            40_000
+        );
         // Monday 12:00 local: base.
         assert_eq!(schedule.at(monday_3am_local + 9 * 3_600), schedule.base);
     }
 
     #[test]
     fn validation_names_the_problem() {
-        assert!(matches!(tariff(300, 200, 0).validate(), Err(TariffError::FeedInAboveRetail { .. })));
+        assert!(matches!(
+            tariff(300, 200, 0).validate(),
+            Err(TariffError::FeedInAboveRetail { .. })
+        ));
         assert!(matches!(
             tariff(0, MAX_PRICE_MICRO_PER_KWH + 1, 0).validate(),
-            Err(TariffError::Absurd { name: "retail_micro_per_kwh", .. })
+            Err(TariffError::Absurd {
+                name: "retail_micro_per_kwh",
+                ..
+            })
         ));
         let bad_zone = TariffSchedule {
             base: tariff(1, 2, 0),
-            zones: vec![TariffZone { days_mask: 1, from_hour: 5, to_hour: 5, tariff: tariff(1, 2, 0) }],
+            zones: vec![TariffZone {
+                days_mask: 1,
+                from_hour: 5,
+                to_hour: 5,
+                tariff: tariff(1, 2, 0),
+            }],
             utc_offset_minutes: 0,
         };
-        assert!(matches!(bad_zone.validate(), Err(TariffError::ZoneHours { index: 0, .. })));
+        assert!(matches!(
+            bad_zone.validate(),
+            Err(TariffError::ZoneHours { index: 0, .. })
+        ));
     }
 }

@@ -106,7 +106,9 @@ impl Side {
 /// The index of a delivery interval: interval `n` delivers energy during
 /// `[n * interval_s, (n + 1) * interval_s)` unix seconds (intervals are
 /// aligned to the unix epoch).
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize,
+)]
 pub struct IntervalIndex(pub u64);
 
 /// Shortest interval a market may use.
@@ -134,7 +136,10 @@ pub enum ClockError {
 
 impl Default for IntervalClock {
     fn default() -> Self {
-        IntervalClock { interval_s: 900, gate_lead_s: 60 }
+        IntervalClock {
+            interval_s: 900,
+            gate_lead_s: 60,
+        }
     }
 }
 
@@ -144,9 +149,15 @@ impl IntervalClock {
             return Err(ClockError::IntervalLength(interval_s));
         }
         if gate_lead_s >= interval_s {
-            return Err(ClockError::GateLead { gate_lead_s, interval_s });
+            return Err(ClockError::GateLead {
+                gate_lead_s,
+                interval_s,
+            });
         }
-        Ok(IntervalClock { interval_s, gate_lead_s })
+        Ok(IntervalClock {
+            interval_s,
+            gate_lead_s,
+        })
     }
 
     /// The interval being delivered at `now_s`.
@@ -199,9 +210,18 @@ mod tests {
 
     #[test]
     fn clock_rejects_bad_lengths() {
-        assert_eq!(IntervalClock::new(30, 10), Err(ClockError::IntervalLength(30)));
-        assert_eq!(IntervalClock::new(7200, 10), Err(ClockError::IntervalLength(7200)));
-        assert!(matches!(IntervalClock::new(60, 60), Err(ClockError::GateLead { .. })));
+        assert_eq!(
+            IntervalClock::new(30, 10),
+            Err(ClockError::IntervalLength(30))
+        );
+        assert_eq!(
+            IntervalClock::new(7200, 10),
+            Err(ClockError::IntervalLength(7200))
+        );
+        assert!(matches!(
+            IntervalClock::new(60, 60),
+            Err(ClockError::GateLead { .. })
+        ));
     }
 
     #[test]

@@ -27,7 +27,8 @@
 mod shared;
 mod uniform;
 
-use std::cmp::Ordering;
+pub(crate) use shared::sdr_prices;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -118,7 +119,9 @@ pub struct Order<I, P> {
 pub enum Mechanism {
     /// Uniform price p = a + k·(b − fee − a) from the last matched pair,
     /// `k_ppm` = k in parts per million.
-    PayAsClear { k_ppm: u32 },
+    PayAsClear {
+        k_ppm: u32,
+    },
     PayAsBid,
     Sdr,
     MidMarket,
@@ -127,7 +130,9 @@ pub enum Mechanism {
 
 impl Default for Mechanism {
     fn default() -> Self {
-        Mechanism::PayAsClear { k_ppm: DEFAULT_K_PPM }
+        Mechanism::PayAsClear {
+            k_ppm: DEFAULT_K_PPM,
+        }
     }
 }
 
@@ -295,7 +300,12 @@ pub enum ClearError {
     #[error(
         "order {index} has price {price} micro/kWh, outside the tariff bounds [{feed_in}, {retail}]"
     )]
-    PriceOutOfBounds { index: usize, price: u64, feed_in: u64, retail: u64 },
+    PriceOutOfBounds {
+        index: usize,
+        price: u64,
+        feed_in: u64,
+        retail: u64,
+    },
     #[error("two {side:?} orders share the id {id}; ids must be unique")]
     DuplicateId { side: Side, id: String },
     #[error("the {side:?} orders add up to more than 2^64 Wh")]
@@ -324,7 +334,10 @@ pub fn clear<I: BookKey, P: BookKey>(
             return Err(ClearError::ZeroEnergy { index });
         }
         if order.energy_wh > MAX_ORDER_ENERGY_WH {
-            return Err(ClearError::EnergyTooLarge { index, energy_wh: order.energy_wh });
+            return Err(ClearError::EnergyTooLarge {
+                index,
+                energy_wh: order.energy_wh,
+            });
         }
         if !tariff.contains(order.price_micro_per_kwh) {
             return Err(ClearError::PriceOutOfBounds {
@@ -359,19 +372,62 @@ fn finish<I: BookKey, P: BookKey>(
     tariff: &Tariff,
     outcome: Outcome<I, P>,
 ) -> ClearingResult<I, P> {
+    // One pass over the trades computes the totals, checks the invariants
+    // and feeds the hash, so a million trades are read from memory once.
+    let mut h = Hasher::new(RESULT_DOMAIN);
+    h.write_u8(mechanism.tag());
+    h.write_u32(match mechanism {
+        Mechanism::PayAsClear { k_ppm } => k_ppm,
+        _ => 0,
+    });
+    h.write_u64(tariff.feed_in_micro_per_kwh);
+    h.write_u64(tariff.retail_micro_per_kwh);
+    h.write_u64(tariff.grid_fee_micro_per_kwh);
+    for price in [outcome.clearing_price, outcome.buyer_price] {
+        match price {
+            None => h.write_u8(0),
+            Some(p) => {
+                h.write_u8(1);
+                h.write_u64(p);
+            }
+        }
+    }
+    h.write_u64(outcome.trades.len() as u64);
     let mut volume_wh = 0u64;
     let mut grid_fee_micro = 0u64;
     let mut surplus_micro = 0u64;
-    for trade in &outcome.trades {
-        // Architecture invariant: no self-trade, money conserved per trade.
-        assert!(trade.buyer != trade.seller, "self-trade produced by {mechanism}");
-        assert!(trade.energy_wh > 0, "empty trade produced by {mechanism}");
-        volume_wh += trade.energy_wh;
-        grid_fee_micro += trade.grid_fee_micro;
-        surplus_micro += trade.surplus_micro;
+    for t in &outcome.trades {
+        // Architecture invariant: no self-trade, no empty trade.
+        assert!(t.buyer != t.seller, "self-trade produced by {mechanism}");
+        assert!(t.energy_wh > 0, "empty trade produced by {mechanism}");
+        volume_wh += t.energy_wh;
+        grid_fee_micro += t.grid_fee_micro;
+        surplus_micro += t.surplus_micro;
+        // Buyer and seller are not hashed: the offer ids determine them.
+        t.bid_id.hash_into(&mut h);
+        t.ask_id.hash_into(&mut h);
+        let mut numbers = [0u8; 40];
+        for (slot, value) in numbers.chunks_exact_mut(8).zip([
+            t.energy_wh,
+            t.price_micro_per_kwh,
+            t.grid_fee_micro,
+            t.value_micro,
+            t.surplus_micro,
+        ]) {
+            slot.copy_from_slice(&value.to_le_bytes());
+        }
+        h.write(&numbers);
     }
+    h.write_u64(outcome.self_matches.len() as u64);
+    for m in &outcome.self_matches {
+        m.bid_id.hash_into(&mut h);
+        m.ask_id.hash_into(&mut h);
+        h.write_u64(m.energy_wh);
+    }
+    h.write_u64(volume_wh);
+    // Architecture invariant: nothing trades that was not offered.
     assert!(volume_wh <= outcome.supply_wh && volume_wh <= outcome.demand_wh);
-    let mut result = ClearingResult {
+    ClearingResult {
         mechanism,
         clearing_price_micro_per_kwh: outcome.clearing_price,
         buyer_price_micro_per_kwh: outcome.buyer_price,
@@ -382,63 +438,24 @@ fn finish<I: BookKey, P: BookKey>(
         surplus_micro,
         trades: outcome.trades,
         self_matches: outcome.self_matches,
-        result_hash: [0; 32],
-    };
-    result.result_hash = result_hash(tariff, &result);
-    result
+        result_hash: h.finish(),
+    }
 }
 
 /// Domain of the result hash.
 const RESULT_DOMAIN: &[u8; 16] = b"DHARTI-RESULT-V1";
 
-/// SHA-256 over the canonical result encoding (docs/market.md): domain,
-/// mechanism tag and parameter, tariff, prices, volume, then every trade and
-/// every self-match in result order.
-fn result_hash<I: BookKey, P: BookKey>(tariff: &Tariff, result: &ClearingResult<I, P>) -> Hash32 {
-    let mut h = Hasher::new(RESULT_DOMAIN);
-    h.write_u8(result.mechanism.tag());
-    h.write_u32(match result.mechanism {
-        Mechanism::PayAsClear { k_ppm } => k_ppm,
-        _ => 0,
-    });
-    h.write_u64(tariff.feed_in_micro_per_kwh);
-    h.write_u64(tariff.retail_micro_per_kwh);
-    h.write_u64(tariff.grid_fee_micro_per_kwh);
-    for price in [result.clearing_price_micro_per_kwh, result.buyer_price_micro_per_kwh] {
-        match price {
-            None => h.write_u8(0),
-            Some(p) => {
-                h.write_u8(1);
-                h.write_u64(p);
-            }
-        }
-    }
-    h.write_u64(result.volume_wh);
-    h.write_u64(result.trades.len() as u64);
-    for t in &result.trades {
-        t.bid_id.hash_into(&mut h);
-        t.ask_id.hash_into(&mut h);
-        t.buyer.hash_into(&mut h);
-        t.seller.hash_into(&mut h);
-        h.write_u64(t.energy_wh);
-        h.write_u64(t.price_micro_per_kwh);
-        h.write_u64(t.grid_fee_micro);
-        h.write_u64(t.value_micro);
-        h.write_u64(t.surplus_micro);
-    }
-    h.write_u64(result.self_matches.len() as u64);
-    for m in &result.self_matches {
-        m.bid_id.hash_into(&mut h);
-        m.ask_id.hash_into(&mut h);
-        h.write_u64(m.energy_wh);
-    }
-    h.finish()
-}
-
 /// `⌊energy_wh × price_micro_per_kwh / 1000⌋`: the one rounding rule for money.
 pub fn value_micro(energy_wh: u64, price_micro_per_kwh: u64) -> u64 {
-    let value = u128::from(energy_wh) * u128::from(price_micro_per_kwh) / 1000;
-    u64::try_from(value).expect("energy and price bounds keep a trade value inside u64")
+    // The u64 path avoids a slow 128-bit division in the common case; both
+    // paths compute the same floor.
+    match energy_wh.checked_mul(price_micro_per_kwh) {
+        Some(product) => product / 1000,
+        None => {
+            let value = u128::from(energy_wh) * u128::from(price_micro_per_kwh) / 1000;
+            u64::try_from(value).expect("energy and price bounds keep a trade value inside u64")
+        }
+    }
 }
 
 /// Builds a trade with the one rounding rule; the buyer pays `buyer_total`
@@ -457,7 +474,9 @@ fn make_trade<I: Clone, P: Clone>(
         None => 0,
         Some(price) => {
             let total = value_micro(energy_wh, price);
-            total.checked_sub(value + fee).expect("buyer price covers seller price and fee")
+            total
+                .checked_sub(value + fee)
+                .expect("buyer price covers seller price and fee")
         }
     };
     Trade {
@@ -482,59 +501,194 @@ enum Rank {
     Id,
 }
 
-/// Indices of the orders of `side`, ranked. Sorts compact
-/// `(price key, id prefix, index)` triples and only compares full ids where
-/// the prefixes tie.
-fn rank<I: BookKey, P>(
+/// One order in ranked position, with what matching needs of it copied in so
+/// that the merge walks memory in order instead of jumping around the book.
+/// 24 bytes: the sort moves these, so every byte costs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ranked {
+    energy_wh: u64,
+    /// Price made ascending in priority: the price for asks, its complement
+    /// for bids, 0 when ranking by id only. Prices are at most
+    /// `MAX_PRICE_MICRO_PER_KWH` < 2^32.
+    price_key: u32,
+    /// Top four bytes of the id ([`BookKey::sort_prefix`]).
+    id_prefix: u32,
+    /// Top four bytes of the participant: equal participants have equal
+    /// prefixes, so only equal prefixes need the full comparison.
+    participant_prefix: u32,
+    index: u32,
+}
+
+impl Ranked {
+    /// The order's limit price, recovered from the key.
+    fn price_micro_per_kwh(&self, side: Side) -> u64 {
+        u64::from(match side {
+            Side::Bid => u32::MAX - self.price_key,
+            Side::Ask => self.price_key,
+        })
+    }
+}
+
+const _: () = assert!(crate::tariff::MAX_PRICE_MICRO_PER_KWH < u32::MAX as u64);
+
+/// Books smaller than this are sorted by comparison; radix passes only pay
+/// off once the book outgrows the caches.
+const RADIX_MIN_LEN: usize = 4_096;
+
+fn top32(prefix: u64) -> u32 {
+    (prefix >> 32) as u32
+}
+
+/// Ranks both sides of the book: by price key (a stable LSD radix sort over
+/// the bits the keys actually span), then by id prefix, then by full id where
+/// prefixes tie. Rejects duplicate ids within a side. Returns (bids, asks).
+fn rank<I: BookKey, P: BookKey>(
+    orders: &[Order<I, P>],
+    rank: Rank,
+) -> Result<(Vec<Ranked>, Vec<Ranked>), ClearError> {
+    // One pass over the book fills both sides. Each side reserves room for
+    // the whole book: pages never written are never faulted in, and growing
+    // by doubling would copy and fault everything twice.
+    let mut bids: Vec<Ranked> = Vec::with_capacity(orders.len());
+    let mut asks: Vec<Ranked> = Vec::with_capacity(orders.len());
+    for (i, o) in orders.iter().enumerate() {
+        let price =
+            u32::try_from(o.price_micro_per_kwh).expect("tariff bounds keep prices below 2^32");
+        let price_key = match (rank, o.side) {
+            (Rank::Id, _) => 0,
+            (Rank::Price, Side::Bid) => u32::MAX - price,
+            (Rank::Price, Side::Ask) => price,
+        };
+        let ranked = Ranked {
+            energy_wh: o.energy_wh,
+            price_key,
+            id_prefix: top32(o.id.sort_prefix()),
+            participant_prefix: top32(o.participant.sort_prefix()),
+            index: u32::try_from(i).expect("book size checked against MAX_ORDERS"),
+        };
+        match o.side {
+            Side::Bid => bids.push(ranked),
+            Side::Ask => asks.push(ranked),
+        }
+    }
+    let mut scratch = Vec::new();
+    sort_side(orders, Side::Bid, &mut bids, &mut scratch)?;
+    sort_side(orders, Side::Ask, &mut asks, &mut scratch)?;
+    Ok((bids, asks))
+}
+
+/// Sorts one side's entries into rank order; `scratch` is the radix sort's
+/// second buffer, shared by both sides.
+fn sort_side<I: BookKey, P>(
     orders: &[Order<I, P>],
     side: Side,
-    rank: Rank,
-) -> Result<Vec<u32>, ClearError> {
-    let mut keys: Vec<(u64, u64, u32)> = orders
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.side == side)
-        .map(|(i, o)| {
-            let price_key = match (rank, side) {
-                (Rank::Id, _) => 0,
-                (Rank::Price, Side::Bid) => u64::MAX - o.price_micro_per_kwh,
-                (Rank::Price, Side::Ask) => o.price_micro_per_kwh,
-            };
-            (price_key, o.id.sort_prefix(), i as u32)
-        })
-        .collect();
-    keys.sort_unstable();
+    keys: &mut Vec<Ranked>,
+    scratch: &mut Vec<Ranked>,
+) -> Result<(), ClearError> {
+    let by_prefix = |a: &Ranked, b: &Ranked| {
+        (a.price_key, a.id_prefix)
+            .cmp(&(b.price_key, b.id_prefix))
+            .then(a.index.cmp(&b.index))
+    };
+    if keys.len() < RADIX_MIN_LEN {
+        keys.sort_unstable_by(by_prefix);
+    } else {
+        radix_sort_by_price(keys, scratch);
+        // Within equal prices, order by id prefix.
+        for_each_run(
+            keys,
+            |a, b| a.price_key == b.price_key,
+            |run| run.sort_unstable_by(by_prefix),
+        );
+    }
+    let mut duplicate = None;
+    for_each_run(
+        keys,
+        |a, b| a.price_key == b.price_key && a.id_prefix == b.id_prefix,
+        |run| {
+            run.sort_unstable_by(|a, b| {
+                orders[a.index as usize]
+                    .id
+                    .cmp(&orders[b.index as usize].id)
+            });
+            for pair in run.windows(2) {
+                if orders[pair[0].index as usize].id == orders[pair[1].index as usize].id {
+                    duplicate = Some(pair[0].index);
+                }
+            }
+        },
+    );
+    match duplicate {
+        Some(index) => Err(ClearError::DuplicateId {
+            side,
+            id: format!("{:?}", orders[index as usize].id),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Calls `f` on every maximal run (of two or more) of neighbours that `same` groups.
+fn for_each_run(
+    keys: &mut [Ranked],
+    same: impl Fn(&Ranked, &Ranked) -> bool,
+    mut f: impl FnMut(&mut [Ranked]),
+) {
     let mut start = 0;
     while start < keys.len() {
         let mut end = start + 1;
-        while end < keys.len() && keys[end].0 == keys[start].0 && keys[end].1 == keys[start].1 {
+        while end < keys.len() && same(&keys[start], &keys[end]) {
             end += 1;
         }
         if end - start > 1 {
-            let run = &mut keys[start..end];
-            run.sort_unstable_by(|a, b| orders[a.2 as usize].id.cmp(&orders[b.2 as usize].id));
-            for pair in run.windows(2) {
-                if orders[pair[0].2 as usize].id.cmp(&orders[pair[1].2 as usize].id)
-                    == Ordering::Equal
-                {
-                    return Err(ClearError::DuplicateId {
-                        side,
-                        id: format!("{:?}", orders[pair[0].2 as usize].id),
-                    });
-                }
-            }
+            f(&mut keys[start..end]);
         }
         start = end;
     }
-    Ok(keys.into_iter().map(|k| k.2).collect())
 }
 
-/// Sum of the energy of `indices`; an error if it does not fit in `u64`.
-fn total_energy<I, P>(orders: &[Order<I, P>], indices: &[u32], side: Side) -> Result<u64, ClearError> {
-    indices
+/// Bits per radix pass: 2,048 counters fit in L1, and a tariff band of up to
+/// 4 million micro-units (4 currency units per kWh) takes two passes.
+const RADIX_BITS: u32 = 11;
+
+/// Stable LSD radix sort on `price_key`, over only the bits in which the
+/// keys differ.
+fn radix_sort_by_price(keys: &mut Vec<Ranked>, scratch: &mut Vec<Ranked>) {
+    let Some(min) = keys.iter().map(|k| k.price_key).min() else {
+        return;
+    };
+    let max = keys.iter().map(|k| k.price_key).max().unwrap_or(min);
+    let bits = 32 - (max - min).leading_zeros();
+    scratch.clear();
+    scratch.resize(keys.len(), Ranked::default());
+    let mask = (1usize << RADIX_BITS) - 1;
+    let mut shift = 0;
+    while shift < bits {
+        let digit = |k: &Ranked| ((k.price_key - min) >> shift) as usize & mask;
+        let mut counts = vec![0usize; 1 << RADIX_BITS];
+        for k in keys.iter() {
+            counts[digit(k)] += 1;
+        }
+        let mut offset = 0;
+        for count in counts.iter_mut() {
+            let here = *count;
+            *count = offset;
+            offset += here;
+        }
+        for k in keys.iter() {
+            let d = digit(k);
+            scratch[counts[d]] = *k;
+            counts[d] += 1;
+        }
+        std::mem::swap(keys, scratch);
+        shift += RADIX_BITS;
+    }
+}
+
+/// Sum of the energy of `ranked`; an error if it does not fit in `u64`.
+fn total_energy(ranked: &[Ranked], side: Side) -> Result<u64, ClearError> {
+    ranked
         .iter()
-        .map(|&i| orders[i as usize].energy_wh)
-        .try_fold(0u64, |acc, e| acc.checked_add(e))
+        .try_fold(0u64, |acc, r| acc.checked_add(r.energy_wh))
         .ok_or(ClearError::TotalTooLarge { side })
 }
 

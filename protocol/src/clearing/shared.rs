@@ -32,8 +32,10 @@ pub(super) fn clear<I: BookKey, P: BookKey>(
     tariff: &Tariff,
     orders: &[Order<I, P>],
 ) -> Result<Outcome<I, P>, ClearError> {
-    let bids = rank(orders, Side::Bid, Rank::Id)?;
-    let asks = rank(orders, Side::Ask, Rank::Id)?;
+    let index =
+        |ranked: Vec<super::Ranked>| ranked.into_iter().map(|r| r.index).collect::<Vec<u32>>();
+    let (bids, asks) = rank(orders, Rank::Id)?;
+    let (bids, asks) = (index(bids), index(asks));
     let mut energy: Vec<u64> = orders.iter().map(|o| o.energy_wh).collect();
     let self_matches = net_self_trades(orders, &bids, &asks, &mut energy);
 
@@ -118,17 +120,27 @@ pub(super) fn clear<I: BookKey, P: BookKey>(
 }
 
 /// SDR seller and buyer prices, see the module docs. Integer division rounds down.
-fn sdr_prices(feed_in: u64, retail_net: u64, retail: u64, fee: u64, supply: u64, demand: u64) -> (u64, u64) {
+pub(crate) fn sdr_prices(
+    feed_in: u64,
+    retail_net: u64,
+    retail: u64,
+    fee: u64,
+    supply: u64,
+    demand: u64,
+) -> (u64, u64) {
     if supply >= demand {
         return (feed_in, feed_in + fee);
     }
     let (ls, lb) = (u128::from(feed_in), u128::from(retail_net));
     let (s, d) = (u128::from(supply), u128::from(demand));
     let denominator = (lb - ls) * s + ls * d;
-    let seller = if denominator == 0 { ls } else { ls * lb * d / denominator };
+    let seller = (ls * lb * d).checked_div(denominator).unwrap_or(ls);
     let seller = u64::try_from(seller).expect("P_sell lies between feed-in and retail");
     let buyer = ((u128::from(seller) + u128::from(fee)) * s + u128::from(retail) * (d - s)) / d;
-    (seller, u64::try_from(buyer).expect("P_buy lies between feed-in and retail"))
+    (
+        seller,
+        u64::try_from(buyer).expect("P_buy lies between feed-in and retail"),
+    )
 }
 
 /// Decrement-and-cancel for participants on both sides, in id order.
@@ -140,7 +152,11 @@ fn net_self_trades<I: BookKey, P: BookKey>(
 ) -> Vec<SelfMatch<I>> {
     let mut by_participant: BTreeMap<&P, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
     for &b in bids {
-        by_participant.entry(&orders[b as usize].participant).or_default().0.push(b);
+        by_participant
+            .entry(&orders[b as usize].participant)
+            .or_default()
+            .0
+            .push(b);
     }
     for &a in asks {
         if let Some(entry) = by_participant.get_mut(&orders[a as usize].participant) {
@@ -153,7 +169,11 @@ fn net_self_trades<I: BookKey, P: BookKey>(
         while i < own_bids.len() && j < own_asks.len() {
             let (b, a) = (own_bids[i] as usize, own_asks[j] as usize);
             let amount = energy[b].min(energy[a]);
-            matches.push(SelfMatch { bid_id: orders[b].id.clone(), ask_id: orders[a].id.clone(), energy_wh: amount });
+            matches.push(SelfMatch {
+                bid_id: orders[b].id.clone(),
+                ask_id: orders[a].id.clone(),
+                energy_wh: amount,
+            });
             energy[b] -= amount;
             energy[a] -= amount;
             if energy[b] == 0 {
