@@ -186,7 +186,11 @@ fn ingest(rng: &mut SplitMix64, offers: usize, repeat: u32) -> anyhow::Result<(f
                 chain_id: rules.chain_id,
                 market: rules.market_id,
                 interval: IntervalIndex(first_open.0 + round / 2),
-                side: if round.is_multiple_of(2) { Side::Bid } else { Side::Ask },
+                side: if round.is_multiple_of(2) {
+                    Side::Bid
+                } else {
+                    Side::Ask
+                },
                 energy_wh: 100 + rng.below(4_900),
                 price_micro_per_kwh: 80_000 + rng.below(220_001),
                 participant: ParticipantId(key.verifying_key().to_bytes()),
