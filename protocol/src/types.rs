@@ -117,13 +117,29 @@ pub const MIN_INTERVAL_S: u64 = 60;
 pub const MAX_INTERVAL_S: u64 = 3_600;
 
 /// The timing of a market's intervals. Pure arithmetic on times passed in;
-/// it never reads a clock.
+/// it never reads a clock. Only [`IntervalClock::new`] makes one, also when
+/// deserializing, so `interval_s` is never zero.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(try_from = "RawIntervalClock")]
 pub struct IntervalClock {
     /// Length of one delivery interval, 60..=3600 s (default 900).
     pub interval_s: u64,
     /// Offers close this long before their interval starts (default 60).
     pub gate_lead_s: u64,
+}
+
+#[derive(Deserialize)]
+struct RawIntervalClock {
+    interval_s: u64,
+    gate_lead_s: u64,
+}
+
+impl TryFrom<RawIntervalClock> for IntervalClock {
+    type Error = ClockError;
+
+    fn try_from(raw: RawIntervalClock) -> Result<IntervalClock, ClockError> {
+        IntervalClock::new(raw.interval_s, raw.gate_lead_s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -222,6 +238,20 @@ mod tests {
             IntervalClock::new(60, 60),
             Err(ClockError::GateLead { .. })
         ));
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        let bad: Result<IntervalClock, _> =
+            serde_json::from_str(r#"{"interval_s": 0, "gate_lead_s": 0}"#);
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("interval_s must be between")
+        );
+        let good: IntervalClock =
+            serde_json::from_str(r#"{"interval_s": 900, "gate_lead_s": 60}"#).unwrap();
+        assert_eq!(good, IntervalClock::default());
     }
 
     #[test]
