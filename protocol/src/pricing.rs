@@ -171,32 +171,28 @@ mod tests {
 
     use super::*;
 
-    fn tariff(feed_in: u64, retail: u64, fee: u64) -> Tariff {
-        Tariff {
-            feed_in_micro_per_kwh: feed_in,
-            retail_micro_per_kwh: retail,
-            grid_fee_micro_per_kwh: fee,
-        }
-    }
-
     fn summary(supply_wh: u64, demand_wh: u64, price: Option<u64>) -> IntervalSummary {
         IntervalSummary {
             supply_wh,
             demand_wh,
             clearing_price_micro_per_kwh: price,
-            tariff: tariff(80_000, 300_000, 0),
+            tariff: Tariff::new(80_000, 300_000, 0),
         }
     }
 
     #[test]
     fn no_history_gives_the_middle_of_the_band() {
-        let p = indicative_price(&PricingConfig::default(), &tariff(80_000, 300_000, 0), &[]);
+        let p = indicative_price(
+            &PricingConfig::default(),
+            &Tariff::new(80_000, 300_000, 0),
+            &[],
+        );
         assert_eq!(p.price_micro_per_kwh, 190_000);
     }
 
     #[test]
     fn scarcity_raises_and_surplus_lowers_the_price() {
-        let t = tariff(80_000, 300_000, 0);
+        let t = Tariff::new(80_000, 300_000, 0);
         let config = PricingConfig::default();
         let scarce = indicative_price(&config, &t, &[summary(1_000, 10_000, None)]);
         let balanced = indicative_price(&config, &t, &[summary(10_000, 10_000, None)]);
@@ -214,12 +210,12 @@ mod tests {
     fn recent_prices_move_to_the_new_band() {
         // A price at the top of a cheap night band maps to the top of the day band.
         let mut night = summary(0, 0, Some(200_000));
-        night.tariff = tariff(80_000, 200_000, 0);
+        night.tariff = Tariff::new(80_000, 200_000, 0);
         let config = PricingConfig {
             decay_ppm: 300_000,
             history_weight_ppm: 1_000_000,
         };
-        let p = indicative_price(&config, &tariff(80_000, 300_000, 0), &[night]);
+        let p = indicative_price(&config, &Tariff::new(80_000, 300_000, 0), &[night]);
         assert_eq!(p.price_micro_per_kwh, 300_000);
     }
 
@@ -229,7 +225,7 @@ mod tests {
             decay_ppm: 300_000,
             history_weight_ppm: 1_000_000,
         };
-        let t = tariff(0, 1_000_000, 0);
+        let t = Tariff::new(0, 1_000_000, 0);
         let at = |price| IntervalSummary {
             tariff: t,
             ..summary(1, 1, Some(price))
@@ -249,7 +245,7 @@ mod tests {
             weight in 0u32..=1_000_000,
             history in prop::collection::vec((0u64..1_000_000, 0u64..1_000_000, prop::option::of(0u64..2_000_000)), 0..20),
         ) {
-            let t = tariff(feed_in, feed_in + width, fee);
+            let t = Tariff::new(feed_in, feed_in + width, fee);
             let recent: Vec<_> = history.into_iter().map(|(s, d, p)| summary(s, d, p)).collect();
             let config = PricingConfig { decay_ppm: decay, history_weight_ppm: weight };
             let p = indicative_price(&config, &t, &recent);

@@ -48,6 +48,19 @@ pub enum TariffError {
 }
 
 impl Tariff {
+    /// A tariff from feed-in, retail and grid fee (micro-units per kWh).
+    pub const fn new(
+        feed_in_micro_per_kwh: u64,
+        retail_micro_per_kwh: u64,
+        grid_fee_micro_per_kwh: u64,
+    ) -> Tariff {
+        Tariff {
+            feed_in_micro_per_kwh,
+            retail_micro_per_kwh,
+            grid_fee_micro_per_kwh,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), TariffError> {
         for (name, value) in [
             ("feed_in_micro_per_kwh", self.feed_in_micro_per_kwh),
@@ -164,32 +177,24 @@ impl TariffSchedule {
 mod tests {
     use super::*;
 
-    fn tariff(feed_in: u64, retail: u64, fee: u64) -> Tariff {
-        Tariff {
-            feed_in_micro_per_kwh: feed_in,
-            retail_micro_per_kwh: retail,
-            grid_fee_micro_per_kwh: fee,
-        }
-    }
-
     #[test]
     fn zones_apply_by_hour_and_weekday() {
         let schedule = TariffSchedule {
-            base: tariff(80_000, 300_000, 20_000),
+            base: Tariff::new(80_000, 300_000, 20_000),
             zones: vec![
                 // Weekday nights are cheap.
                 TariffZone {
                     days_mask: 0x1f,
                     from_hour: 0,
                     to_hour: 6,
-                    tariff: tariff(80_000, 200_000, 10_000),
+                    tariff: Tariff::new(80_000, 200_000, 10_000),
                 },
                 // Every evening the grid fee is high.
                 TariffZone {
                     days_mask: 0x7f,
                     from_hour: 17,
                     to_hour: 21,
-                    tariff: tariff(80_000, 350_000, 40_000),
+                    tariff: Tariff::new(80_000, 350_000, 40_000),
                 },
             ],
             utc_offset_minutes: 60,
@@ -217,23 +222,23 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert!(matches!(
-            tariff(300, 200, 0).validate(),
+            Tariff::new(300, 200, 0).validate(),
             Err(TariffError::FeedInAboveRetail { .. })
         ));
         assert!(matches!(
-            tariff(0, MAX_PRICE_MICRO_PER_KWH + 1, 0).validate(),
+            Tariff::new(0, MAX_PRICE_MICRO_PER_KWH + 1, 0).validate(),
             Err(TariffError::Absurd {
                 name: "retail_micro_per_kwh",
                 ..
             })
         ));
         let bad_zone = TariffSchedule {
-            base: tariff(1, 2, 0),
+            base: Tariff::new(1, 2, 0),
             zones: vec![TariffZone {
                 days_mask: 1,
                 from_hour: 5,
                 to_hour: 5,
-                tariff: tariff(1, 2, 0),
+                tariff: Tariff::new(1, 2, 0),
             }],
             utc_offset_minutes: 0,
         };
