@@ -1,0 +1,406 @@
+//! Round trips per record kind, isolation, corruption, and a model-based
+//! property test against a `BTreeMap` that includes reopening the store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use dharti_protocol::clearing::{Mechanism, Order, clear};
+use dharti_protocol::offer::Offer;
+use dharti_protocol::settlement::ParticipantSettlement;
+use dharti_protocol::tariff::Tariff;
+use dharti_protocol::types::Side;
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+
+use super::*;
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("dharti-storage-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn market(n: u8) -> MarketId {
+    MarketId::from_name(&format!("market-{n}"))
+}
+
+/// A small pool of signed offers (signing is the slow part), reused by all tests.
+fn offers() -> &'static [SignedOffer] {
+    static OFFERS: OnceLock<Vec<SignedOffer>> = OnceLock::new();
+    OFFERS.get_or_init(|| {
+        (0..16u8)
+            .map(|i| {
+                let key = SigningKey::from_bytes(&[i + 1; 32]);
+                Offer {
+                    chain_id: 73_799,
+                    market: market(i % 2),
+                    interval: IntervalIndex(u64::from(i % 4)),
+                    side: if i % 3 == 0 { Side::Ask } else { Side::Bid },
+                    energy_wh: 100 * u64::from(i) + 1,
+                    price_micro_per_kwh: 100_000 + u64::from(i),
+                    participant: ParticipantId(key.verifying_key().to_bytes()),
+                    sequence: 1,
+                }
+                .sign(&key)
+            })
+            .collect()
+    })
+}
+
+fn result(seed: u8) -> StoredResult {
+    let book: Vec<Order<OfferId, ParticipantId>> = (0..4u8)
+        .map(|i| Order {
+            id: OfferId([seed.wrapping_add(i); 32]),
+            participant: ParticipantId([i; 32]),
+            side: if i % 2 == 0 { Side::Bid } else { Side::Ask },
+            energy_wh: 500 + u64::from(seed),
+            price_micro_per_kwh: if i % 2 == 0 {
+                250_000
+            } else {
+                100_000 + u64::from(i)
+            },
+        })
+        .collect();
+    clear(
+        Mechanism::default(),
+        &Tariff::new(80_000, 300_000, 10_000),
+        &book,
+    )
+    .unwrap()
+}
+
+fn settlement(interval: u64, net: i64) -> IntervalSettlement {
+    IntervalSettlement {
+        interval: IntervalIndex(interval),
+        participants: vec![ParticipantSettlement {
+            participant: ParticipantId([7; 32]),
+            net_micro: net,
+            ..Default::default()
+        }],
+        grid_operator_micro: 3,
+        market_operator_micro: 0,
+        supplier_net_micro: -net - 3,
+    }
+}
+
+fn reading(participant: u8, interval: u64, import_wh: u64) -> MeterReading {
+    MeterReading {
+        participant: ParticipantId([participant; 32]),
+        interval: IntervalIndex(interval),
+        import_wh,
+        export_wh: 1,
+    }
+}
+
+#[test]
+fn every_record_kind_round_trips_and_survives_reopen() {
+    let dir = TempDir::new("round-trip");
+    let m = market(0);
+    let mut batch = WriteBatch::new();
+    let offer = offers()[0].clone();
+    batch.put_offer(m, offer.clone());
+    batch.put_result(m, IntervalIndex(0), result(1));
+    batch.put_settlement(m, settlement(0, -42));
+    batch.put_meter_reading(m, reading(9, 0, 1234));
+    batch.put_meta(b"peer-id", b"12D3Koo");
+    {
+        let store = Store::open(&dir.0).unwrap();
+        store.apply(batch).unwrap();
+        store.close().unwrap();
+    }
+    let store = Store::open(&dir.0).unwrap();
+    assert_eq!(
+        store.offers(&m, IntervalIndex(0)).unwrap(),
+        vec![offer.clone()]
+    );
+    assert_eq!(
+        store.offer(&m, IntervalIndex(0), &offer.id).unwrap(),
+        Some(offer)
+    );
+    assert_eq!(store.result(&m, IntervalIndex(0)).unwrap(), Some(result(1)));
+    assert_eq!(
+        store.settlement(&m, IntervalIndex(0)).unwrap(),
+        Some(settlement(0, -42))
+    );
+    assert_eq!(
+        store.meter_readings(&m, IntervalIndex(0)).unwrap(),
+        vec![reading(9, 0, 1234)]
+    );
+    assert_eq!(store.meta(b"peer-id").unwrap(), Some(b"12D3Koo".to_vec()));
+    assert_eq!(store.meta(b"nothing").unwrap(), None);
+    assert_eq!(
+        store.last_result_interval(&m).unwrap(),
+        Some(IntervalIndex(0))
+    );
+}
+
+#[test]
+fn markets_and_intervals_do_not_see_each_other() {
+    let dir = TempDir::new("isolation");
+    let store = Store::open(&dir.0).unwrap();
+    let mut batch = WriteBatch::new();
+    for interval in [1u64, 2, 300] {
+        batch.put_result(
+            market(0),
+            IntervalIndex(interval),
+            result(u8::try_from(interval).unwrap_or(u8::MAX)),
+        );
+        batch.put_meter_reading(market(0), reading(1, interval, interval));
+    }
+    batch.put_result(market(1), IntervalIndex(5_000), result(9));
+    store.apply(batch).unwrap();
+    assert_eq!(
+        store.meter_readings(&market(0), IntervalIndex(2)).unwrap(),
+        vec![reading(1, 2, 2)]
+    );
+    assert!(
+        store
+            .meter_readings(&market(1), IntervalIndex(2))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .result(&market(1), IntervalIndex(2))
+            .unwrap()
+            .is_none()
+    );
+    // Big-endian keys: 300 sorts after 2 although "300" < "2" as text.
+    assert_eq!(
+        store.last_result_interval(&market(0)).unwrap(),
+        Some(IntervalIndex(300))
+    );
+    assert_eq!(
+        store.last_result_interval(&market(1)).unwrap(),
+        Some(IntervalIndex(5_000))
+    );
+    assert_eq!(store.last_result_interval(&market(2)).unwrap(), None);
+}
+
+#[test]
+fn corrupt_values_are_errors_not_panics() {
+    let dir = TempDir::new("corrupt");
+    let store = Store::open(&dir.0).unwrap();
+    let m = market(0);
+    store
+        .tree
+        .insert(
+            key(Kind::Result, &m, IntervalIndex(1)),
+            vec![SCHEMA_VERSION, 1, 2, 3],
+        )
+        .unwrap();
+    store
+        .tree
+        .insert(key(Kind::Settlement, &m, IntervalIndex(1)), vec![99])
+        .unwrap();
+    let mut offer_key = key(Kind::Offer, &m, IntervalIndex(1));
+    offer_key.extend_from_slice(&[0; 32]);
+    store
+        .tree
+        .insert(offer_key, vec![SCHEMA_VERSION, 0, 0])
+        .unwrap();
+    assert!(matches!(
+        store.result(&m, IntervalIndex(1)),
+        Err(ReadError::Corrupt { what: "result", .. })
+    ));
+    let error = store.settlement(&m, IntervalIndex(1)).unwrap_err();
+    assert!(
+        error.to_string().contains("unknown schema version 99"),
+        "{error}"
+    );
+    assert!(matches!(
+        store.offers(&m, IntervalIndex(1)),
+        Err(ReadError::Corrupt { what: "offer", .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Model-based test.
+
+#[derive(Clone, Debug)]
+enum Put {
+    Offer(usize),
+    Result {
+        market: u8,
+        interval: u64,
+        seed: u8,
+    },
+    Settlement {
+        market: u8,
+        interval: u64,
+        net: i64,
+    },
+    Reading {
+        market: u8,
+        interval: u64,
+        participant: u8,
+        import_wh: u64,
+    },
+    Meta {
+        name: u8,
+        value: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Apply(Vec<Put>),
+    Flush,
+    Reopen,
+}
+
+fn put_strategy() -> impl Strategy<Value = Put> {
+    prop_oneof![
+        (0..16usize).prop_map(Put::Offer),
+        (0..2u8, 0..4u64, any::<u8>()).prop_map(|(market, interval, seed)| Put::Result {
+            market,
+            interval,
+            seed
+        }),
+        (0..2u8, 0..4u64, any::<i64>()).prop_map(|(market, interval, net)| Put::Settlement {
+            market,
+            interval,
+            net
+        }),
+        (0..2u8, 0..4u64, 0..3u8, any::<u64>()).prop_map(
+            |(market, interval, participant, import_wh)| Put::Reading {
+                market,
+                interval,
+                participant,
+                import_wh
+            }
+        ),
+        (0..4u8, prop::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(name, value)| Put::Meta { name, value }),
+    ]
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => prop::collection::vec(put_strategy(), 0..6).prop_map(Op::Apply),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// What the store should hold: everything applied (reopen is a clean close).
+#[derive(Default)]
+struct Model {
+    offers: BTreeMap<(MarketId, u64, OfferId), SignedOffer>,
+    results: BTreeMap<(u8, u64), StoredResult>,
+    settlements: BTreeMap<(u8, u64), IntervalSettlement>,
+    readings: BTreeMap<(u8, u64, u8), MeterReading>,
+    meta: BTreeMap<u8, Vec<u8>>,
+}
+
+impl Model {
+    fn check(&self, store: &Store) -> Result<(), TestCaseError> {
+        for m in 0..2u8 {
+            for interval in 0..4u64 {
+                let i = IntervalIndex(interval);
+                let expected: Vec<SignedOffer> = self
+                    .offers
+                    .range(
+                        (market(m), interval, OfferId([0; 32]))
+                            ..=(market(m), interval, OfferId([255; 32])),
+                    )
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                prop_assert_eq!(store.offers(&market(m), i).unwrap(), expected);
+                prop_assert_eq!(
+                    store.result(&market(m), i).unwrap(),
+                    self.results.get(&(m, interval)).cloned()
+                );
+                prop_assert_eq!(
+                    store.settlement(&market(m), i).unwrap(),
+                    self.settlements.get(&(m, interval)).cloned()
+                );
+                let readings: Vec<MeterReading> = self
+                    .readings
+                    .range((m, interval, 0)..=(m, interval, u8::MAX))
+                    .map(|(_, r)| *r)
+                    .collect();
+                prop_assert_eq!(store.meter_readings(&market(m), i).unwrap(), readings);
+            }
+            let last = self
+                .results
+                .keys()
+                .filter(|(mm, _)| *mm == m)
+                .map(|(_, i)| IntervalIndex(*i))
+                .max();
+            prop_assert_eq!(store.last_result_interval(&market(m)).unwrap(), last);
+        }
+        for name in 0..4u8 {
+            prop_assert_eq!(store.meta(&[name]).unwrap(), self.meta.get(&name).cloned());
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_behaves_like_a_map(ops in prop::collection::vec(op_strategy(), 1..24)) {
+        let dir = TempDir::new("model");
+        let mut store = Some(Store::open(&dir.0).unwrap());
+        let mut model = Model::default();
+        for op in ops {
+            match op {
+                Op::Apply(puts) => {
+                    let mut batch = WriteBatch::new();
+                    for put in puts {
+                        match put {
+                            Put::Offer(i) => {
+                                let o = offers()[i].clone();
+                                model.offers.insert((o.offer.market, o.offer.interval.0, o.id), o.clone());
+                                batch.put_offer(o.offer.market, o);
+                            }
+                            Put::Result { market: m, interval, seed } => {
+                                model.results.insert((m, interval), result(seed));
+                                batch.put_result(market(m), IntervalIndex(interval), result(seed));
+                            }
+                            Put::Settlement { market: m, interval, net } => {
+                                model.settlements.insert((m, interval), settlement(interval, net));
+                                batch.put_settlement(market(m), settlement(interval, net));
+                            }
+                            Put::Reading { market: m, interval, participant, import_wh } => {
+                                let r = reading(participant, interval, import_wh);
+                                model.readings.insert((m, interval, participant), r);
+                                batch.put_meter_reading(market(m), r);
+                            }
+                            Put::Meta { name, value } => {
+                                batch.put_meta(&[name], &value);
+                                model.meta.insert(name, value);
+                            }
+                        }
+                    }
+                    store.as_ref().unwrap().apply(batch).unwrap();
+                }
+                Op::Flush => {
+                    store.as_ref().unwrap().flush().unwrap();
+                }
+                Op::Reopen => {
+                    store.take().unwrap().close().unwrap();
+                    store = Some(Store::open(&dir.0).unwrap());
+                }
+            }
+            model.check(store.as_ref().unwrap())?;
+        }
+    }
+}
