@@ -13,7 +13,9 @@
 //! - [`clearing`]: the market mechanisms.
 //! - [`pricing`]: indicative prices for upcoming intervals.
 //! - [`settlement`]: who pays whom once the meters have spoken.
+//! - [`agent`]: a household's trading agent (offers and battery dispatch).
 
+pub mod agent;
 pub mod clearing;
 pub mod hash;
 pub mod offer;
