@@ -24,7 +24,7 @@ use dharti_protocol::tariff::{Tariff, TariffSchedule};
 use dharti_protocol::types::{
     IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side,
 };
-use dharti_protocol::validation::{MarketRules, OfferPool, Validation};
+use dharti_protocol::validation::{Arrival, MarketRules, OfferPool, Validation};
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use serde::Serialize;
 
@@ -209,7 +209,7 @@ fn ingest(rng: &mut SplitMix64, offers: usize, repeat: u32) -> anyhow::Result<(f
                 .iter()
                 .filter_map(|w| SignedOffer::decode(w).ok())
                 .collect();
-            for verdict in pool.receive_batch(&rules, decoded, now_s) {
+            for verdict in pool.receive_batch(&rules, decoded, Arrival::Gossip { now_s }) {
                 accepted += usize::from(matches!(verdict, Validation::Accept(_)));
             }
         }

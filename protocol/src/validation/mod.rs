@@ -9,13 +9,19 @@
 //! 1. chain, market ([`Reject::WrongChain`], [`Reject::WrongMarket`]);
 //! 2. interval still open and not too far ahead;
 //! 3. energy and price within the market's bounds;
-//! 4. an exact copy of what the pool already holds is ignored before the
-//!    (expensive) signature check;
-//! 5. the signature, unless the caller verified it already (in a batch);
-//! 6. the per-(participant, interval, side) slot: a higher sequence number
-//!    replaces, energy 0 cancels, a lower one is stale, the same one with
-//!    different content is an equivocation: the slot is void for the rest of
-//!    the interval and both offers are kept as evidence.
+//! 4. an offer already held, or one a void participant's evidence does not
+//!    need, is ignored before the (expensive) signature check;
+//! 5. the signature (one by one, or in a batch);
+//! 6. the participant's offers for the interval: per side, a higher sequence
+//!    number replaces, energy 0 cancels, a lower one is stale; two different
+//!    offers with the same sequence number are an equivocation, and more than
+//!    `max_offers_per_participant` offers are too many: either way the
+//!    participant is void for the interval (all its offers leave the book) and
+//!    the offers that prove it are kept as evidence.
+//!
+//! The pool keeps every valid offer, stale ones included, so that what it
+//! holds depends only on which offers arrived, never on their order. That is
+//! what lets nodes that heard the same offers in different orders agree.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +29,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::clearing::{Mechanism, Order};
+use crate::hash::{Hash32, Hasher};
 use crate::offer::{Offer, SignatureError, SignedOffer, participant_key, verify_batch};
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
@@ -70,8 +77,9 @@ pub enum Accepted {
     New,
     /// It replaced an offer with a lower sequence number.
     Replaced { previous: OfferId },
-    /// Energy 0: it cancelled the offer it replaced.
-    Cancelled { previous: OfferId },
+    /// Energy 0: it cancels the offer in force, if one has arrived yet (a
+    /// cancel may overtake the offer it cancels).
+    Cancelled { previous: Option<OfferId> },
 }
 
 /// Why an offer was ignored (no fault of the sender's).
@@ -81,7 +89,8 @@ pub enum Ignored {
     Duplicate,
     /// A higher sequence number is already in the slot.
     Stale,
-    /// The slot was voided by an equivocation earlier.
+    /// The participant is void for this interval (it equivocated or sent
+    /// too many offers); the offer is kept only if it is needed as evidence.
     SlotVoid,
 }
 
@@ -98,7 +107,7 @@ pub enum Reject {
     IntervalClosed(u64),
     #[error("interval {interval} is more than {max_ahead} intervals ahead")]
     TooFarAhead { interval: u64, max_ahead: u64 },
-    #[error("offer has zero energy and nothing to cancel")]
+    #[error("offer has zero energy and sequence 0, so it can cancel nothing")]
     ZeroEnergy,
     #[error("offer has {energy_wh} Wh, more than the market's maximum of {max_wh} Wh")]
     Oversized { energy_wh: u64, max_wh: u64 },
@@ -108,7 +117,9 @@ pub enum Reject {
         feed_in: u64,
         retail: u64,
     },
-    #[error("participant sent more than {0} offers for this interval")]
+    #[error(
+        "participant sent more than {0} offers for this interval; all its offers for it are void"
+    )]
     TooManyOffers(u32),
     #[error("equivocation: two different offers with the same sequence number")]
     Equivocation(Box<Equivocation>),
@@ -121,25 +132,77 @@ pub struct Equivocation {
     pub second: SignedOffer,
 }
 
-/// One (participant, interval, side) slot. Nearly every slot is live, so
-/// boxing the offer to shrink the rare void slot would only cost allocations.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-enum Slot {
-    /// The latest offer; energy 0 if cancelled.
-    Live(SignedOffer),
-    /// Voided by an equivocation.
-    Void,
+/// Everything valid that one participant sent for one interval. While the
+/// participant is within the limit that is all of it; once it is over (or
+/// has equivocated, see [`Sent::is_void`]) only the `limit + 1` smallest ids
+/// are kept, which is enough to prove it to anyone.
+#[derive(Clone, Debug, Default)]
+struct Sent {
+    offers: BTreeMap<OfferId, SignedOffer>,
 }
 
-/// The offers of one interval.
+impl Sent {
+    /// Two different offers for one side with one sequence number.
+    fn conflict(&self) -> Option<(&SignedOffer, &SignedOffer)> {
+        let mut seen: BTreeMap<(Side, u64), &SignedOffer> = BTreeMap::new();
+        for offer in self.offers.values() {
+            let key = (offer.offer.side, offer.offer.sequence);
+            match seen.get(&key) {
+                Some(other) if other.offer != offer.offer => return Some((other, offer)),
+                Some(_) => {}
+                None => {
+                    seen.insert(key, offer);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether all of the participant's offers for the interval are void.
+    fn is_void(&self, limit: usize) -> bool {
+        self.offers.len() > limit || self.conflict().is_some()
+    }
+
+    /// The offer in force for `side`: the highest sequence number; equal
+    /// sequence numbers here have equal bodies, the smallest id stands for them.
+    fn head(&self, side: Side) -> Option<&SignedOffer> {
+        self.offers
+            .values()
+            .filter(|o| o.offer.side == side)
+            .max_by(|a, b| {
+                a.offer
+                    .sequence
+                    .cmp(&b.offer.sequence)
+                    .then(b.id.cmp(&a.id))
+            })
+    }
+
+    /// Keeps the `keep` smallest ids.
+    fn trim(&mut self, keep: usize) {
+        while self.offers.len() > keep {
+            self.offers.pop_last();
+        }
+    }
+}
+
+/// The offers of one interval, per participant.
 #[derive(Clone, Debug, Default)]
 struct IntervalPool {
-    slots: BTreeMap<(ParticipantId, Side), Slot>,
-    sent: BTreeMap<ParticipantId, u32>,
+    participants: BTreeMap<ParticipantId, Sent>,
 }
 
+/// Domain of the offer-set root.
+const SET_DOMAIN: &[u8; 16] = b"DHARTI-OFFERS-V1";
+
 /// The offers a node holds for the intervals that are open or being cleared.
+///
+/// Its state is a function of the *set* of valid offers it has received, not
+/// of their order or of duplicates (property-tested): a participant's offer in
+/// force per side is its highest sequence number; a participant that
+/// equivocated (two different offers with one sequence number) or sent more
+/// than `max_offers_per_participant` offers for an interval is void for that
+/// interval, all its offers out of the book. Stale offers are kept too (up to
+/// the limit), because they count towards it.
 #[derive(Clone, Debug, Default)]
 pub struct OfferPool {
     intervals: BTreeMap<IntervalIndex, IntervalPool>,
@@ -152,8 +215,18 @@ pub struct OfferPool {
 /// that must not grow with hostile traffic.
 const MAX_CACHED_KEYS: usize = 65_536;
 
+/// When an offer arrives, which decides the timing checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Gossip before gate closure, checked against the clock.
+    Gossip { now_s: u64 },
+    /// During set reconciliation after gate closure: the caller has checked
+    /// that the interval is in its reconciliation window.
+    Reconciliation,
+}
+
 /// Checks that need no state: chain, market, timing, bounds.
-pub fn check_stateless(rules: &MarketRules, offer: &Offer, now_s: u64) -> Result<(), Reject> {
+pub fn check_stateless(rules: &MarketRules, offer: &Offer, arrival: Arrival) -> Result<(), Reject> {
     if offer.chain_id != rules.chain_id {
         return Err(Reject::WrongChain {
             got: offer.chain_id,
@@ -163,21 +236,27 @@ pub fn check_stateless(rules: &MarketRules, offer: &Offer, now_s: u64) -> Result
     if offer.market != rules.market_id {
         return Err(Reject::WrongMarket);
     }
-    if !rules.clock.is_open(offer.interval, now_s) {
-        return Err(Reject::IntervalClosed(offer.interval.0));
-    }
-    let current = rules.clock.interval_at(now_s);
-    if offer.interval.0 > current.0.saturating_add(rules.max_intervals_ahead) {
-        return Err(Reject::TooFarAhead {
-            interval: offer.interval.0,
-            max_ahead: rules.max_intervals_ahead,
-        });
+    if let Arrival::Gossip { now_s } = arrival {
+        if !rules.clock.is_open(offer.interval, now_s) {
+            return Err(Reject::IntervalClosed(offer.interval.0));
+        }
+        let current = rules.clock.interval_at(now_s);
+        if offer.interval.0 > current.0.saturating_add(rules.max_intervals_ahead) {
+            return Err(Reject::TooFarAhead {
+                interval: offer.interval.0,
+                max_ahead: rules.max_intervals_ahead,
+            });
+        }
     }
     if offer.energy_wh > rules.max_offer_energy_wh {
         return Err(Reject::Oversized {
             energy_wh: offer.energy_wh,
             max_wh: rules.max_offer_energy_wh,
         });
+    }
+    if offer.energy_wh == 0 && offer.sequence == 0 {
+        // Sequence 0 is the lowest: such a cancel can never cancel anything.
+        return Err(Reject::ZeroEnergy);
     }
     if offer.energy_wh > 0 {
         let tariff = rules.tariffs.at(rules.clock.start_s(offer.interval));
@@ -209,13 +288,18 @@ impl OfferPool {
         Ok(key)
     }
 
-    /// Validates one offer and, if accepted, adds it to the pool.
-    pub fn receive(&mut self, rules: &MarketRules, offer: SignedOffer, now_s: u64) -> Validation {
-        if let Err(reject) = check_stateless(rules, &offer.offer, now_s) {
+    /// Validates one offer and, if it is valid, keeps it.
+    pub fn receive(
+        &mut self,
+        rules: &MarketRules,
+        offer: SignedOffer,
+        arrival: Arrival,
+    ) -> Validation {
+        if let Err(reject) = check_stateless(rules, &offer.offer, arrival) {
             return Validation::Reject(reject);
         }
-        if self.holds(&offer) {
-            return Validation::Ignore(Ignored::Duplicate);
+        if let Some(verdict) = self.cheap_verdict(rules, &offer) {
+            return verdict;
         }
         let verified = self
             .key(&offer.offer.participant)
@@ -233,13 +317,13 @@ impl OfferPool {
         &mut self,
         rules: &MarketRules,
         offers: Vec<SignedOffer>,
-        now_s: u64,
+        arrival: Arrival,
     ) -> Vec<Validation> {
         let mut verdicts: Vec<Option<Validation>> = Vec::with_capacity(offers.len());
         let mut to_verify: Vec<usize> = Vec::with_capacity(offers.len());
         let mut keys: Vec<VerifyingKey> = Vec::with_capacity(offers.len());
         for (i, offer) in offers.iter().enumerate() {
-            let verdict = match check_stateless(rules, &offer.offer, now_s) {
+            let verdict = match check_stateless(rules, &offer.offer, arrival) {
                 Err(reject) => Some(Validation::Reject(reject)),
                 Ok(()) => match self.key(&offer.offer.participant) {
                     Err(error) => Some(Validation::Reject(Reject::BadSignature(error))),
@@ -266,73 +350,117 @@ impl OfferPool {
             .zip(verdicts)
             .map(|(offer, verdict)| match verdict {
                 Some(verdict) => verdict,
-                None if self.holds(&offer) => Validation::Ignore(Ignored::Duplicate),
-                None => self.insert_verified(rules, offer),
+                None => match self.cheap_verdict(rules, &offer) {
+                    Some(verdict) => verdict,
+                    None => self.insert_verified(rules, offer),
+                },
             })
             .collect()
     }
 
-    /// Whether the pool holds exactly this signed offer.
-    fn holds(&self, offer: &SignedOffer) -> bool {
+    /// Verdicts that need no signature check because nothing would change:
+    /// an offer already held, or one a void participant's evidence does not need.
+    fn cheap_verdict(&self, rules: &MarketRules, offer: &SignedOffer) -> Option<Validation> {
         let o = &offer.offer;
-        match self
+        let sent = self
             .intervals
-            .get(&o.interval)
-            .and_then(|p| p.slots.get(&(o.participant, o.side)))
-        {
-            Some(Slot::Live(held)) => held.id == offer.id,
-            _ => false,
+            .get(&o.interval)?
+            .participants
+            .get(&o.participant)?;
+        if sent.offers.contains_key(&offer.id) {
+            return Some(Validation::Ignore(Ignored::Duplicate));
         }
+        let limit = rules.max_offers_per_participant as usize;
+        let full = sent.offers.len() > limit;
+        if full
+            && sent
+                .offers
+                .last_key_value()
+                .is_some_and(|(largest, _)| *largest < offer.id)
+        {
+            return Some(Validation::Ignore(Ignored::SlotVoid));
+        }
+        None
     }
 
-    /// Slot logic for an offer whose signature is known to be valid.
+    /// Keeps an offer whose signature is known to be valid and says what it changed.
     fn insert_verified(&mut self, rules: &MarketRules, offer: SignedOffer) -> Validation {
+        let limit = rules.max_offers_per_participant as usize;
         let o = offer.offer;
+        let id = offer.id;
         let pool = self.intervals.entry(o.interval).or_default();
-        let sent = pool.sent.get(&o.participant).copied().unwrap_or(0);
-        let slot_key = (o.participant, o.side);
-        let previous = match pool.slots.get(&slot_key) {
-            Some(Slot::Void) => return Validation::Ignore(Ignored::SlotVoid),
-            Some(Slot::Live(held)) => {
-                if o.sequence < held.offer.sequence {
-                    return Validation::Ignore(Ignored::Stale);
-                }
-                if o.sequence == held.offer.sequence {
-                    if o == held.offer {
-                        // Same content, another valid signature: nothing new.
-                        return Validation::Ignore(Ignored::Duplicate);
-                    }
-                    let evidence = Equivocation {
-                        first: held.clone(),
-                        second: offer,
-                    };
-                    pool.slots.insert(slot_key, Slot::Void);
-                    self.evidence.push(evidence.clone());
-                    return Validation::Reject(Reject::Equivocation(Box::new(evidence)));
-                }
-                Some(held.id)
-            }
-            None => None,
-        };
-        if previous.is_none() && o.energy_wh == 0 {
-            return Validation::Reject(Reject::ZeroEnergy);
+        let sent = pool.participants.entry(o.participant).or_default();
+        if sent.offers.contains_key(&id) {
+            return Validation::Ignore(Ignored::Duplicate);
         }
-        if sent >= rules.max_offers_per_participant {
+        let was_void = sent.is_void(limit);
+        let previous = if was_void {
+            None
+        } else {
+            sent.head(o.side).cloned()
+        };
+        sent.offers.insert(id, offer);
+        sent.trim(limit + 1);
+        if was_void {
+            return Validation::Ignore(Ignored::SlotVoid);
+        }
+        if let Some((first, second)) = sent.conflict() {
+            let evidence = Equivocation {
+                first: first.clone(),
+                second: second.clone(),
+            };
+            self.evidence.push(evidence.clone());
+            return Validation::Reject(Reject::Equivocation(Box::new(evidence)));
+        }
+        if sent.is_void(limit) {
             return Validation::Reject(Reject::TooManyOffers(rules.max_offers_per_participant));
         }
-        pool.sent.insert(o.participant, sent + 1);
-        pool.slots.insert(slot_key, Slot::Live(offer));
-        Validation::Accept(match previous {
-            None => Accepted::New,
-            Some(previous) if o.energy_wh == 0 => Accepted::Cancelled { previous },
-            Some(previous) => Accepted::Replaced { previous },
-        })
+        match previous {
+            Some(held) if o.sequence < held.offer.sequence => Validation::Ignore(Ignored::Stale),
+            // Same sequence, same body (no conflict): the same offer signed again.
+            Some(held) if o.sequence == held.offer.sequence => {
+                Validation::Ignore(Ignored::Duplicate)
+            }
+            Some(held) if o.energy_wh == 0 => Validation::Accept(Accepted::Cancelled {
+                previous: Some(held.id),
+            }),
+            Some(held) => Validation::Accept(Accepted::Replaced { previous: held.id }),
+            None if o.energy_wh == 0 => Validation::Accept(Accepted::Cancelled { previous: None }),
+            None => Validation::Accept(Accepted::New),
+        }
     }
 
-    /// The live offers of `interval` (cancelled and voided slots left out),
-    /// as an order book for clearing.
-    pub fn book(&self, interval: IntervalIndex) -> Vec<Order<OfferId, ParticipantId>> {
-        self.live(interval)
+    /// The participants of `interval` with their standing: `Some(heads)` for
+    /// those in force, `None` for void ones.
+    fn standings(
+        &self,
+        interval: IntervalIndex,
+        limit: usize,
+    ) -> impl Iterator<Item = (&Sent, Option<[Option<&SignedOffer>; 2]>)> {
+        self.intervals
+            .get(&interval)
+            .into_iter()
+            .flat_map(move |pool| {
+                pool.participants.values().map(move |sent| {
+                    let heads = (!sent.is_void(limit))
+                        .then(|| [sent.head(Side::Bid), sent.head(Side::Ask)]);
+                    (sent, heads)
+                })
+            })
+    }
+
+    /// The order book of `interval`: every participant's offers in force with
+    /// energy, void participants left out.
+    pub fn book(
+        &self,
+        rules: &MarketRules,
+        interval: IntervalIndex,
+    ) -> Vec<Order<OfferId, ParticipantId>> {
+        self.standings(interval, rules.max_offers_per_participant as usize)
+            .filter_map(|(_, heads)| heads)
+            .flatten()
+            .flatten()
+            .filter(|signed| signed.offer.energy_wh > 0)
             .map(|signed| Order {
                 id: signed.id,
                 participant: signed.offer.participant,
@@ -343,13 +471,48 @@ impl OfferPool {
             .collect()
     }
 
-    /// The live signed offers of `interval`.
-    pub fn live(&self, interval: IntervalIndex) -> impl Iterator<Item = &SignedOffer> {
+    /// The ids nodes reconcile and attest for `interval`, sorted: the offers
+    /// in force (cancels included) of every participant, and all kept offers
+    /// of void participants (the evidence that voids them).
+    pub fn set_ids(&self, rules: &MarketRules, interval: IntervalIndex) -> Vec<OfferId> {
+        let mut ids: Vec<OfferId> = Vec::new();
+        for (sent, heads) in self.standings(interval, rules.max_offers_per_participant as usize) {
+            match heads {
+                Some(heads) => ids.extend(heads.into_iter().flatten().map(|o| o.id)),
+                None => ids.extend(sent.offers.keys().copied()),
+            }
+        }
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The offer-set root of `interval`: SHA-256 over a domain tag and the
+    /// sorted [`OfferPool::set_ids`].
+    pub fn set_root(&self, rules: &MarketRules, interval: IntervalIndex) -> Hash32 {
+        set_root(&self.set_ids(rules, interval))
+    }
+
+    /// A kept offer, by id.
+    pub fn offer(
+        &self,
+        interval: IntervalIndex,
+        participant: &ParticipantId,
+        id: &OfferId,
+    ) -> Option<&SignedOffer> {
+        self.intervals
+            .get(&interval)?
+            .participants
+            .get(participant)?
+            .offers
+            .get(id)
+    }
+
+    /// All kept offers of `interval`.
+    pub fn offers(&self, interval: IntervalIndex) -> impl Iterator<Item = &SignedOffer> {
         self.intervals.get(&interval).into_iter().flat_map(|pool| {
-            pool.slots.values().filter_map(|slot| match slot {
-                Slot::Live(offer) if offer.offer.energy_wh > 0 => Some(offer),
-                _ => None,
-            })
+            pool.participants
+                .values()
+                .flat_map(|sent| sent.offers.values())
         })
     }
 
@@ -358,8 +521,7 @@ impl OfferPool {
         &self.evidence
     }
 
-    /// Hands over the evidence gathered so far (to gossip and persist it);
-    /// the pool keeps at most one per voided slot until then.
+    /// Hands over the evidence gathered so far (to gossip and persist it).
     pub fn take_evidence(&mut self) -> Vec<Equivocation> {
         std::mem::take(&mut self.evidence)
     }
@@ -368,6 +530,20 @@ impl OfferPool {
     pub fn prune_before(&mut self, interval: IntervalIndex) {
         self.intervals = self.intervals.split_off(&interval);
     }
+}
+
+/// SHA-256 over `"DHARTI-OFFERS-V1"` and the sorted ids.
+pub fn set_root(sorted_ids: &[OfferId]) -> Hash32 {
+    debug_assert!(
+        sorted_ids.windows(2).all(|w| w[0] < w[1]),
+        "ids must be sorted and unique"
+    );
+    let mut h = Hasher::new(SET_DOMAIN);
+    h.write_u64(sorted_ids.len() as u64);
+    for id in sorted_ids {
+        h.write(&id.0);
+    }
+    h.finish()
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ fn offer(key: &SigningKey, sequence: u64, energy_wh: u64) -> Offer {
 }
 
 fn receive(pool: &mut OfferPool, offer: SignedOffer) -> Validation {
-    pool.receive(&rules(), offer, NOW_S)
+    pool.receive(&rules(), offer, Arrival::Gossip { now_s: NOW_S })
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn accepts_a_valid_offer_and_books_it() {
         receive(&mut pool, offer(&k, 1, 500).sign(&k)),
         Validation::Accept(Accepted::New)
     );
-    let book = pool.book(OPEN);
+    let book = pool.book(&rules(), OPEN);
     assert_eq!(book.len(), 1);
     assert_eq!(book[0].energy_wh, 500);
 }
@@ -70,7 +70,7 @@ fn rejects_bad_signature_before_touching_the_slot() {
         receive(&mut pool, forged),
         Validation::Reject(Reject::BadSignature(_))
     ));
-    assert_eq!(pool.book(OPEN).len(), 0);
+    assert_eq!(pool.book(&rules(), OPEN).len(), 0);
 }
 
 #[test]
@@ -101,11 +101,11 @@ fn rejects_closed_and_far_intervals() {
     o.interval = IntervalIndex(1_000_001);
     let gate = rules().clock.gate_closure_s(o.interval);
     assert!(matches!(
-        pool.receive(&rules(), o.sign(&k), gate),
+        pool.receive(&rules(), o.sign(&k), Arrival::Gossip { now_s: gate }),
         Validation::Reject(Reject::IntervalClosed(_))
     ));
     assert_eq!(
-        pool.receive(&rules(), o.sign(&k), gate - 1),
+        pool.receive(&rules(), o.sign(&k), Arrival::Gossip { now_s: gate - 1 }),
         Validation::Accept(Accepted::New)
     );
     let mut far = offer(&k, 1, 500);
@@ -121,9 +121,19 @@ fn rejects_zero_oversized_and_mispriced() {
     let k = key(1);
     let mut pool = OfferPool::new();
     assert_eq!(
-        receive(&mut pool, offer(&k, 1, 0).sign(&k)),
+        receive(&mut pool, offer(&k, 0, 0).sign(&k)),
         Validation::Reject(Reject::ZeroEnergy)
     );
+    // A cancel may overtake the offer it cancels: kept, and the book stays empty.
+    assert_eq!(
+        receive(&mut pool, offer(&k, 2, 0).sign(&k)),
+        Validation::Accept(Accepted::Cancelled { previous: None })
+    );
+    assert_eq!(
+        receive(&mut pool, offer(&k, 1, 500).sign(&k)),
+        Validation::Ignore(Ignored::Stale)
+    );
+    assert!(pool.book(&rules(), OPEN).is_empty());
     assert!(matches!(
         receive(&mut pool, offer(&k, 1, 10_001).sign(&k)),
         Validation::Reject(Reject::Oversized {
@@ -170,18 +180,19 @@ fn higher_sequence_replaces_and_zero_cancels() {
         receive(&mut pool, second.clone()),
         Validation::Accept(Accepted::Replaced { previous: first.id })
     );
-    assert_eq!(pool.book(OPEN)[0].energy_wh, 700);
+    assert_eq!(pool.book(&rules(), OPEN)[0].energy_wh, 700);
+    // Already held (stale offers are kept: they count towards the limit).
     assert_eq!(
         receive(&mut pool, first),
-        Validation::Ignore(Ignored::Stale)
+        Validation::Ignore(Ignored::Duplicate)
     );
     assert_eq!(
         receive(&mut pool, offer(&k, 3, 0).sign(&k)),
         Validation::Accept(Accepted::Cancelled {
-            previous: second.id
+            previous: Some(second.id)
         })
     );
-    assert!(pool.book(OPEN).is_empty());
+    assert!(pool.book(&rules(), OPEN).is_empty());
 }
 
 #[test]
@@ -197,6 +208,10 @@ fn too_many_offers_from_one_participant() {
     assert_eq!(
         receive(&mut pool, offer(&k, 4, 500).sign(&k)),
         Validation::Reject(Reject::TooManyOffers(3))
+    );
+    assert!(
+        pool.book(&rules(), OPEN).is_empty(),
+        "all of its offers are void"
     );
     // Another participant is unaffected.
     let other = key(2);
@@ -224,7 +239,7 @@ fn equivocation_voids_the_slot_and_keeps_evidence() {
         (evidence.first.id, evidence.second.id),
         (first.id, second.id)
     );
-    assert!(pool.book(OPEN).is_empty(), "both offers are void");
+    assert!(pool.book(&rules(), OPEN).is_empty(), "both offers are void");
     assert_eq!(
         receive(&mut pool, offer(&k, 6, 500).sign(&k)),
         Validation::Ignore(Ignored::SlotVoid)
@@ -246,7 +261,7 @@ fn a_forged_conflicting_offer_is_not_an_equivocation() {
         receive(&mut pool, forged),
         Validation::Reject(Reject::BadSignature(_))
     ));
-    assert_eq!(pool.book(OPEN).len(), 1);
+    assert_eq!(pool.book(&rules(), OPEN).len(), 1);
     assert!(pool.evidence().is_empty());
 }
 
@@ -273,9 +288,12 @@ fn batch_verdicts_equal_one_by_one_verdicts() {
         .map(|o| receive(&mut one_by_one, o.clone()))
         .collect();
     let mut batched = OfferPool::new();
-    let got = batched.receive_batch(&rules(), offers, NOW_S);
+    let got = batched.receive_batch(&rules(), offers, Arrival::Gossip { now_s: NOW_S });
     assert_eq!(got, expected);
-    assert_eq!(batched.book(OPEN), one_by_one.book(OPEN));
+    assert_eq!(
+        batched.book(&rules(), OPEN),
+        one_by_one.book(&rules(), OPEN)
+    );
 }
 
 #[test]
@@ -284,5 +302,88 @@ fn pruning_forgets_old_intervals() {
     let mut pool = OfferPool::new();
     receive(&mut pool, offer(&k, 1, 500).sign(&k));
     pool.prune_before(IntervalIndex(OPEN.0 + 1));
-    assert!(pool.book(OPEN).is_empty());
+    assert!(pool.book(&rules(), OPEN).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Order independence: what a pool holds depends on which offers arrived,
+// not on their order or duplicates. Few participants, sequence numbers and
+// energies, and a limit of 3, so conflicts, cancels, stale offers and
+// over-limit participants all happen.
+
+mod order {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn offers_strategy() -> impl Strategy<Value = Vec<SignedOffer>> {
+        prop::collection::vec((0u8..3, any::<bool>(), 0u64..4, 0u64..3), 1..14).prop_map(|raw| {
+            raw.into_iter()
+                .map(|(p, bid, sequence, energy)| {
+                    let k = key(p + 1);
+                    let mut o = offer(&k, sequence, energy * 300);
+                    o.side = if bid { Side::Bid } else { Side::Ask };
+                    o.sign(&k)
+                })
+                .collect()
+        })
+    }
+
+    fn state(pool: &OfferPool) -> (Vec<OfferId>, Hash32, Vec<Order<OfferId, ParticipantId>>) {
+        (
+            pool.set_ids(&rules(), OPEN),
+            pool.set_root(&rules(), OPEN),
+            pool.book(&rules(), OPEN),
+        )
+    }
+
+    /// Gives `to` every offer of `from`'s reconciliation set it lacks.
+    fn send_set(from: &OfferPool, to: &mut OfferPool) {
+        let ids = from.set_ids(&rules(), OPEN);
+        let offers: Vec<SignedOffer> = from
+            .offers(OPEN)
+            .filter(|o| ids.contains(&o.id))
+            .cloned()
+            .collect();
+        to.receive_batch(&rules(), offers, Arrival::Reconciliation);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arrival_order_and_duplicates_do_not_matter(
+            (offers, shuffled) in offers_strategy().prop_flat_map(|o| (Just(o.clone()), Just(o).prop_shuffle())),
+            repeat in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let mut one_by_one = OfferPool::new();
+            for o in &offers {
+                receive(&mut one_by_one, o.clone());
+            }
+            let mut batched = OfferPool::new();
+            let mut again = shuffled.clone();
+            again.extend(repeat.iter().map(|i| i.get(&offers).clone()));
+            batched.receive_batch(&rules(), again, Arrival::Gossip { now_s: NOW_S });
+            prop_assert_eq!(state(&one_by_one), state(&batched));
+        }
+
+        #[test]
+        fn two_pools_exchanging_their_sets_converge(
+            offers in offers_strategy(),
+            split in prop::collection::vec(0u8..3, 14),
+        ) {
+            // Each offer reaches A, B or both.
+            let (mut a, mut b) = (OfferPool::new(), OfferPool::new());
+            for (o, to) in offers.iter().zip(&split) {
+                if *to != 1 { receive(&mut a, o.clone()); }
+                if *to != 0 { receive(&mut b, o.clone()); }
+            }
+            for _ in 0..4 {
+                let snapshot = a.clone();
+                send_set(&b, &mut a);
+                send_set(&snapshot, &mut b);
+            }
+            prop_assert_eq!(state(&a), state(&b));
+        }
+    }
 }
