@@ -8,7 +8,9 @@
 //!
 //! - [`types`]: markets, intervals, sides, participants.
 //! - [`offer`]: offers, their canonical encoding and ed25519 signatures.
-//! - [`validation`]: Accept / Ignore / Reject for arriving offers.
+//! - [`validation`]: Accept / Ignore / Reject for arriving offers; the offer
+//!   pool whose book and set root depend only on which offers arrived.
+//! - [`reconcile`]: range-based set reconciliation of offer ids.
 //! - [`tariff`]: feed-in, retail and grid fee, by time of day.
 //! - [`clearing`]: the market mechanisms.
 //! - [`pricing`]: indicative prices for upcoming intervals.
@@ -20,6 +22,7 @@ pub mod clearing;
 pub mod hash;
 pub mod offer;
 pub mod pricing;
+pub mod reconcile;
 pub mod settlement;
 pub mod tariff;
 pub mod types;
