@@ -86,28 +86,57 @@ pub fn signing_message(body: &[u8; OFFER_BODY_LEN]) -> [u8; 16 + OFFER_BODY_LEN]
     message
 }
 
-/// An offer with its signature, its wire bytes and its id.
+/// An offer with its signature and its id.
 /// The signature is *not* known to be valid; see [`SignedOffer::verify`].
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+///
+/// Serialized (serde) as its 171 wire bytes; deserializing decodes them and
+/// recomputes the id, so an id is never taken from a peer on trust.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct SignedOffer {
     pub offer: Offer,
-    #[serde(with = "serde_sig")]
     pub signature: [u8; 64],
     pub id: OfferId,
 }
 
-mod serde_sig {
-    use serde::{Deserialize, Deserializer, Serializer};
+impl Serialize for SignedOffer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.encode())
+    }
+}
 
-    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(sig)
+impl<'de> Deserialize<'de> for SignedOffer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SignedOffer, D::Error> {
+        let bytes = d.deserialize_bytes(BytesVisitor)?;
+        SignedOffer::decode(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads a byte string whether the format hands it over as bytes (bincode)
+/// or as a sequence of numbers (JSON), refusing anything longer than an offer.
+struct BytesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the 171 bytes of a signed offer")
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let bytes: Vec<u8> = Deserialize::deserialize(d)?;
-        bytes
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("signature must be 64 bytes"))
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(v.to_vec())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let mut out = Vec::with_capacity(OFFER_WIRE_LEN);
+        while let Some(byte) = seq.next_element::<u8>()? {
+            if out.len() == OFFER_WIRE_LEN {
+                return Err(serde::de::Error::custom(
+                    "signed offer longer than 171 bytes",
+                ));
+            }
+            out.push(byte);
+        }
+        Ok(out)
     }
 }
 
@@ -349,6 +378,22 @@ mod tests {
         offers[4].signature[5] ^= 0xff;
         let refs: Vec<&SignedOffer> = offers.iter().collect();
         assert!(verify_batch(&refs, &parsed).iter().all(|ok| *ok));
+    }
+
+    #[test]
+    fn serde_form_is_the_wire_bytes_and_the_id_is_recomputed() {
+        let key = key(5);
+        let signed = offer(&key).sign(&key);
+        let json = serde_json::to_string(&signed).unwrap();
+        let back: SignedOffer = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, signed);
+        // Tampered bytes give a different id, not the one the sender claimed.
+        let mut value: Vec<u8> = serde_json::from_str(&json).unwrap();
+        value[60] ^= 1;
+        let tampered: SignedOffer =
+            serde_json::from_str(&serde_json::to_string(&value).unwrap()).unwrap();
+        assert_ne!(tampered.id, signed.id);
+        assert!(tampered.verify().is_err());
     }
 
     #[test]
