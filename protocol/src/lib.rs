@@ -11,6 +11,8 @@
 //! - [`validation`]: Accept / Ignore / Reject for arriving offers; the offer
 //!   pool whose book and set root depend only on which offers arrived.
 //! - [`reconcile`]: range-based set reconciliation of offer ids.
+//! - [`node`]: the per-participant state machine that agrees on each
+//!   interval's offer set and result.
 //! - [`tariff`]: feed-in, retail and grid fee, by time of day.
 //! - [`clearing`]: the market mechanisms.
 //! - [`pricing`]: indicative prices for upcoming intervals.
@@ -20,6 +22,7 @@
 pub mod agent;
 pub mod clearing;
 pub mod hash;
+pub mod node;
 pub mod offer;
 pub mod pricing;
 pub mod reconcile;

@@ -526,6 +526,15 @@ impl OfferPool {
         std::mem::take(&mut self.evidence)
     }
 
+    /// Replaces what this pool holds for `interval` with what `other` holds
+    /// (a node adopting the quorum's set drops everything outside it).
+    pub fn replace_interval(&mut self, interval: IntervalIndex, mut other: OfferPool) {
+        match other.intervals.remove(&interval) {
+            Some(pool) => self.intervals.insert(interval, pool),
+            None => self.intervals.remove(&interval),
+        };
+    }
+
     /// Forgets intervals before `interval` (they are final and persisted).
     pub fn prune_before(&mut self, interval: IntervalIndex) {
         self.intervals = self.intervals.split_off(&interval);

@@ -1,0 +1,213 @@
+//! What nodes say to each other, and attestations.
+//!
+//! Every message is versioned (the wire form starts with
+//! [`PROTOCOL_VERSION`]) and size-bounded ([`MAX_MESSAGE_BYTES`]; list fields
+//! have their own caps). The encoding is bincode 2 with fixed-width
+//! little-endian integers; offers travel as their 171 signed bytes.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Hash32;
+use crate::offer::{SIGNATURE_DOMAIN, SignatureError, SignedOffer, participant_key};
+use crate::reconcile::ReconcileMessage;
+use crate::types::{IntervalIndex, MarketId, OfferId, PROTOCOL_VERSION, ParticipantId};
+use crate::validation::Equivocation;
+
+/// Largest encoded message: gossipsub's default maximum.
+pub const MAX_MESSAGE_BYTES: usize = 65_536;
+/// Most offers in one `Offers` or `SetChunk` message (256 × 171 bytes ≈ 44 KiB).
+pub const MAX_OFFERS_PER_MESSAGE: usize = 256;
+/// Most ids in one `Want` message (1,024 × 32 bytes = 32 KiB).
+pub const MAX_WANTED_IDS: usize = 1_024;
+
+/// Message type byte of attestations in signed bodies (offers are 1).
+const ATTESTATION_TYPE: u8 = 2;
+/// Length of an attestation body: version 1 + type 1 + chain 8 + market 32 +
+/// interval 8 + set root 32 + result root 32 + attester 32.
+pub const ATTESTATION_BODY_LEN: usize = 146;
+
+/// A member's statement of what it computed for an interval.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Attestation {
+    pub chain_id: u64,
+    pub market: MarketId,
+    pub interval: IntervalIndex,
+    pub set_root: Hash32,
+    pub result_root: Hash32,
+    pub attester: ParticipantId,
+}
+
+/// An attestation with the attester's ed25519 signature over
+/// `SIGNATURE_DOMAIN || body` (docs/protocol.md).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SignedAttestation {
+    pub attestation: Attestation,
+    #[serde(with = "signature_bytes")]
+    pub signature: [u8; 64],
+}
+
+mod signature_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        sig.as_slice().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let bytes: Vec<u8> = Vec::deserialize(d)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))
+    }
+}
+
+impl Attestation {
+    pub fn encode_body(&self) -> [u8; ATTESTATION_BODY_LEN] {
+        let mut out = [0u8; ATTESTATION_BODY_LEN];
+        out[0] = PROTOCOL_VERSION;
+        out[1] = ATTESTATION_TYPE;
+        out[2..10].copy_from_slice(&self.chain_id.to_le_bytes());
+        out[10..42].copy_from_slice(&self.market.0);
+        out[42..50].copy_from_slice(&self.interval.0.to_le_bytes());
+        out[50..82].copy_from_slice(&self.set_root);
+        out[82..114].copy_from_slice(&self.result_root);
+        out[114..146].copy_from_slice(&self.attester.0);
+        out
+    }
+
+    fn message(&self) -> Vec<u8> {
+        let mut message = SIGNATURE_DOMAIN.to_vec();
+        message.extend_from_slice(&self.encode_body());
+        message
+    }
+
+    /// Signs with the attester's node key (which must be the attester's).
+    pub fn sign(self, key: &SigningKey) -> SignedAttestation {
+        assert_eq!(
+            key.verifying_key().to_bytes(),
+            self.attester.0,
+            "attestation signed with another key"
+        );
+        SignedAttestation {
+            attestation: self,
+            signature: key.sign(&self.message()).to_bytes(),
+        }
+    }
+}
+
+impl SignedAttestation {
+    pub fn verify(&self) -> Result<(), SignatureError> {
+        let key = participant_key(&self.attestation.attester)?;
+        key.verify(
+            &self.attestation.message(),
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| SignatureError::Invalid)
+    }
+}
+
+/// One part of an interval's final offer set, sent to a node that asks for it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SetChunk {
+    pub interval: IntervalIndex,
+    pub set_root: Hash32,
+    pub index: u32,
+    pub total: u32,
+    pub offers: Vec<SignedOffer>,
+}
+
+/// Everything nodes send each other. Gossiped to the market's topic:
+/// `Offer`, `Evidence`, `Attestation`. Sent to one peer: the rest.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Message {
+    Offer(SignedOffer),
+    Evidence(Box<Equivocation>),
+    Attestation(SignedAttestation),
+    Reconcile {
+        interval: IntervalIndex,
+        message: ReconcileMessage,
+    },
+    Want {
+        interval: IntervalIndex,
+        ids: Vec<OfferId>,
+    },
+    Offers {
+        interval: IntervalIndex,
+        offers: Vec<SignedOffer>,
+    },
+    FetchSet {
+        interval: IntervalIndex,
+        set_root: Hash32,
+    },
+    SetChunk(SetChunk),
+}
+
+/// Why bytes are not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("message of {0} bytes exceeds {MAX_MESSAGE_BYTES}")]
+    TooLarge(usize),
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    #[error("empty message")]
+    Empty,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("a list in the message is longer than allowed")]
+    ListTooLong,
+}
+
+const BINCODE: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+> = bincode::config::standard()
+    .with_fixed_int_encoding()
+    .with_little_endian();
+
+impl Message {
+    /// The wire form: version byte, then bincode.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROTOCOL_VERSION];
+        let body = bincode::serde::encode_to_vec(self, BINCODE).expect("messages always encode");
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Parses the wire form, refusing oversized, unversioned or malformed input.
+    pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(MessageError::TooLarge(bytes.len()));
+        }
+        let (&version, body) = bytes.split_first().ok_or(MessageError::Empty)?;
+        if version != PROTOCOL_VERSION {
+            return Err(MessageError::Version(version));
+        }
+        let config = BINCODE.with_limit::<MAX_MESSAGE_BYTES>();
+        let (message, used): (Message, usize) = bincode::serde::decode_from_slice(body, config)
+            .map_err(|e| MessageError::Malformed(e.to_string()))?;
+        if used != body.len() {
+            return Err(MessageError::Malformed("trailing bytes".into()));
+        }
+        message.check_bounds()?;
+        Ok(message)
+    }
+
+    /// Checks the per-list caps.
+    pub fn check_bounds(&self) -> Result<(), MessageError> {
+        let ok = match self {
+            Message::Want { ids, .. } => ids.len() <= MAX_WANTED_IDS,
+            Message::Offers { offers, .. } => offers.len() <= MAX_OFFERS_PER_MESSAGE,
+            Message::SetChunk(chunk) => {
+                chunk.offers.len() <= MAX_OFFERS_PER_MESSAGE && chunk.index < chunk.total
+            }
+            Message::Reconcile { message, .. } => message.check().is_ok(),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(MessageError::ListTooLong)
+        }
+    }
+}

@@ -1,0 +1,961 @@
+//! `Node`: one participant's view of a market, as a state machine with no I/O
+//! and no clock of its own. The daemon and the simulator feed it [`Input`]s
+//! (a message from a peer, a tick with the current time, a local offer, a
+//! peer coming or going) and carry out the [`Action`]s it returns.
+//!
+//! One interval, as DESIGN.md describes it:
+//! 1. Until gate closure, offers are gossiped and validated on arrival.
+//! 2. At gate closure the node reconciles its offer set with a few peers
+//!    (range-based reconciliation, `crate::reconcile`), and with any member
+//!    whose attestation shows a different set, until the end of the
+//!    reconciliation window.
+//! 3. At the end of the window it clears its book and gossips a signed
+//!    attestation of (interval, offer-set root, result root).
+//! 4. The result is final once a quorum of members (more than two thirds of
+//!    the members active in recent intervals, by default) attests the same
+//!    roots. A node whose roots differ fetches the set from an attester of
+//!    the quorum, checks its root, clears it and adopts it: offers outside
+//!    the final set are dropped.
+//!
+//! Everything a node holds is bounded: intervals beyond the open horizon are
+//! refused, final intervals are pruned, messages and their lists are capped.
+
+mod message;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::clearing::{ClearingResult, clear};
+use crate::hash::{Hash32, sha256};
+use crate::offer::{Offer, SignedOffer};
+use crate::reconcile::{initiate, respond};
+use crate::types::{IntervalIndex, OfferId, ParticipantId, Side};
+use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
+
+pub use message::{
+    ATTESTATION_BODY_LEN, Attestation, MAX_MESSAGE_BYTES, MAX_OFFERS_PER_MESSAGE, MAX_WANTED_IDS,
+    Message, MessageError, SetChunk, SignedAttestation,
+};
+
+/// How a market agrees, on top of its [`MarketRules`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub rules: MarketRules,
+    /// The members: only their offers and attestations count.
+    pub members: BTreeSet<ParticipantId>,
+    /// Reconciliation runs from gate closure for this long (default 20 s).
+    pub reconcile_window_ms: u64,
+    /// Quorum as a share of the active members in ppm; a result is final when
+    /// more than this share attests it (default 666,667: more than two thirds).
+    pub quorum_ppm: u32,
+    /// Peers reconciled with at gate closure (default 3).
+    pub reconcile_fanout: usize,
+    /// Members count as active if they attested in one of this many recent
+    /// final intervals (default 4); before any history, all members are.
+    pub active_window: usize,
+}
+
+/// Default for [`NodeConfig::reconcile_window_ms`].
+pub const DEFAULT_RECONCILE_WINDOW_MS: u64 = 20_000;
+/// Default for [`NodeConfig::quorum_ppm`].
+pub const DEFAULT_QUORUM_PPM: u32 = 666_667;
+
+/// A node waits this long for a set it asked an attester for before asking
+/// the next one.
+const FETCH_TIMEOUT_MS: u64 = 2_000;
+/// Final intervals kept (for peers that fetch them late) before pruning.
+const KEEP_FINAL_INTERVALS: u64 = 4;
+/// A node that has attested but sees no quorum yet publishes its attestation
+/// again this often, so that peers cut off by a partition learn of it.
+const REPUBLISH_MS: u64 = 2_000;
+
+/// The verdict on a message, for gossip validation and peer scoring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new: propagate it.
+    Accept,
+    /// Harmless but useless: do not propagate.
+    Ignore,
+    /// The sender broke a rule: do not propagate, score it down.
+    Reject(String),
+}
+
+/// What happens to a node. Inputs live for one call, so the size of the
+/// message variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The current time. Drives gate closure, clearing and timeouts.
+    Tick {
+        now_ms: u64,
+    },
+    /// A message from a peer.
+    Message {
+        from: ParticipantId,
+        message: Message,
+    },
+    /// The local agent or user wants to trade.
+    LocalOffer {
+        interval: IntervalIndex,
+        side: Side,
+        energy_wh: u64,
+        price_micro_per_kwh: u64,
+    },
+    PeerUp(ParticipantId),
+    PeerDown(ParticipantId),
+}
+
+/// What a node asks its shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Gossip to the market's topic.
+    Publish(Message),
+    /// Send to one peer.
+    Send { to: ParticipantId, message: Message },
+    /// An interval is final: persist and act on it.
+    Finalized(Box<Finalized>),
+}
+
+/// A final interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finalized {
+    pub interval: IntervalIndex,
+    pub set_root: Hash32,
+    pub result: ClearingResult<OfferId, ParticipantId>,
+    /// The final offer set (persist it; it is what others may fetch).
+    pub offers: Vec<SignedOffer>,
+    /// The members whose attestations made the quorum.
+    pub attesters: Vec<ParticipantId>,
+    /// Milliseconds from gate closure to finality.
+    pub finality_ms: u64,
+    /// Whether this node had to fetch the quorum's set.
+    pub fetched: bool,
+}
+
+/// The result of one input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// For messages and local offers: the verdict.
+    pub verdict: Option<Verdict>,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Reconciling,
+    Attested,
+    Final,
+}
+
+#[derive(Clone, Debug)]
+struct Fetch {
+    set_root: Hash32,
+    result_root: Hash32,
+    candidates: Vec<ParticipantId>,
+    next: usize,
+    asked_at_ms: u64,
+    chunks: BTreeMap<u32, Vec<SignedOffer>>,
+}
+
+#[derive(Clone, Debug)]
+struct IntervalState {
+    phase: Phase,
+    own: Option<(Hash32, Hash32, ClearingResult<OfferId, ParticipantId>)>,
+    /// Our signed attestation and when it was last published.
+    attestation: Option<(SignedAttestation, u64)>,
+    attestations: BTreeMap<ParticipantId, (Hash32, Hash32)>,
+    fetch: Option<Fetch>,
+}
+
+impl IntervalState {
+    fn new() -> IntervalState {
+        IntervalState {
+            phase: Phase::Reconciling,
+            own: None,
+            attestation: None,
+            attestations: BTreeMap::new(),
+            fetch: None,
+        }
+    }
+}
+
+/// One participant's market state machine.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    key: SigningKey,
+    me: ParticipantId,
+    now_ms: u64,
+    pool: OfferPool,
+    peers: BTreeSet<ParticipantId>,
+    /// Intervals whose gate has closed and that are not pruned yet.
+    intervals: BTreeMap<IntervalIndex, IntervalState>,
+    /// The next interval whose gate closes; set by the first tick.
+    next_close: Option<IntervalIndex>,
+    sequences: BTreeMap<(IntervalIndex, Side), u64>,
+    /// Attesters of the most recent final intervals, newest last.
+    recent_attesters: VecDeque<Vec<ParticipantId>>,
+}
+
+impl Node {
+    pub fn new(config: NodeConfig, key: SigningKey) -> Node {
+        let me = ParticipantId(key.verifying_key().to_bytes());
+        Node {
+            config,
+            key,
+            me,
+            now_ms: 0,
+            pool: OfferPool::new(),
+            peers: BTreeSet::new(),
+            intervals: BTreeMap::new(),
+            next_close: None,
+            sequences: BTreeMap::new(),
+            recent_attesters: VecDeque::new(),
+        }
+    }
+
+    pub fn id(&self) -> ParticipantId {
+        self.me
+    }
+
+    fn gate_ms(&self, interval: IntervalIndex) -> u64 {
+        self.config
+            .rules
+            .clock
+            .gate_closure_s(interval)
+            .saturating_mul(1_000)
+    }
+
+    /// Handles one input.
+    pub fn handle(&mut self, input: Input) -> Output {
+        let mut out = Output::default();
+        match input {
+            Input::Tick { now_ms } => self.tick(now_ms, &mut out),
+            Input::Message { from, message } => {
+                let verdict = if self.config.members.contains(&from) {
+                    self.on_message(from, message, &mut out)
+                } else {
+                    Verdict::Reject("sender is not a member of this market".into())
+                };
+                out.verdict = Some(verdict);
+            }
+            Input::LocalOffer {
+                interval,
+                side,
+                energy_wh,
+                price_micro_per_kwh,
+            } => {
+                let verdict =
+                    self.local_offer(interval, side, energy_wh, price_micro_per_kwh, &mut out);
+                out.verdict = Some(verdict);
+            }
+            Input::PeerUp(peer) => {
+                if self.config.members.contains(&peer) && peer != self.me {
+                    self.peers.insert(peer);
+                }
+            }
+            Input::PeerDown(peer) => {
+                self.peers.remove(&peer);
+            }
+        }
+        out
+    }
+
+    fn local_offer(
+        &mut self,
+        interval: IntervalIndex,
+        side: Side,
+        energy_wh: u64,
+        price: u64,
+        out: &mut Output,
+    ) -> Verdict {
+        let sequence = self.sequences.entry((interval, side)).or_insert(0);
+        *sequence += 1;
+        let offer = Offer {
+            chain_id: self.config.rules.chain_id,
+            market: self.config.rules.market_id,
+            interval,
+            side,
+            energy_wh,
+            price_micro_per_kwh: price,
+            participant: self.me,
+            sequence: *sequence,
+        }
+        .sign(&self.key);
+        let verdict = self.receive_offer(offer.clone(), out);
+        if verdict == Verdict::Accept {
+            out.actions.push(Action::Publish(Message::Offer(offer)));
+        }
+        verdict
+    }
+
+    fn arrival(&self, interval: IntervalIndex) -> Option<Arrival> {
+        match self.intervals.get(&interval).map(|s| s.phase) {
+            None => Some(Arrival::Gossip {
+                now_s: self.now_ms / 1_000,
+            }),
+            Some(Phase::Reconciling) => Some(Arrival::Reconciliation),
+            Some(_) => None,
+        }
+    }
+
+    fn verdict_of(validation: &Validation) -> Verdict {
+        match validation {
+            Validation::Accept(_) => Verdict::Accept,
+            Validation::Ignore(_) => Verdict::Ignore,
+            Validation::Reject(reason) => Verdict::Reject(reason.to_string()),
+        }
+    }
+
+    /// A gossiped offer: only before gate closure.
+    fn receive_offer(&mut self, offer: SignedOffer, out: &mut Output) -> Verdict {
+        if !self.config.members.contains(&offer.offer.participant) {
+            return Verdict::Reject("offer from a participant that is not a member".into());
+        }
+        if self.intervals.contains_key(&offer.offer.interval) {
+            return Verdict::Reject(format!(
+                "interval {} is closed for offers",
+                offer.offer.interval.0
+            ));
+        }
+        let validation = self.pool.receive(
+            &self.config.rules,
+            offer,
+            Arrival::Gossip {
+                now_s: self.now_ms / 1_000,
+            },
+        );
+        self.publish_evidence(out);
+        Self::verdict_of(&validation)
+    }
+
+    fn publish_evidence(&mut self, out: &mut Output) {
+        for evidence in self.pool.take_evidence() {
+            out.actions
+                .push(Action::Publish(Message::Evidence(Box::new(evidence))));
+        }
+    }
+
+    fn on_message(&mut self, from: ParticipantId, message: Message, out: &mut Output) -> Verdict {
+        if let Err(error) = message.check_bounds() {
+            return Verdict::Reject(error.to_string());
+        }
+        match message {
+            Message::Offer(offer) => self.receive_offer(offer, out),
+            Message::Evidence(evidence) => self.on_evidence(*evidence),
+            Message::Attestation(attestation) => self.on_attestation(attestation, out),
+            Message::Reconcile { interval, message } => {
+                self.on_reconcile(from, interval, &message, out)
+            }
+            Message::Want { interval, ids } => self.on_want(from, interval, &ids, out),
+            Message::Offers { interval, offers } => self.on_offers(interval, offers, out),
+            Message::FetchSet { interval, set_root } => {
+                self.on_fetch(from, interval, set_root, out)
+            }
+            Message::SetChunk(chunk) => self.on_set_chunk(from, chunk, out),
+        }
+    }
+
+    fn on_evidence(&mut self, evidence: crate::validation::Equivocation) -> Verdict {
+        let interval = evidence.first.offer.interval;
+        if evidence.second.offer.interval != interval
+            || evidence.first.offer.participant != evidence.second.offer.participant
+        {
+            return Verdict::Reject(
+                "evidence offers are not from one participant and interval".into(),
+            );
+        }
+        let Some(arrival) = self.arrival(interval) else {
+            return Verdict::Ignore;
+        };
+        if !self
+            .config
+            .members
+            .contains(&evidence.first.offer.participant)
+        {
+            return Verdict::Reject("evidence about a participant that is not a member".into());
+        }
+        let before = self.pool.set_root(&self.config.rules, interval);
+        let verdicts = self.pool.receive_batch(
+            &self.config.rules,
+            vec![evidence.first, evidence.second],
+            arrival,
+        );
+        self.pool.take_evidence();
+        if let Some(reject) = verdicts.iter().find_map(|v| match v {
+            Validation::Reject(crate::validation::Reject::BadSignature(e)) => Some(e.to_string()),
+            _ => None,
+        }) {
+            return Verdict::Reject(format!("evidence with a bad signature: {reject}"));
+        }
+        if self.pool.set_root(&self.config.rules, interval) == before {
+            Verdict::Ignore
+        } else {
+            Verdict::Accept
+        }
+    }
+
+    fn on_reconcile(
+        &mut self,
+        from: ParticipantId,
+        interval: IntervalIndex,
+        message: &crate::reconcile::ReconcileMessage,
+        out: &mut Output,
+    ) -> Verdict {
+        if self.arrival(interval).is_none() {
+            return Verdict::Ignore;
+        }
+        let own = self.pool.set_ids(&self.config.rules, interval);
+        let step = match respond(&own, message) {
+            Ok(step) => step,
+            Err(error) => return Verdict::Reject(error.to_string()),
+        };
+        if let Some(reply) = step.reply {
+            out.actions.push(Action::Send {
+                to: from,
+                message: Message::Reconcile {
+                    interval,
+                    message: reply,
+                },
+            });
+        }
+        self.send_offers(from, interval, &step.send, out);
+        for ids in step.want.chunks(MAX_WANTED_IDS) {
+            out.actions.push(Action::Send {
+                to: from,
+                message: Message::Want {
+                    interval,
+                    ids: ids.to_vec(),
+                },
+            });
+        }
+        Verdict::Accept
+    }
+
+    /// Sends `to` the offers with `ids` that this node holds for `interval`.
+    fn send_offers(
+        &self,
+        to: ParticipantId,
+        interval: IntervalIndex,
+        ids: &[OfferId],
+        out: &mut Output,
+    ) {
+        let wanted: BTreeSet<&OfferId> = ids.iter().collect();
+        let offers: Vec<SignedOffer> = self
+            .pool
+            .offers(interval)
+            .filter(|o| wanted.contains(&o.id))
+            .cloned()
+            .collect();
+        for chunk in offers.chunks(MAX_OFFERS_PER_MESSAGE) {
+            out.actions.push(Action::Send {
+                to,
+                message: Message::Offers {
+                    interval,
+                    offers: chunk.to_vec(),
+                },
+            });
+        }
+    }
+
+    fn on_want(
+        &mut self,
+        from: ParticipantId,
+        interval: IntervalIndex,
+        ids: &[OfferId],
+        out: &mut Output,
+    ) -> Verdict {
+        self.send_offers(from, interval, ids, out);
+        Verdict::Accept
+    }
+
+    fn on_offers(
+        &mut self,
+        interval: IntervalIndex,
+        offers: Vec<SignedOffer>,
+        out: &mut Output,
+    ) -> Verdict {
+        let Some(arrival) = self.arrival(interval) else {
+            return Verdict::Ignore;
+        };
+        if offers.iter().any(|o| {
+            o.offer.interval != interval || !self.config.members.contains(&o.offer.participant)
+        }) {
+            return Verdict::Reject("offers for another interval or from non-members".into());
+        }
+        let verdicts = self.pool.receive_batch(&self.config.rules, offers, arrival);
+        self.publish_evidence(out);
+        let rejected = verdicts.iter().find_map(|v| match v {
+            Validation::Reject(crate::validation::Reject::BadSignature(e)) => Some(e.to_string()),
+            Validation::Reject(
+                crate::validation::Reject::WrongChain { .. }
+                | crate::validation::Reject::WrongMarket,
+            ) => Some("offer for another chain or market".into()),
+            _ => None,
+        });
+        match rejected {
+            Some(reason) => Verdict::Reject(reason),
+            None => Verdict::Accept,
+        }
+    }
+
+    fn on_attestation(&mut self, signed: SignedAttestation, out: &mut Output) -> Verdict {
+        let a = signed.attestation;
+        if a.chain_id != self.config.rules.chain_id || a.market != self.config.rules.market_id {
+            return Verdict::Reject("attestation for another chain or market".into());
+        }
+        if !self.config.members.contains(&a.attester) {
+            return Verdict::Reject("attestation from a non-member".into());
+        }
+        let Some(next_close) = self.next_close else {
+            return Verdict::Ignore;
+        };
+        if a.interval >= next_close {
+            // An interval whose gate has not closed here yet (clock skew) or
+            // one that does not exist yet.
+            return if a.interval.0 > next_close.0 + 1 {
+                Verdict::Reject("attestation for an interval that is not closed".into())
+            } else {
+                Verdict::Ignore
+            };
+        }
+        let Some(state) = self.intervals.get(&a.interval) else {
+            return Verdict::Ignore;
+        };
+        let known = state.attestations.get(&a.attester).copied();
+        if known.is_some_and(|roots| roots != (a.set_root, a.result_root)) {
+            return Verdict::Reject("member attested two different results".into());
+        }
+        if known.is_none()
+            && let Err(error) = signed.verify()
+        {
+            return Verdict::Reject(format!("attestation: {error}"));
+        }
+        // The same attestation again means its sender saw no quorum yet (it
+        // publishes again while it waits, e.g. after a partition): if we are
+        // final, send it ours directly, so that it can finalize or fetch.
+        if state.phase == Phase::Final
+            && known.is_some()
+            && let Some((ours, _)) = &state.attestation
+        {
+            out.actions.push(Action::Send {
+                to: a.attester,
+                message: Message::Attestation(ours.clone()),
+            });
+        }
+        if known.is_some() {
+            return Verdict::Ignore;
+        }
+        let state = self.intervals.get_mut(&a.interval).expect("checked above");
+        state
+            .attestations
+            .insert(a.attester, (a.set_root, a.result_root));
+        // A member sees another set while we still reconcile: reconcile with it.
+        if state.phase == Phase::Reconciling && a.attester != self.me {
+            let own = self.pool.set_ids(&self.config.rules, a.interval);
+            if crate::validation::set_root(&own) != a.set_root {
+                out.actions.push(Action::Send {
+                    to: a.attester,
+                    message: Message::Reconcile {
+                        interval: a.interval,
+                        message: initiate(&own),
+                    },
+                });
+            }
+        }
+        self.check_finality(a.interval, out);
+        Verdict::Accept
+    }
+
+    fn on_fetch(
+        &mut self,
+        from: ParticipantId,
+        interval: IntervalIndex,
+        set_root: Hash32,
+        out: &mut Output,
+    ) -> Verdict {
+        let Some(state) = self.intervals.get(&interval) else {
+            return Verdict::Ignore;
+        };
+        match &state.own {
+            Some((own_root, _, _))
+                if *own_root == set_root && state.phase != Phase::Reconciling => {}
+            _ => return Verdict::Ignore,
+        }
+        let ids: BTreeSet<OfferId> = self
+            .pool
+            .set_ids(&self.config.rules, interval)
+            .into_iter()
+            .collect();
+        let offers: Vec<SignedOffer> = self
+            .pool
+            .offers(interval)
+            .filter(|o| ids.contains(&o.id))
+            .cloned()
+            .collect();
+        let total =
+            u32::try_from(offers.len().div_ceil(MAX_OFFERS_PER_MESSAGE).max(1)).unwrap_or(u32::MAX);
+        let chunks: Vec<&[SignedOffer]> = if offers.is_empty() {
+            vec![&[]]
+        } else {
+            offers.chunks(MAX_OFFERS_PER_MESSAGE).collect()
+        };
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            out.actions.push(Action::Send {
+                to: from,
+                message: Message::SetChunk(SetChunk {
+                    interval,
+                    set_root,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    total,
+                    offers: chunk.to_vec(),
+                }),
+            });
+        }
+        Verdict::Accept
+    }
+
+    fn on_set_chunk(&mut self, from: ParticipantId, chunk: SetChunk, out: &mut Output) -> Verdict {
+        let interval = chunk.interval;
+        let Some(state) = self.intervals.get_mut(&interval) else {
+            return Verdict::Ignore;
+        };
+        let Some(fetch) = state.fetch.as_mut() else {
+            return Verdict::Ignore;
+        };
+        let asked = fetch.candidates.get(fetch.next.saturating_sub(1)) == Some(&from);
+        if !asked || fetch.set_root != chunk.set_root {
+            return Verdict::Ignore;
+        }
+        fetch.chunks.insert(chunk.index, chunk.offers);
+        if fetch.chunks.len() < chunk.total as usize {
+            return Verdict::Accept;
+        }
+        let fetch = state.fetch.take().expect("present");
+        let offers: Vec<SignedOffer> = fetch.chunks.into_values().flatten().collect();
+        if offers.iter().any(|o| {
+            o.offer.interval != interval || !self.config.members.contains(&o.offer.participant)
+        }) {
+            self.retry_fetch(
+                interval,
+                fetch.set_root,
+                fetch.result_root,
+                fetch.candidates,
+                fetch.next,
+                out,
+            );
+            return Verdict::Reject("fetched set has offers from elsewhere".into());
+        }
+        let mut fresh = OfferPool::new();
+        fresh.receive_batch(&self.config.rules, offers, Arrival::Reconciliation);
+        let (root, result) = self.clear_pool(&fresh, interval);
+        if root != fetch.set_root || result.result_hash != fetch.result_root {
+            self.retry_fetch(
+                interval,
+                fetch.set_root,
+                fetch.result_root,
+                fetch.candidates,
+                fetch.next,
+                out,
+            );
+            return Verdict::Reject("fetched set does not match the quorum's roots".into());
+        }
+        self.pool.replace_interval(interval, fresh);
+        let state = self.intervals.get_mut(&interval).expect("present");
+        let attested = state.own.is_some();
+        state.own = Some((root, result.result_hash, result.clone()));
+        if !attested {
+            self.attest(interval, root, result.result_hash, out);
+        }
+        self.finalize(interval, true, out);
+        Verdict::Accept
+    }
+
+    fn retry_fetch(
+        &mut self,
+        interval: IntervalIndex,
+        set_root: Hash32,
+        result_root: Hash32,
+        candidates: Vec<ParticipantId>,
+        next: usize,
+        out: &mut Output,
+    ) {
+        if let Some(state) = self.intervals.get_mut(&interval) {
+            state.fetch = Some(Fetch {
+                set_root,
+                result_root,
+                candidates,
+                next,
+                asked_at_ms: 0,
+                chunks: BTreeMap::new(),
+            });
+        }
+        self.ask_next(interval, out);
+    }
+
+    /// Asks the next candidate for the quorum's set.
+    fn ask_next(&mut self, interval: IntervalIndex, out: &mut Output) {
+        let now_ms = self.now_ms;
+        let Some(fetch) = self
+            .intervals
+            .get_mut(&interval)
+            .and_then(|s| s.fetch.as_mut())
+        else {
+            return;
+        };
+        if fetch.candidates.is_empty() {
+            return;
+        }
+        let to = fetch.candidates[fetch.next % fetch.candidates.len()];
+        fetch.next += 1;
+        fetch.asked_at_ms = now_ms;
+        fetch.chunks.clear();
+        out.actions.push(Action::Send {
+            to,
+            message: Message::FetchSet {
+                interval,
+                set_root: fetch.set_root,
+            },
+        });
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut Output) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let now_ms = self.now_ms;
+        let clock = self.config.rules.clock;
+        let mut next = *self
+            .next_close
+            .get_or_insert_with(|| clock.next_open(now_ms / 1_000));
+        while self.gate_ms(next) <= now_ms {
+            self.close_gate(next, out);
+            next = IntervalIndex(next.0 + 1);
+        }
+        self.next_close = Some(next);
+        let window = self.config.reconcile_window_ms;
+        let due: Vec<IntervalIndex> = self
+            .intervals
+            .iter()
+            .filter(|(i, s)| {
+                s.phase == Phase::Reconciling
+                    && now_ms >= self.gate_ms(**i) + window
+                    && s.fetch.is_none()
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for interval in due {
+            let (set_root, result) = self.clear_pool(&self.pool, interval);
+            let state = self.intervals.get_mut(&interval).expect("listed");
+            state.own = Some((set_root, result.result_hash, result.clone()));
+            state.phase = Phase::Attested;
+            self.attest(interval, set_root, result.result_hash, out);
+            self.check_finality(interval, out);
+        }
+        let stale: Vec<IntervalIndex> = self
+            .intervals
+            .iter()
+            .filter(|(_, s)| {
+                s.fetch
+                    .as_ref()
+                    .is_some_and(|f| now_ms >= f.asked_at_ms + FETCH_TIMEOUT_MS)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for interval in stale {
+            self.ask_next(interval, out);
+        }
+        for state in self.intervals.values_mut() {
+            if state.phase == Phase::Attested
+                && let Some((signed, published_ms)) = state.attestation.as_mut()
+                && now_ms >= *published_ms + REPUBLISH_MS
+            {
+                *published_ms = now_ms;
+                out.actions
+                    .push(Action::Publish(Message::Attestation(signed.clone())));
+            }
+        }
+        // Prune final intervals that are old enough.
+        let horizon = IntervalIndex(next.0.saturating_sub(KEEP_FINAL_INTERVALS));
+        let keep = self.intervals.split_off(&horizon);
+        let old = std::mem::replace(&mut self.intervals, keep);
+        for (interval, state) in old {
+            if state.phase != Phase::Final {
+                self.intervals.insert(interval, state);
+            }
+        }
+        let oldest = self.intervals.keys().next().copied().unwrap_or(horizon);
+        self.pool.prune_before(oldest.min(horizon));
+        self.sequences = self.sequences.split_off(&(oldest.min(horizon), Side::Bid));
+    }
+
+    fn close_gate(&mut self, interval: IntervalIndex, out: &mut Output) {
+        self.intervals.insert(interval, IntervalState::new());
+        let own = self.pool.set_ids(&self.config.rules, interval);
+        let message = initiate(&own);
+        for peer in self.reconcile_partners(interval) {
+            out.actions.push(Action::Send {
+                to: peer,
+                message: Message::Reconcile {
+                    interval,
+                    message: message.clone(),
+                },
+            });
+        }
+    }
+
+    /// `reconcile_fanout` connected peers, a different choice per interval.
+    fn reconcile_partners(&self, interval: IntervalIndex) -> Vec<ParticipantId> {
+        let mut peers: Vec<(Hash32, ParticipantId)> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let mut seed = interval.0.to_le_bytes().to_vec();
+                seed.extend_from_slice(&self.me.0);
+                seed.extend_from_slice(&p.0);
+                (sha256(&seed), *p)
+            })
+            .collect();
+        peers.sort_unstable();
+        peers
+            .into_iter()
+            .take(self.config.reconcile_fanout)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    fn clear_pool(
+        &self,
+        pool: &OfferPool,
+        interval: IntervalIndex,
+    ) -> (Hash32, ClearingResult<OfferId, ParticipantId>) {
+        let rules = &self.config.rules;
+        let tariff = rules.tariffs.at(rules.clock.start_s(interval));
+        let book = pool.book(rules, interval);
+        let result = clear(rules.mechanism, &tariff, &book)
+            .expect("a validated pool always forms a clearable book");
+        (pool.set_root(rules, interval), result)
+    }
+
+    fn attest(
+        &mut self,
+        interval: IntervalIndex,
+        set_root: Hash32,
+        result_root: Hash32,
+        out: &mut Output,
+    ) {
+        let signed = Attestation {
+            chain_id: self.config.rules.chain_id,
+            market: self.config.rules.market_id,
+            interval,
+            set_root,
+            result_root,
+            attester: self.me,
+        }
+        .sign(&self.key);
+        if let Some(state) = self.intervals.get_mut(&interval) {
+            state.attestations.insert(self.me, (set_root, result_root));
+            state.attestation = Some((signed.clone(), self.now_ms));
+        }
+        out.actions
+            .push(Action::Publish(Message::Attestation(signed)));
+    }
+
+    /// Members needed for a quorum now.
+    fn threshold(&self) -> usize {
+        let active: BTreeSet<&ParticipantId> = self.recent_attesters.iter().flatten().collect();
+        let active = if active.is_empty() {
+            self.config.members.len()
+        } else {
+            active.len()
+        };
+        let share = (active as u128 * u128::from(self.config.quorum_ppm) / 1_000_000) as usize;
+        (share + 1).min(active).max(1)
+    }
+
+    fn check_finality(&mut self, interval: IntervalIndex, out: &mut Output) {
+        let threshold = self.threshold();
+        let Some(state) = self.intervals.get(&interval) else {
+            return;
+        };
+        if state.phase == Phase::Final {
+            return;
+        }
+        let mut groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>> = BTreeMap::new();
+        for (member, roots) in &state.attestations {
+            groups.entry(*roots).or_default().push(*member);
+        }
+        let Some(((set_root, result_root), attesters)) = groups
+            .into_iter()
+            .filter(|(_, members)| members.len() >= threshold)
+            .max_by_key(|(_, m)| m.len())
+        else {
+            return;
+        };
+        let own_roots = state.own.as_ref().map(|(s, r, _)| (*s, *r));
+        if own_roots == Some((set_root, result_root)) {
+            self.finalize(interval, false, out);
+        } else if state.fetch.as_ref().is_none_or(|f| f.set_root != set_root) {
+            let mut candidates: Vec<ParticipantId> =
+                attesters.into_iter().filter(|m| *m != self.me).collect();
+            // Spread fetches over the attesters: start at a place that depends on us.
+            let start = usize::from(self.me.0[0]) % candidates.len().max(1);
+            candidates.rotate_left(start);
+            let state = self.intervals.get_mut(&interval).expect("present");
+            state.fetch = Some(Fetch {
+                set_root,
+                result_root,
+                candidates,
+                next: 0,
+                asked_at_ms: 0,
+                chunks: BTreeMap::new(),
+            });
+            self.ask_next(interval, out);
+        }
+    }
+
+    fn finalize(&mut self, interval: IntervalIndex, fetched: bool, out: &mut Output) {
+        let gate_ms = self.gate_ms(interval);
+        let now_ms = self.now_ms;
+        let Some(state) = self.intervals.get_mut(&interval) else {
+            return;
+        };
+        let Some((set_root, result_root, result)) = state.own.clone() else {
+            return;
+        };
+        state.phase = Phase::Final;
+        state.fetch = None;
+        let attesters: Vec<ParticipantId> = state
+            .attestations
+            .iter()
+            .filter(|(_, roots)| **roots == (set_root, result_root))
+            .map(|(m, _)| *m)
+            .collect();
+        self.recent_attesters.push_back(attesters.clone());
+        while self.recent_attesters.len() > self.config.active_window.max(1) {
+            self.recent_attesters.pop_front();
+        }
+        let ids: BTreeSet<OfferId> = self
+            .pool
+            .set_ids(&self.config.rules, interval)
+            .into_iter()
+            .collect();
+        let offers: Vec<SignedOffer> = self
+            .pool
+            .offers(interval)
+            .filter(|o| ids.contains(&o.id))
+            .cloned()
+            .collect();
+        out.actions.push(Action::Finalized(Box::new(Finalized {
+            interval,
+            set_root,
+            result,
+            offers,
+            attesters,
+            finality_ms: now_ms.saturating_sub(gate_ms),
+            fetched,
+        })));
+    }
+}

@@ -1,0 +1,483 @@
+//! A small deterministic network of nodes: seeded latencies, loss and
+//! partitions, every node's final results compared.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::clearing::Mechanism;
+use crate::tariff::{Tariff, TariffSchedule};
+use crate::types::{CHAIN_ID_VOLTA, IntervalClock, MarketId};
+
+const INTERVAL_S: u64 = 60;
+/// Delivery of interval `FIRST` starts here; the run starts one interval earlier.
+const FIRST: IntervalIndex = IntervalIndex(30_000_000);
+const TICK_MS: u64 = 100;
+
+fn rules() -> MarketRules {
+    MarketRules {
+        chain_id: CHAIN_ID_VOLTA,
+        market_id: MarketId::from_name("node-tests"),
+        clock: IntervalClock::new(INTERVAL_S, 10).unwrap(),
+        max_intervals_ahead: 10,
+        max_offer_energy_wh: 100_000,
+        max_offers_per_participant: 16,
+        tariffs: TariffSchedule::flat(Tariff::new(80_000, 300_000, 10_000)),
+        mechanism: Mechanism::default(),
+    }
+}
+
+fn key(i: usize) -> SigningKey {
+    SigningKey::from_bytes(&[u8::try_from(i + 1).unwrap(); 32])
+}
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// How the test network misbehaves.
+#[derive(Clone, Debug, Default)]
+struct Faults {
+    /// Share of gossiped offers lost on each link, in percent.
+    offer_loss_pct: u64,
+    /// Nodes cut off from everyone between these times (ms since start).
+    cut: Option<(BTreeSet<usize>, u64, u64)>,
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    queue: BTreeMap<(u64, u64), (usize, usize, Message)>,
+    seq: u64,
+    rng: Rng,
+    faults: Faults,
+    start_ms: u64,
+    finals: Vec<BTreeMap<IntervalIndex, Finalized>>,
+    accepted_offers: BTreeMap<IntervalIndex, BTreeSet<OfferId>>,
+    verdicts: Vec<Verdict>,
+}
+
+impl Net {
+    fn new(n: usize, seed: u64, faults: Faults) -> Net {
+        let members: BTreeSet<ParticipantId> = (0..n)
+            .map(|i| ParticipantId(key(i).verifying_key().to_bytes()))
+            .collect();
+        let config = NodeConfig {
+            rules: rules(),
+            members,
+            reconcile_window_ms: 5_000,
+            quorum_ppm: DEFAULT_QUORUM_PPM,
+            reconcile_fanout: 2,
+            active_window: 4,
+        };
+        let mut nodes: Vec<Node> = (0..n).map(|i| Node::new(config.clone(), key(i))).collect();
+        let ids: Vec<ParticipantId> = nodes.iter().map(Node::id).collect();
+        for node in &mut nodes {
+            for id in &ids {
+                node.handle(Input::PeerUp(*id));
+            }
+        }
+        let start_ms = (FIRST.0 - 1) * INTERVAL_S * 1_000;
+        Net {
+            nodes,
+            queue: BTreeMap::new(),
+            seq: 0,
+            rng: Rng(seed),
+            faults,
+            start_ms,
+            finals: vec![BTreeMap::new(); n],
+            accepted_offers: BTreeMap::new(),
+            verdicts: Vec::new(),
+        }
+    }
+
+    fn index_of(&self, id: &ParticipantId) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id() == *id)
+            .expect("a node of the net")
+    }
+
+    fn cut_off(&self, node: usize, at_ms: u64) -> bool {
+        self.faults.cut.as_ref().is_some_and(|(nodes, from, to)| {
+            nodes.contains(&node) && (self.start_ms + from..self.start_ms + to).contains(&at_ms)
+        })
+    }
+
+    fn enqueue(&mut self, now_ms: u64, from: usize, to: usize, message: Message) {
+        if from == to || self.cut_off(from, now_ms) || self.cut_off(to, now_ms) {
+            return;
+        }
+        if matches!(message, Message::Offer(_)) && self.rng.below(100) < self.faults.offer_loss_pct
+        {
+            return;
+        }
+        let at = now_ms + 5 + self.rng.below(95);
+        self.seq += 1;
+        self.queue.insert((at, self.seq), (to, from, message));
+    }
+
+    fn apply(&mut self, now_ms: u64, node: usize, output: Output) {
+        if let Some(verdict) = output.verdict {
+            self.verdicts.push(verdict);
+        }
+        for action in output.actions {
+            match action {
+                Action::Publish(message) => {
+                    for to in 0..self.nodes.len() {
+                        self.enqueue(now_ms, node, to, message.clone());
+                    }
+                }
+                Action::Send { to, message } => {
+                    let to = self.index_of(&to);
+                    self.enqueue(now_ms, node, to, message);
+                }
+                Action::Finalized(finalized) => {
+                    let previous = self.finals[node].insert(finalized.interval, *finalized);
+                    assert!(
+                        previous.is_none(),
+                        "node {node} finalized an interval twice"
+                    );
+                }
+            }
+        }
+    }
+
+    fn offer(
+        &mut self,
+        node: usize,
+        interval: IntervalIndex,
+        side: Side,
+        energy_wh: u64,
+        price: u64,
+    ) {
+        let now_ms = self.nodes[node].now_ms;
+        let out = self.nodes[node].handle(Input::LocalOffer {
+            interval,
+            side,
+            energy_wh,
+            price_micro_per_kwh: price,
+        });
+        assert_eq!(out.verdict, Some(Verdict::Accept), "local offer refused");
+        if let Some(Action::Publish(Message::Offer(offer))) = out.actions.first() {
+            self.accepted_offers
+                .entry(interval)
+                .or_default()
+                .insert(offer.id);
+        }
+        self.apply(now_ms, node, out);
+    }
+
+    /// Runs until `until_ms` after the start, delivering messages and ticking.
+    fn run(&mut self, until_ms: u64) {
+        let end = self.start_ms + until_ms;
+        let mut now = self.nodes[0].now_ms.max(self.start_ms);
+        while now <= end {
+            while let Some(entry) = self.queue.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let ((at, _), (to, from, message)) = entry.remove_entry();
+                if self.cut_off(to, at) {
+                    continue;
+                }
+                let from_id = self.nodes[from].id();
+                let out = self.nodes[to].handle(Input::Message {
+                    from: from_id,
+                    message,
+                });
+                self.apply(at, to, out);
+            }
+            for i in 0..self.nodes.len() {
+                let out = self.nodes[i].handle(Input::Tick { now_ms: now });
+                self.apply(now, i, out);
+            }
+            now += TICK_MS;
+        }
+    }
+
+    /// Random offers from every node for intervals FIRST..FIRST+count, drawn
+    /// before any is sent so that network randomness cannot change them.
+    fn random_offers(&mut self, count: u64) {
+        let mut planned = Vec::new();
+        for node in 0..self.nodes.len() {
+            for k in 0..count {
+                let side = if self.rng.below(2) == 0 {
+                    Side::Bid
+                } else {
+                    Side::Ask
+                };
+                let energy = 100 + self.rng.below(2_000);
+                let price = 80_000 + self.rng.below(220_001);
+                planned.push((node, IntervalIndex(FIRST.0 + k), side, energy, price));
+            }
+        }
+        for (node, interval, side, energy, price) in planned {
+            self.offer(node, interval, side, energy, price);
+        }
+    }
+
+    /// Every node finalized every interval, all with the same roots.
+    fn assert_agreement(&self, intervals: u64) {
+        for k in 0..intervals {
+            let interval = IntervalIndex(FIRST.0 + k);
+            let roots: BTreeSet<(Hash32, Hash32)> = self
+                .finals
+                .iter()
+                .enumerate()
+                .map(|(node, finals)| {
+                    let f = finals
+                        .get(&interval)
+                        .unwrap_or_else(|| panic!("node {node} did not finalize {interval:?}"));
+                    (f.set_root, f.result.result_hash)
+                })
+                .collect();
+            assert_eq!(roots.len(), 1, "nodes disagree on {interval:?}");
+        }
+    }
+
+    fn final_ids(&self, node: usize, interval: IntervalIndex) -> BTreeSet<OfferId> {
+        self.finals[node][&interval]
+            .offers
+            .iter()
+            .map(|o| o.id)
+            .collect()
+    }
+}
+
+fn start(net: &mut Net) {
+    let start = net.start_ms;
+    for i in 0..net.nodes.len() {
+        let out = net.nodes[i].handle(Input::Tick { now_ms: start });
+        net.apply(start, i, out);
+    }
+}
+
+#[test]
+fn seven_nodes_agree_on_every_interval() {
+    let mut net = Net::new(7, 1, Faults::default());
+    start(&mut net);
+    net.random_offers(3);
+    net.run(4 * INTERVAL_S * 1_000);
+    net.assert_agreement(3);
+    for k in 0..3 {
+        let interval = IntervalIndex(FIRST.0 + k);
+        assert_eq!(
+            net.final_ids(0, interval),
+            net.accepted_offers[&interval],
+            "an honest offer is missing"
+        );
+    }
+    let traded: u64 = net.finals[0].values().map(|f| f.result.volume_wh).sum();
+    assert!(traded > 0, "nothing traded");
+    // Finality comes right after the reconciliation window.
+    for f in net.finals.iter().flat_map(|f| f.values()) {
+        assert!(
+            f.finality_ms <= 5_000 + 1_000,
+            "finality after {} ms",
+            f.finality_ms
+        );
+        assert!(!f.fetched);
+    }
+}
+
+#[test]
+fn reconciliation_repairs_lost_gossip() {
+    let mut net = Net::new(
+        7,
+        2,
+        Faults {
+            offer_loss_pct: 40,
+            cut: None,
+        },
+    );
+    start(&mut net);
+    net.random_offers(2);
+    net.run(3 * INTERVAL_S * 1_000);
+    net.assert_agreement(2);
+    for k in 0..2 {
+        let interval = IntervalIndex(FIRST.0 + k);
+        assert_eq!(net.final_ids(3, interval), net.accepted_offers[&interval]);
+    }
+}
+
+#[test]
+fn a_cut_off_node_fetches_the_quorum_set_and_converges() {
+    // Node 0 is cut off while offers are made and until after the
+    // reconciliation window, so it attests a set of its own offer only.
+    let gate_ms = (INTERVAL_S - 10) * 1_000;
+    let cut = Faults {
+        offer_loss_pct: 0,
+        cut: Some((BTreeSet::from([0]), gate_ms - 20_000, gate_ms + 8_000)),
+    };
+    let mut net = Net::new(7, 3, cut);
+    start(&mut net);
+    net.run(gate_ms - 15_000);
+    net.random_offers(1);
+    net.run(2 * INTERVAL_S * 1_000);
+    net.assert_agreement(1);
+    assert!(
+        net.finals[0][&FIRST].fetched,
+        "node 0 should have fetched the quorum's set"
+    );
+    assert!(net.finals[1..].iter().all(|f| !f[&FIRST].fetched));
+    // The quorum's set has the six offers made outside the cut; node 0's own
+    // offer never reached the others in time and is dropped by everyone.
+    assert_eq!(net.finals[0][&FIRST].offers.len(), 6);
+    let own = net.nodes[0].id();
+    assert!(
+        net.finals[0][&FIRST]
+            .offers
+            .iter()
+            .all(|o| o.offer.participant != own)
+    );
+}
+
+#[test]
+fn non_members_and_forgeries_are_rejected() {
+    let mut net = Net::new(4, 4, Faults::default());
+    start(&mut net);
+    let outsider = SigningKey::from_bytes(&[200; 32]);
+    let outsider_id = ParticipantId(outsider.verifying_key().to_bytes());
+    let offer = Offer {
+        chain_id: CHAIN_ID_VOLTA,
+        market: rules().market_id,
+        interval: FIRST,
+        side: Side::Bid,
+        energy_wh: 100,
+        price_micro_per_kwh: 100_000,
+        participant: outsider_id,
+        sequence: 1,
+    }
+    .sign(&outsider);
+    let from_member = net.nodes[1].id();
+    let out = net.nodes[0].handle(Input::Message {
+        from: outsider_id,
+        message: Message::Offer(offer.clone()),
+    });
+    assert!(matches!(out.verdict, Some(Verdict::Reject(_))));
+    let out = net.nodes[0].handle(Input::Message {
+        from: from_member,
+        message: Message::Offer(offer),
+    });
+    assert!(
+        matches!(out.verdict, Some(Verdict::Reject(_))),
+        "a member relaying a non-member's offer"
+    );
+    let forged = SignedAttestation {
+        attestation: Attestation {
+            chain_id: CHAIN_ID_VOLTA,
+            market: rules().market_id,
+            interval: FIRST,
+            set_root: [1; 32],
+            result_root: [2; 32],
+            attester: from_member,
+        },
+        signature: [7; 64],
+    };
+    // Close the gate first so the attestation is for a closed interval.
+    net.run(INTERVAL_S * 1_000);
+    let out = net.nodes[0].handle(Input::Message {
+        from: from_member,
+        message: Message::Attestation(forged),
+    });
+    assert!(
+        matches!(out.verdict, Some(Verdict::Reject(_))),
+        "{:?}",
+        out.verdict
+    );
+}
+
+#[test]
+fn messages_round_trip_and_bad_bytes_are_refused() {
+    let k = key(0);
+    let offer = Offer {
+        chain_id: CHAIN_ID_VOLTA,
+        market: rules().market_id,
+        interval: FIRST,
+        side: Side::Ask,
+        energy_wh: 1,
+        price_micro_per_kwh: 90_000,
+        participant: ParticipantId(k.verifying_key().to_bytes()),
+        sequence: 1,
+    }
+    .sign(&k);
+    let messages = vec![
+        Message::Offer(offer.clone()),
+        Message::Offers {
+            interval: FIRST,
+            offers: vec![offer.clone(); 3],
+        },
+        Message::Want {
+            interval: FIRST,
+            ids: vec![offer.id],
+        },
+        Message::FetchSet {
+            interval: FIRST,
+            set_root: [3; 32],
+        },
+        Message::Reconcile {
+            interval: FIRST,
+            message: initiate(&[offer.id]),
+        },
+    ];
+    for message in messages {
+        let bytes = message.encode();
+        assert!(bytes.len() <= MAX_MESSAGE_BYTES);
+        assert_eq!(Message::decode(&bytes).unwrap(), message);
+    }
+    assert_eq!(Message::decode(&[]), Err(MessageError::Empty));
+    assert_eq!(Message::decode(&[9, 0, 0]), Err(MessageError::Version(9)));
+    assert!(matches!(
+        Message::decode(&[1, 200, 3, 4]),
+        Err(MessageError::Malformed(_))
+    ));
+    assert!(matches!(
+        Message::decode(&vec![1; MAX_MESSAGE_BYTES + 1]),
+        Err(MessageError::TooLarge(_))
+    ));
+    let too_many = Message::Want {
+        interval: FIRST,
+        ids: vec![offer.id; MAX_WANTED_IDS + 1],
+    };
+    assert_eq!(
+        Message::decode(&too_many.encode()),
+        Err(MessageError::ListTooLong)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Different seeds reorder every delivery (latencies) and lose gossip
+    /// differently; the final results must not change.
+    #[test]
+    fn delivery_order_does_not_change_the_result(seed in any::<u64>(), loss in 0u64..30) {
+        let outcome = |net_seed: u64, loss: u64| {
+            let mut net = Net::new(5, net_seed, Faults { offer_loss_pct: loss, cut: None });
+            // The same offers every time: drawn from a fixed generator.
+            net.rng = Rng(99);
+            start(&mut net);
+            net.random_offers(1);
+            net.rng = Rng(net_seed);
+            net.run(2 * INTERVAL_S * 1_000);
+            net.assert_agreement(1);
+            let f = &net.finals[0][&FIRST];
+            (f.set_root, f.result.result_hash)
+        };
+        prop_assert_eq!(outcome(seed, loss), outcome(seed ^ 0x5555, 0));
+    }
+}
