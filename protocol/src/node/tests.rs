@@ -481,3 +481,116 @@ proptest! {
         prop_assert_eq!(outcome(seed, loss), outcome(seed ^ 0x5555, 0));
     }
 }
+
+/// Signs an offer for node `i` directly (bypassing its Node), as an
+/// adversary controlling that key would.
+fn forge(
+    i: usize,
+    interval: IntervalIndex,
+    side: Side,
+    energy_wh: u64,
+    sequence: u64,
+) -> SignedOffer {
+    let k = key(i);
+    Offer {
+        chain_id: CHAIN_ID_VOLTA,
+        market: rules().market_id,
+        interval,
+        side,
+        energy_wh,
+        price_micro_per_kwh: 150_000,
+        participant: ParticipantId(k.verifying_key().to_bytes()),
+        sequence,
+    }
+    .sign(&k)
+}
+
+/// Delivers `message` from node `from` to each node in `to` right now.
+fn deliver(net: &mut Net, from: usize, to: &[usize], message: &Message) {
+    let now = net.nodes[from].now_ms;
+    let from_id = net.nodes[from].id();
+    for &t in to {
+        let out = net.nodes[t].handle(Input::Message {
+            from: from_id,
+            message: message.clone(),
+        });
+        net.apply(now, t, out);
+    }
+}
+
+#[test]
+fn an_equivocator_is_void_everywhere() {
+    let mut net = Net::new(7, 5, Faults::default());
+    start(&mut net);
+    net.random_offers(1);
+    // Node 6 is an equivocator: two different offers with one sequence
+    // number, each to half of the network.
+    let a = forge(6, FIRST, Side::Ask, 1_000, 7);
+    let b = forge(6, FIRST, Side::Ask, 2_000, 7);
+    deliver(&mut net, 6, &[0, 1, 2], &Message::Offer(a));
+    deliver(&mut net, 6, &[3, 4, 5], &Message::Offer(b));
+    net.run(2 * INTERVAL_S * 1_000);
+    net.assert_agreement(1);
+    let equivocator = net.nodes[6].id();
+    let f = &net.finals[0][&FIRST];
+    assert!(
+        f.result
+            .trades
+            .iter()
+            .all(|t| t.seller != equivocator && t.buyer != equivocator),
+        "an equivocator traded"
+    );
+    // Its offers stay in the set only as evidence: two offers with one sequence.
+    let evidence: Vec<&SignedOffer> = f
+        .offers
+        .iter()
+        .filter(|o| o.offer.participant == equivocator)
+        .collect();
+    assert!(evidence.iter().any(|o| o.offer.sequence == 7));
+}
+
+#[test]
+fn an_offer_released_after_gate_closure_is_refused_by_gossip() {
+    let mut net = Net::new(5, 6, Faults::default());
+    start(&mut net);
+    net.random_offers(1);
+    // Past gate closure of FIRST, a withholder releases a new offer to one node.
+    net.run((INTERVAL_S - 10) * 1_000 + 500);
+    let late = forge(4, FIRST, Side::Bid, 700, 99);
+    let withholder = net.nodes[4].id();
+    let out = net.nodes[0].handle(Input::Message {
+        from: withholder,
+        message: Message::Offer(late.clone()),
+    });
+    assert!(
+        matches!(out.verdict, Some(Verdict::Reject(_))),
+        "{:?}",
+        out.verdict
+    );
+    net.run(2 * INTERVAL_S * 1_000);
+    net.assert_agreement(1);
+    assert!(net.finals[0][&FIRST].offers.iter().all(|o| o.id != late.id));
+}
+
+#[test]
+fn duplicated_deliveries_change_nothing() {
+    let outcome = |duplicate: bool| {
+        let mut net = Net::new(5, 7, Faults::default());
+        start(&mut net);
+        net.random_offers(1);
+        if duplicate {
+            // Deliver every queued message a second time, 1 ms later.
+            let copies: Vec<((u64, u64), (usize, usize, Message))> = net
+                .queue
+                .iter()
+                .map(|((at, seq), m)| ((at + 1, seq + 1_000_000), m.clone()))
+                .collect();
+            net.queue.extend(copies);
+        }
+        net.run(2 * INTERVAL_S * 1_000);
+        net.assert_agreement(1);
+        let f = &net.finals[0][&FIRST];
+        (f.set_root, f.result.result_hash)
+    };
+    assert_eq!(outcome(false), outcome(true));
+}
