@@ -58,9 +58,14 @@ struct Faults {
     cut: Option<(BTreeSet<usize>, u64, u64)>,
 }
 
+/// (delivery time in ms, sequence number): the queue's order.
+type QueueKey = (u64, u64);
+/// (to, from, message).
+type Queued = (usize, usize, Message);
+
 struct Net {
     nodes: Vec<Node>,
-    queue: BTreeMap<(u64, u64), (usize, usize, Message)>,
+    queue: BTreeMap<QueueKey, Queued>,
     seq: u64,
     rng: Rng,
     faults: Faults,
@@ -580,7 +585,7 @@ fn duplicated_deliveries_change_nothing() {
         net.random_offers(1);
         if duplicate {
             // Deliver every queued message a second time, 1 ms later.
-            let copies: Vec<((u64, u64), (usize, usize, Message))> = net
+            let copies: Vec<(QueueKey, Queued)> = net
                 .queue
                 .iter()
                 .map(|((at, seq), m)| ((at + 1, seq + 1_000_000), m.clone()))
