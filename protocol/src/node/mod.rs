@@ -69,6 +69,9 @@ pub const DEFAULT_QUORUM_PPM: u32 = 666_667;
 const FETCH_TIMEOUT_MS: u64 = 2_000;
 /// Final intervals kept (for peers that fetch them late) before pruning.
 const KEEP_FINAL_INTERVALS: u64 = 4;
+/// An interval that has not become final this many intervals after its gate
+/// closed is given up (no quorum formed), so that state stays bounded.
+const MAX_PENDING_INTERVALS: u64 = 16;
 /// A node that has attested but sees no quorum yet publishes its attestation
 /// again this often, so that peers cut off by a partition learn of it.
 const REPUBLISH_MS: u64 = 2_000;
@@ -781,8 +784,9 @@ impl Node {
         let horizon = IntervalIndex(next.0.saturating_sub(KEEP_FINAL_INTERVALS));
         let keep = self.intervals.split_off(&horizon);
         let old = std::mem::replace(&mut self.intervals, keep);
+        let give_up = IntervalIndex(next.0.saturating_sub(MAX_PENDING_INTERVALS));
         for (interval, state) in old {
-            if state.phase != Phase::Final {
+            if state.phase != Phase::Final && interval >= give_up {
                 self.intervals.insert(interval, state);
             }
         }

@@ -109,13 +109,6 @@ impl Net {
         }
     }
 
-    fn index_of(&self, id: &ParticipantId) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.id() == *id)
-            .expect("a node of the net")
-    }
-
     fn cut_off(&self, node: usize, at_ms: u64) -> bool {
         self.faults.cut.as_ref().is_some_and(|(nodes, from, to)| {
             nodes.contains(&node) && (self.start_ms + from..self.start_ms + to).contains(&at_ms)
@@ -147,8 +140,10 @@ impl Net {
                     }
                 }
                 Action::Send { to, message } => {
-                    let to = self.index_of(&to);
-                    self.enqueue(now_ms, node, to, message);
+                    // A peer that is not in the net (gone) gets nothing.
+                    if let Some(to) = self.nodes.iter().position(|n| n.id() == to) {
+                        self.enqueue(now_ms, node, to, message);
+                    }
                 }
                 Action::Finalized(finalized) => {
                     let previous = self.finals[node].insert(finalized.interval, *finalized);
@@ -598,4 +593,25 @@ fn duplicated_deliveries_change_nothing() {
         (f.set_root, f.result.result_hash)
     };
     assert_eq!(outcome(false), outcome(true));
+}
+
+#[test]
+fn state_stays_bounded_when_no_quorum_forms() {
+    // Two of seven nodes alone can never reach a quorum.
+    let mut net = Net::new(7, 8, Faults::default());
+    net.nodes.truncate(2);
+    net.finals.truncate(2);
+    start(&mut net);
+    net.run(40 * INTERVAL_S * 1_000);
+    assert!(
+        net.finals.iter().all(BTreeMap::is_empty),
+        "finalized without a quorum"
+    );
+    for node in &net.nodes {
+        assert!(
+            node.intervals.len() as u64 <= MAX_PENDING_INTERVALS + 1,
+            "{} intervals kept",
+            node.intervals.len()
+        );
+    }
 }
