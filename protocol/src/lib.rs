@@ -17,6 +17,7 @@
 //! - [`clearing`]: the market mechanisms.
 //! - [`pricing`]: indicative prices for upcoming intervals.
 //! - [`settlement`]: who pays whom once the meters have spoken.
+//! - [`verify`]: signature checking behind one interface.
 //! - [`agent`]: a household's trading agent (offers and battery dispatch).
 
 pub mod agent;
@@ -30,3 +31,4 @@ pub mod settlement;
 pub mod tariff;
 pub mod types;
 pub mod validation;
+pub mod verify;

@@ -13,6 +13,7 @@ use crate::offer::{SIGNATURE_DOMAIN, SignatureError, SignedOffer, participant_ke
 use crate::reconcile::ReconcileMessage;
 use crate::types::{IntervalIndex, MarketId, OfferId, PROTOCOL_VERSION, ParticipantId};
 use crate::validation::Equivocation;
+use crate::verify::{SignatureItem, SignatureVerifier};
 
 /// Largest encoded message: gossipsub's default maximum.
 pub const MAX_MESSAGE_BYTES: usize = 65_536;
@@ -104,6 +105,22 @@ impl SignedAttestation {
             &Signature::from_bytes(&self.signature),
         )
         .map_err(|_| SignatureError::Invalid)
+    }
+
+    /// [`SignedAttestation::verify`] through a shared verifier.
+    pub fn verify_with(&self, verifier: &dyn SignatureVerifier) -> Result<(), SignatureError> {
+        let key = participant_key(&self.attestation.attester)?;
+        let message = self.attestation.message();
+        let item = SignatureItem {
+            key: &key,
+            message: &message,
+            signature: &self.signature,
+        };
+        if verifier.verify(&[item])[0] {
+            Ok(())
+        } else {
+            Err(SignatureError::Invalid)
+        }
     }
 }
 

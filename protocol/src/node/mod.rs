@@ -25,6 +25,7 @@ mod message;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,7 @@ use crate::offer::{Offer, SignedOffer};
 use crate::reconcile::{initiate, respond};
 use crate::types::{IntervalIndex, OfferId, ParticipantId, Side};
 use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
+use crate::verify::{Ed25519Verifier, SignatureVerifier};
 
 pub use message::{
     ATTESTATION_BODY_LEN, Attestation, MAX_MESSAGE_BYTES, MAX_OFFERS_PER_MESSAGE, MAX_WANTED_IDS,
@@ -202,22 +204,35 @@ pub struct Node {
     sequences: BTreeMap<(IntervalIndex, Side), u64>,
     /// Attesters of the most recent final intervals, newest last.
     recent_attesters: VecDeque<Vec<ParticipantId>>,
+    verifier: Arc<dyn SignatureVerifier>,
 }
 
 impl Node {
+    /// A node that checks every signature with ed25519.
     pub fn new(config: NodeConfig, key: SigningKey) -> Node {
+        Node::with_verifier(config, key, Arc::new(Ed25519Verifier))
+    }
+
+    /// A node that checks signatures with `verifier` (the simulator shares a
+    /// memoising one among its nodes).
+    pub fn with_verifier(
+        config: NodeConfig,
+        key: SigningKey,
+        verifier: Arc<dyn SignatureVerifier>,
+    ) -> Node {
         let me = ParticipantId(key.verifying_key().to_bytes());
         Node {
             config,
             key,
             me,
             now_ms: 0,
-            pool: OfferPool::new(),
+            pool: OfferPool::with_verifier(verifier.clone()),
             peers: BTreeSet::new(),
             intervals: BTreeMap::new(),
             next_close: None,
             sequences: BTreeMap::new(),
             recent_attesters: VecDeque::new(),
+            verifier,
         }
     }
 
@@ -534,7 +549,7 @@ impl Node {
             return Verdict::Reject("member attested two different results".into());
         }
         if known.is_none()
-            && let Err(error) = signed.verify()
+            && let Err(error) = signed.verify_with(self.verifier.as_ref())
         {
             return Verdict::Reject(format!("attestation: {error}"));
         }
@@ -653,7 +668,7 @@ impl Node {
             );
             return Verdict::Reject("fetched set has offers from elsewhere".into());
         }
-        let mut fresh = OfferPool::new();
+        let mut fresh = OfferPool::with_verifier(self.verifier.clone());
         fresh.receive_batch(&self.config.rules, offers, Arrival::Reconciliation);
         let (root, result) = self.clear_pool(&fresh, interval);
         if root != fetch.set_root || result.result_hash != fetch.result_root {

@@ -24,15 +24,17 @@
 //! what lets nodes that heard the same offers in different orders agree.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::clearing::{Mechanism, Order};
 use crate::hash::{Hash32, Hasher};
-use crate::offer::{Offer, SignatureError, SignedOffer, participant_key, verify_batch};
+use crate::offer::{Offer, SignatureError, SignedOffer, participant_key, verify_offers};
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
+use crate::verify::{Ed25519Verifier, SignatureVerifier};
 
 /// The rules of one market that offers are checked against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,11 +205,18 @@ const SET_DOMAIN: &[u8; 16] = b"DHARTI-OFFERS-V1";
 /// than `max_offers_per_participant` offers for an interval is void for that
 /// interval, all its offers out of the book. Stale offers are kept too (up to
 /// the limit), because they count towards it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct OfferPool {
     intervals: BTreeMap<IntervalIndex, IntervalPool>,
     evidence: Vec<Equivocation>,
     keys: BTreeMap<ParticipantId, VerifyingKey>,
+    verifier: Arc<dyn SignatureVerifier>,
+}
+
+impl Default for OfferPool {
+    fn default() -> Self {
+        OfferPool::with_verifier(Arc::new(Ed25519Verifier))
+    }
 }
 
 /// Bound on the parsed-key cache; past it the cache is cleared. Parsing a key
@@ -276,6 +285,16 @@ impl OfferPool {
         OfferPool::default()
     }
 
+    /// A pool that checks signatures with `verifier`.
+    pub fn with_verifier(verifier: Arc<dyn SignatureVerifier>) -> OfferPool {
+        OfferPool {
+            intervals: BTreeMap::new(),
+            evidence: Vec::new(),
+            keys: BTreeMap::new(),
+            verifier,
+        }
+    }
+
     fn key(&mut self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError> {
         if let Some(key) = self.keys.get(participant) {
             return Ok(*key);
@@ -337,7 +356,7 @@ impl OfferPool {
             verdicts.push(verdict);
         }
         let refs: Vec<&SignedOffer> = to_verify.iter().map(|&i| &offers[i]).collect();
-        let valid = verify_batch(&refs, &keys);
+        let valid = verify_offers(self.verifier.as_ref(), &refs, &keys);
         for (&i, ok) in to_verify.iter().zip(valid) {
             if !ok {
                 verdicts[i] = Some(Validation::Reject(Reject::BadSignature(
