@@ -173,16 +173,26 @@ struct IntervalState {
     /// Our signed attestation and when it was last published.
     attestation: Option<(SignedAttestation, u64)>,
     attestations: BTreeMap<ParticipantId, (Hash32, Hash32)>,
+    /// The same attestations grouped by roots (usually one or two groups),
+    /// so finality is checked without regrouping on every arrival.
+    groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>>,
     fetch: Option<Fetch>,
 }
 
 impl IntervalState {
+    fn record(&mut self, member: ParticipantId, roots: (Hash32, Hash32)) {
+        if self.attestations.insert(member, roots).is_none() {
+            self.groups.entry(roots).or_default().push(member);
+        }
+    }
+
     fn new() -> IntervalState {
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
             attestations: BTreeMap::new(),
+            groups: BTreeMap::new(),
             fetch: None,
         }
     }
@@ -204,6 +214,8 @@ pub struct Node {
     sequences: BTreeMap<(IntervalIndex, Side), u64>,
     /// Attesters of the most recent final intervals, newest last.
     recent_attesters: VecDeque<Vec<ParticipantId>>,
+    /// Members needed for a quorum, from `recent_attesters`.
+    threshold: usize,
     verifier: Arc<dyn SignatureVerifier>,
 }
 
@@ -221,7 +233,7 @@ impl Node {
         verifier: Arc<dyn SignatureVerifier>,
     ) -> Node {
         let me = ParticipantId(key.verifying_key().to_bytes());
-        Node {
+        let mut node = Node {
             config,
             key,
             me,
@@ -232,8 +244,11 @@ impl Node {
             next_close: None,
             sequences: BTreeMap::new(),
             recent_attesters: VecDeque::new(),
+            threshold: 0,
             verifier,
-        }
+        };
+        node.update_threshold();
+        node
     }
 
     pub fn id(&self) -> ParticipantId {
@@ -569,9 +584,7 @@ impl Node {
             return Verdict::Ignore;
         }
         let state = self.intervals.get_mut(&a.interval).expect("checked above");
-        state
-            .attestations
-            .insert(a.attester, (a.set_root, a.result_root));
+        state.record(a.attester, (a.set_root, a.result_root));
         // A member sees another set while we still reconcile: reconcile with it.
         if state.phase == Phase::Reconciling && a.attester != self.me {
             let own = self.pool.set_ids(&self.config.rules, a.interval);
@@ -875,7 +888,7 @@ impl Node {
         }
         .sign(&self.key);
         if let Some(state) = self.intervals.get_mut(&interval) {
-            state.attestations.insert(self.me, (set_root, result_root));
+            state.record(self.me, (set_root, result_root));
             state.attestation = Some((signed.clone(), self.now_ms));
         }
         out.actions
@@ -884,14 +897,20 @@ impl Node {
 
     /// Members needed for a quorum now.
     fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Recomputes the quorum threshold from the recent attesters.
+    fn update_threshold(&mut self) {
         let active: BTreeSet<&ParticipantId> = self.recent_attesters.iter().flatten().collect();
         let active = if active.is_empty() {
             self.config.members.len()
         } else {
             active.len()
         };
-        let share = (active as u128 * u128::from(self.config.quorum_ppm) / 1_000_000) as usize;
-        (share + 1).min(active).max(1)
+        let share = u128::from(active as u64) * u128::from(self.config.quorum_ppm) / 1_000_000;
+        let share = usize::try_from(share).expect("a share of the members fits");
+        self.threshold = (share + 1).min(active).max(1);
     }
 
     fn check_finality(&mut self, interval: IntervalIndex, out: &mut Output) {
@@ -902,14 +921,12 @@ impl Node {
         if state.phase == Phase::Final {
             return;
         }
-        let mut groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>> = BTreeMap::new();
-        for (member, roots) in &state.attestations {
-            groups.entry(*roots).or_default().push(*member);
-        }
-        let Some(((set_root, result_root), attesters)) = groups
-            .into_iter()
+        let Some(((set_root, result_root), attesters)) = state
+            .groups
+            .iter()
             .filter(|(_, members)| members.len() >= threshold)
             .max_by_key(|(_, m)| m.len())
+            .map(|(roots, members)| (*roots, members.clone()))
         else {
             return;
         };
@@ -956,6 +973,7 @@ impl Node {
         while self.recent_attesters.len() > self.config.active_window.max(1) {
             self.recent_attesters.pop_front();
         }
+        self.update_threshold();
         let ids: BTreeSet<OfferId> = self
             .pool
             .set_ids(&self.config.rules, interval)
