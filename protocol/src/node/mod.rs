@@ -75,8 +75,11 @@ const KEEP_FINAL_INTERVALS: u64 = 4;
 /// closed is given up (no quorum formed), so that state stays bounded.
 const MAX_PENDING_INTERVALS: u64 = 16;
 /// A node that has attested but sees no quorum yet publishes its attestation
-/// again this often, so that peers cut off by a partition learn of it.
+/// again this often, so that peers cut off by a partition learn of it...
 const REPUBLISH_MS: u64 = 2_000;
+/// ...at most this many times (ten seconds of trying), so that an interval
+/// that never finds a quorum does not cost traffic until it is given up.
+const MAX_REPUBLISH: u32 = 5;
 
 /// The verdict on a message, for gossip validation and peer scoring.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +152,53 @@ pub struct Output {
     pub actions: Vec<Action>,
 }
 
+/// The members that attested in the last few final intervals, counted
+/// incrementally: each member's count is the number of those intervals it
+/// attested in, and the members with a count are the active ones.
+#[derive(Clone, Debug, Default)]
+struct Activity {
+    window: VecDeque<(IntervalIndex, BTreeSet<ParticipantId>)>,
+    counts: BTreeMap<ParticipantId, u32>,
+}
+
+impl Activity {
+    /// A newly final interval with its attesters; the oldest beyond `limit` leaves.
+    fn open(&mut self, interval: IntervalIndex, attesters: Vec<ParticipantId>, limit: usize) {
+        for member in &attesters {
+            *self.counts.entry(*member).or_default() += 1;
+        }
+        self.window
+            .push_back((interval, attesters.into_iter().collect()));
+        while self.window.len() > limit {
+            let (_, old) = self.window.pop_front().expect("longer than the limit");
+            for member in old {
+                if let Some(count) = self.counts.get_mut(&member) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.counts.remove(&member);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A late attestation for a final interval; returns whether it is news.
+    fn add(&mut self, interval: IntervalIndex, member: ParticipantId) -> bool {
+        let Some((_, set)) = self.window.iter_mut().find(|(i, _)| *i == interval) else {
+            return false;
+        };
+        if !set.insert(member) {
+            return false;
+        }
+        *self.counts.entry(member).or_default() += 1;
+        true
+    }
+
+    fn active(&self) -> usize {
+        self.counts.len()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Reconciling,
@@ -170,8 +220,8 @@ struct Fetch {
 struct IntervalState {
     phase: Phase,
     own: Option<(Hash32, Hash32, ClearingResult<OfferId, ParticipantId>)>,
-    /// Our signed attestation and when it was last published.
-    attestation: Option<(SignedAttestation, u64)>,
+    /// Our signed attestation, when it was last published and how often.
+    attestation: Option<(SignedAttestation, u64, u32)>,
     attestations: BTreeMap<ParticipantId, (Hash32, Hash32)>,
     /// The same attestations grouped by roots (usually one or two groups),
     /// so finality is checked without regrouping on every arrival.
@@ -212,9 +262,9 @@ pub struct Node {
     /// The next interval whose gate closes; set by the first tick.
     next_close: Option<IntervalIndex>,
     sequences: BTreeMap<(IntervalIndex, Side), u64>,
-    /// Attesters of the most recent final intervals, newest last.
-    recent_attesters: VecDeque<Vec<ParticipantId>>,
-    /// Members needed for a quorum, from `recent_attesters`.
+    /// Who attested (anything) in the most recent final intervals.
+    activity: Activity,
+    /// Members needed for a quorum, from `activity`.
     threshold: usize,
     verifier: Arc<dyn SignatureVerifier>,
 }
@@ -243,7 +293,7 @@ impl Node {
             intervals: BTreeMap::new(),
             next_close: None,
             sequences: BTreeMap::new(),
-            recent_attesters: VecDeque::new(),
+            activity: Activity::default(),
             threshold: 0,
             verifier,
         };
@@ -253,6 +303,26 @@ impl Node {
 
     pub fn id(&self) -> ParticipantId {
         self.me
+    }
+
+    /// A one-line description of the node's state for `interval`, for
+    /// diagnostics.
+    pub fn debug_interval(&self, interval: IntervalIndex) -> String {
+        match self.intervals.get(&interval) {
+            None => format!("no state (next gate {:?})", self.next_close),
+            Some(s) => format!(
+                "phase {:?}, attested {}, {} attestations in {} groups (largest {}), threshold {}, fetching {:?}",
+                s.phase,
+                s.own.is_some(),
+                s.attestations.len(),
+                s.groups.len(),
+                s.groups.values().map(Vec::len).max().unwrap_or(0),
+                self.threshold,
+                s.fetch
+                    .as_ref()
+                    .map(|f| (f.next, f.candidates.len(), f.chunks.len())),
+            ),
+        }
     }
 
     fn gate_ms(&self, interval: IntervalIndex) -> u64 {
@@ -573,7 +643,7 @@ impl Node {
         // final, send it ours directly, so that it can finalize or fetch.
         if state.phase == Phase::Final
             && known.is_some()
-            && let Some((ours, _)) = &state.attestation
+            && let Some((ours, _, _)) = &state.attestation
         {
             out.actions.push(Action::Send {
                 to: a.attester,
@@ -585,6 +655,10 @@ impl Node {
         }
         let state = self.intervals.get_mut(&a.interval).expect("checked above");
         state.record(a.attester, (a.set_root, a.result_root));
+        if state.phase == Phase::Final && self.activity.add(a.interval, a.attester) {
+            self.update_threshold();
+        }
+        let state = self.intervals.get_mut(&a.interval).expect("checked above");
         // A member sees another set while we still reconcile: reconcile with it.
         if state.phase == Phase::Reconciling && a.attester != self.me {
             let own = self.pool.set_ids(&self.config.rules, a.interval);
@@ -800,10 +874,12 @@ impl Node {
         }
         for state in self.intervals.values_mut() {
             if state.phase == Phase::Attested
-                && let Some((signed, published_ms)) = state.attestation.as_mut()
+                && let Some((signed, published_ms, times)) = state.attestation.as_mut()
                 && now_ms >= *published_ms + REPUBLISH_MS
+                && *times < MAX_REPUBLISH
             {
                 *published_ms = now_ms;
+                *times += 1;
                 out.actions
                     .push(Action::Publish(Message::Attestation(signed.clone())));
             }
@@ -889,7 +965,7 @@ impl Node {
         .sign(&self.key);
         if let Some(state) = self.intervals.get_mut(&interval) {
             state.record(self.me, (set_root, result_root));
-            state.attestation = Some((signed.clone(), self.now_ms));
+            state.attestation = Some((signed.clone(), self.now_ms, 0));
         }
         out.actions
             .push(Action::Publish(Message::Attestation(signed)));
@@ -902,11 +978,9 @@ impl Node {
 
     /// Recomputes the quorum threshold from the recent attesters.
     fn update_threshold(&mut self) {
-        let active: BTreeSet<&ParticipantId> = self.recent_attesters.iter().flatten().collect();
-        let active = if active.is_empty() {
-            self.config.members.len()
-        } else {
-            active.len()
+        let active = match self.activity.active() {
+            0 => self.config.members.len(),
+            active => active,
         };
         let share = u128::from(active as u64) * u128::from(self.config.quorum_ppm) / 1_000_000;
         let share = usize::try_from(share).expect("a share of the members fits");
@@ -969,10 +1043,9 @@ impl Node {
             .filter(|(_, roots)| **roots == (set_root, result_root))
             .map(|(m, _)| *m)
             .collect();
-        self.recent_attesters.push_back(attesters.clone());
-        while self.recent_attesters.len() > self.config.active_window.max(1) {
-            self.recent_attesters.pop_front();
-        }
+        let everyone: Vec<ParticipantId> = state.attestations.keys().copied().collect();
+        self.activity
+            .open(interval, everyone, self.config.active_window.max(1));
         self.update_threshold();
         let ids: BTreeSet<OfferId> = self
             .pool

@@ -1,0 +1,1088 @@
+//! The discrete-event simulation: many `protocol::Node`s over a simulated
+//! network, single-threaded and seeded, so that a seed names a run and its
+//! trace hash.
+//!
+//! - **Overlay**: a random ring plus random extra links, `degree` links per
+//!   node on average; each link has a fixed latency drawn from `latency_ms`.
+//! - **Gossip** is forwarded hop by hop: a node that accepts a message
+//!   forwards it to its other neighbours, each transmission lost with
+//!   probability `loss`, duplicates dropped (as gossipsub's seen cache does).
+//!   Direct messages (reconciliation, fetches) travel over a reliable
+//!   connection with one link's latency.
+//! - **Churn**: each interval, a share of the households is offline from half
+//!   an interval before its gate closure to half an interval after.
+//! - **Partitions**: a share of the nodes is cut off from the others.
+//! - **Clock skew**: each node's clock is off by up to `clock_skew_ms`.
+//! - **Adversaries**: equivocators show half their neighbours one offer and
+//!   the other half another with the same sequence number; spammers send
+//!   badly signed, oversized and replayed offers; withholders release their
+//!   offer only after gate closure, to one neighbour.
+//!
+//! Households plan with the trading agent two to three minutes before gate
+//! closure, with a perfect forecast of their own load and PV. The market
+//! result used for settlement is the one most honest nodes finalized; every
+//! household's battery and meter follow it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use dharti_protocol::agent::{self, AgentSettings, IntervalForecast, Plan};
+use dharti_protocol::clearing::{ClearingResult, Mechanism};
+use dharti_protocol::hash::{Hash32, Hasher};
+use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Verdict};
+use dharti_protocol::offer::{Offer, SignedOffer};
+use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
+use dharti_protocol::settlement::{MeterReading, settle};
+use dharti_protocol::tariff::{Tariff, TariffSchedule};
+use dharti_protocol::types::{
+    CHAIN_ID_VOLTA, IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side,
+};
+use dharti_protocol::validation::MarketRules;
+use ed25519_dalek::SigningKey;
+
+use crate::households::Household;
+use crate::rng::Rng;
+use crate::scenario::Scenario;
+use crate::verifier::MemoVerifier;
+
+/// What a simulated participant is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Honest,
+    Equivocator,
+    Spammer,
+    Withholder,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Honest => "honest",
+            Role::Equivocator => "equivocator",
+            Role::Spammer => "spammer",
+            Role::Withholder => "withholder",
+        }
+    }
+}
+
+/// After the reconciliation window, nodes are ticked every second for this
+/// long (fetches, republished attestations), then not until the next gate.
+pub const FOLLOW_UP_S: u64 = 30;
+
+#[derive(Debug)]
+enum Event {
+    Tick(usize),
+    Plan {
+        node: usize,
+        k: usize,
+    },
+    Deliver {
+        to: usize,
+        from: usize,
+        payload: Payload,
+    },
+    Withheld {
+        node: usize,
+        offer: Box<SignedOffer>,
+    },
+    Dispatch {
+        k: usize,
+    },
+}
+
+#[derive(Debug)]
+enum Payload {
+    Gossip(usize),
+    Direct(Box<Message>),
+}
+
+/// One gossiped message and who has seen it.
+struct Gossip {
+    message: Message,
+    bytes: u64,
+    seen: Vec<u64>,
+}
+
+impl Gossip {
+    fn mark(&mut self, node: usize) -> bool {
+        let (word, bit) = (node / 64, 1u64 << (node % 64));
+        let fresh = self.seen[word] & bit == 0;
+        self.seen[word] |= bit;
+        fresh
+    }
+}
+
+/// A node's view of one final interval.
+#[derive(Clone, Debug)]
+pub struct NodeFinal {
+    pub set_root: Hash32,
+    pub result_hash: Hash32,
+    pub finality_ms: u64,
+}
+
+/// Per-interval outcome.
+#[derive(Clone, Debug, Default)]
+pub struct IntervalOutcome {
+    pub index: u64,
+    pub start_s: u64,
+    pub reference: Option<(Hash32, Hash32)>,
+    pub result: Option<ClearingResult<OfferId, ParticipantId>>,
+    pub agreeing: usize,
+    pub honest_online: usize,
+    pub finality_ms: Vec<u64>,
+    pub load_wh: u64,
+    pub pv_wh: u64,
+    pub community_import_wh: u64,
+    pub community_export_wh: u64,
+    pub offers: usize,
+}
+
+/// Per-household outcome.
+#[derive(Clone, Debug, Default)]
+pub struct HouseholdOutcome {
+    pub bill_micro: i64,
+    pub grid_only_bill_micro: i64,
+    /// What the grid-only household pays for its imports (before feed-in income).
+    pub grid_only_import_micro: u64,
+    pub p2p_revenue_micro: u64,
+    pub p2p_paid_micro: u64,
+    pub bought_wh: u64,
+    pub sold_wh: u64,
+    pub sold_at_feed_in_micro: u64,
+    pub load_wh: u64,
+    pub pv_wh: u64,
+}
+
+/// Everything a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub roles: Vec<Role>,
+    pub households: Vec<Household>,
+    pub intervals: Vec<IntervalOutcome>,
+    pub per_household: Vec<HouseholdOutcome>,
+    pub invariant_violations: u64,
+    pub violations: Vec<String>,
+    pub messages: u64,
+    pub bytes: u64,
+    pub payload_bytes: u64,
+    pub offers_total: u64,
+    pub trace_hash: Hash32,
+}
+
+struct Household2 {
+    node: Node,
+    role: Role,
+    skew_ms: i64,
+    neighbours: Vec<usize>,
+    soc_wh: u64,
+    baseline_soc_wh: u64,
+    plans: BTreeMap<usize, Plan>,
+    recent: VecDeque<IntervalSummary>,
+    finals: BTreeMap<usize, NodeFinal>,
+    /// Offers this node published honestly, per interval, with the time.
+    published: BTreeMap<usize, Vec<(OfferId, u64)>>,
+}
+
+pub struct Sim<'a> {
+    scenario: &'a Scenario,
+    rules: MarketRules,
+    tariff: Tariff,
+    first: IntervalIndex,
+    households: Vec<Household>,
+    nodes: Vec<Household2>,
+    keys: Vec<SigningKey>,
+    ids: Vec<ParticipantId>,
+    links: BTreeMap<(usize, usize), u64>,
+    queue: BTreeMap<(u64, u64), Event>,
+    seq: u64,
+    now_ms: u64,
+    gossip: Vec<Gossip>,
+    rng_loss: Rng,
+    rng_misc: Rng,
+    offline: Vec<BTreeSet<usize>>,
+    partitions: Vec<(u64, u64, Vec<bool>)>,
+    outcome_intervals: Vec<IntervalOutcome>,
+    per_household: Vec<HouseholdOutcome>,
+    violations: Vec<String>,
+    messages: u64,
+    bytes: u64,
+    payload_bytes: u64,
+    offers_total: u64,
+    trace: Hasher,
+    progress: Option<Box<dyn FnMut(usize, usize) + 'a>>,
+    /// The first copy of every distinct final result, and of its offer set.
+    results_seen: BTreeMap<(usize, Hash32, Hash32), ClearingResult<OfferId, ParticipantId>>,
+    sets_seen: BTreeMap<(usize, Hash32), BTreeSet<OfferId>>,
+}
+
+impl std::fmt::Debug for Sim<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("nodes", &self.nodes.len())
+            .field("now_ms", &self.now_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gate_ms(rules: &MarketRules, interval: IntervalIndex) -> u64 {
+    rules.clock.gate_closure_s(interval) * 1_000
+}
+
+impl<'a> Sim<'a> {
+    pub fn new(
+        scenario: &'a Scenario,
+        households: Vec<Household>,
+        start_s: u64,
+        rng: &mut Rng,
+    ) -> Sim<'a> {
+        let m = &scenario.market;
+        let n = households.len();
+        let tariff = Tariff::new(
+            m.feed_in_micro_per_kwh,
+            m.retail_micro_per_kwh,
+            m.grid_fee_micro_per_kwh,
+        );
+        let clock = IntervalClock::new(m.interval_s, m.gate_lead_s).expect("validated scenario");
+        let rules = MarketRules {
+            chain_id: CHAIN_ID_VOLTA,
+            market_id: MarketId::from_name("dharti-sim"),
+            clock,
+            max_intervals_ahead: 4,
+            max_offer_energy_wh: 100_000,
+            max_offers_per_participant: 16,
+            tariffs: TariffSchedule::flat(tariff),
+            mechanism: m
+                .mechanism
+                .parse::<Mechanism>()
+                .expect("validated scenario"),
+        };
+        let first = IntervalIndex(start_s.div_ceil(m.interval_s));
+        let mut keys_rng = rng.fork(1);
+        let keys: Vec<SigningKey> = (0..n)
+            .map(|_| {
+                let mut seed = [0u8; 32];
+                for chunk in seed.chunks_mut(8) {
+                    chunk.copy_from_slice(&keys_rng.next_u64().to_le_bytes());
+                }
+                SigningKey::from_bytes(&seed)
+            })
+            .collect();
+        let ids: Vec<ParticipantId> = keys
+            .iter()
+            .map(|k| ParticipantId(k.verifying_key().to_bytes()))
+            .collect();
+        let config = NodeConfig {
+            rules: rules.clone(),
+            members: ids.iter().copied().collect(),
+            reconcile_window_ms: m.reconcile_window_s * 1_000,
+            quorum_ppm: (m.quorum * 1_000_000.0).round() as u32,
+            reconcile_fanout: 3,
+            active_window: 4,
+        };
+
+        // Roles: a seeded choice of adversaries.
+        let mut roles = vec![Role::Honest; n];
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut role_rng = rng.fork(2);
+        for i in (1..n).rev() {
+            order.swap(i, role_rng.below(i as u64 + 1) as usize);
+        }
+        let a = &scenario.adversaries;
+        let mut next = 0;
+        for (share, role) in [
+            (a.equivocators, Role::Equivocator),
+            (a.spammers, Role::Spammer),
+            (a.withholders, Role::Withholder),
+        ] {
+            let count = (share * n as f64).round() as usize;
+            for &i in &order[next..(next + count).min(n)] {
+                roles[i] = role;
+            }
+            next += count;
+        }
+
+        // Overlay: ring over a random permutation plus random links.
+        let mut net_rng = rng.fork(3);
+        let mut ring: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            ring.swap(i, net_rng.below(i as u64 + 1) as usize);
+        }
+        let net = &scenario.network;
+        let mut links: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        let mut link = |a: usize, b: usize, rng: &mut Rng| {
+            if a != b {
+                let latency = rng.between(net.latency_ms[0], net.latency_ms[1]);
+                links.entry((a.min(b), a.max(b))).or_insert(latency);
+            }
+        };
+        for i in 0..n {
+            link(ring[i], ring[(i + 1) % n], &mut net_rng);
+        }
+        let extra = net.degree.saturating_sub(2) * n / 2;
+        for _ in 0..extra {
+            let (a, b) = (
+                net_rng.below(n as u64) as usize,
+                net_rng.below(n as u64) as usize,
+            );
+            link(a, b, &mut net_rng);
+        }
+        let mut neighbours = vec![Vec::new(); n];
+        for &(a, b) in links.keys() {
+            neighbours[a].push(b);
+            neighbours[b].push(a);
+        }
+
+        let verifier = Arc::new(MemoVerifier::default());
+        let mut skew_rng = rng.fork(4);
+        let nodes: Vec<Household2> = (0..n)
+            .map(|i| {
+                let mut node =
+                    Node::with_verifier(config.clone(), keys[i].clone(), verifier.clone());
+                for &j in &neighbours[i] {
+                    node.handle(Input::PeerUp(ids[j]));
+                }
+                let skew = net.clock_skew_ms as i64;
+                let skew_ms = if skew == 0 {
+                    0
+                } else {
+                    skew_rng.below(2 * skew as u64 + 1) as i64 - skew
+                };
+                let soc = households[i]
+                    .settings
+                    .battery
+                    .map_or(0, |b| b.capacity_wh / 2);
+                Household2 {
+                    node,
+                    role: roles[i],
+                    skew_ms,
+                    neighbours: neighbours[i].clone(),
+                    soc_wh: soc,
+                    baseline_soc_wh: soc,
+                    plans: BTreeMap::new(),
+                    recent: VecDeque::new(),
+                    finals: BTreeMap::new(),
+                    published: BTreeMap::new(),
+                }
+            })
+            .collect();
+
+        // Churn and partitions, drawn up front.
+        let intervals = scenario.simulation.intervals as usize;
+        let mut churn_rng = rng.fork(5);
+        let offline: Vec<BTreeSet<usize>> = (0..intervals)
+            .map(|_| (0..n).filter(|_| churn_rng.unit() < net.churn).collect())
+            .collect();
+        let mut part_rng = rng.fork(6);
+        let partitions = net
+            .partitions
+            .iter()
+            .map(|p| {
+                let gate = gate_ms(&rules, IntervalIndex(first.0 + u64::from(p.at_interval)));
+                let from = gate.saturating_sub(60_000);
+                let cut: Vec<bool> = (0..n).map(|_| part_rng.unit() < p.fraction).collect();
+                (from, from + p.duration_s * 1_000, cut)
+            })
+            .collect();
+
+        Sim {
+            scenario,
+            rules,
+            tariff,
+            first,
+            per_household: vec![HouseholdOutcome::default(); n],
+            households,
+            nodes,
+            keys,
+            ids,
+            links,
+            queue: BTreeMap::new(),
+            seq: 0,
+            now_ms: 0,
+            gossip: Vec::new(),
+            rng_loss: rng.fork(7),
+            rng_misc: rng.fork(8),
+            offline,
+            partitions,
+            outcome_intervals: Vec::new(),
+            violations: Vec::new(),
+            messages: 0,
+            bytes: 0,
+            payload_bytes: 0,
+            offers_total: 0,
+            trace: Hasher::new(b"DHARTI-SIM-TRACE"),
+            progress: None,
+            results_seen: BTreeMap::new(),
+            sets_seen: BTreeMap::new(),
+        }
+    }
+
+    pub fn on_progress(&mut self, f: impl FnMut(usize, usize) + 'a) {
+        self.progress = Some(Box::new(f));
+    }
+
+    fn interval(&self, k: usize) -> IntervalIndex {
+        IntervalIndex(self.first.0 + k as u64)
+    }
+
+    fn push(&mut self, at_ms: u64, event: Event) {
+        self.seq += 1;
+        self.queue.insert((at_ms.max(self.now_ms), self.seq), event);
+    }
+
+    /// Whether node `i` is offline at `t_ms` (churn).
+    fn is_offline(&self, i: usize, t_ms: u64) -> bool {
+        let interval_ms = self.scenario.market.interval_s * 1_000;
+        self.offline.iter().enumerate().any(|(k, set)| {
+            set.contains(&i) && {
+                let gate = gate_ms(&self.rules, self.interval(k));
+                (gate.saturating_sub(interval_ms / 2)..gate + interval_ms / 2).contains(&t_ms)
+            }
+        })
+    }
+
+    fn cut(&self, a: usize, b: usize, t_ms: u64) -> bool {
+        self.partitions
+            .iter()
+            .any(|(from, to, side)| (*from..*to).contains(&t_ms) && side[a] != side[b])
+    }
+
+    fn latency(&mut self, a: usize, b: usize) -> u64 {
+        match self.links.get(&(a.min(b), a.max(b))) {
+            Some(l) => *l,
+            None => {
+                let net = &self.scenario.network;
+                self.rng_misc.between(net.latency_ms[0], net.latency_ms[1])
+            }
+        }
+    }
+
+    fn send_direct(&mut self, from: usize, to: usize, message: Message) {
+        if from == to || self.cut(from, to, self.now_ms) {
+            return;
+        }
+        let latency = self.latency(from, to);
+        self.push(
+            self.now_ms + latency,
+            Event::Deliver {
+                to,
+                from,
+                payload: Payload::Direct(Box::new(message)),
+            },
+        );
+    }
+
+    /// Starts a gossip message at `from` (which has it already).
+    fn publish(&mut self, from: usize, message: Message) {
+        let bytes = message.encode().len() as u64;
+        self.payload_bytes += bytes;
+        let n = self.nodes.len();
+        let mut g = Gossip {
+            message,
+            bytes,
+            seen: vec![0; n.div_ceil(64)],
+        };
+        g.mark(from);
+        self.gossip.push(g);
+        let id = self.gossip.len() - 1;
+        self.forward(from, None, id);
+    }
+
+    fn forward(&mut self, node: usize, except: Option<usize>, id: usize) {
+        let loss = self.scenario.network.loss;
+        for j in self.nodes[node].neighbours.clone() {
+            if Some(j) == except || self.cut(node, j, self.now_ms) {
+                continue;
+            }
+            if loss > 0.0 && self.rng_loss.unit() < loss {
+                continue;
+            }
+            let latency = self.latency(node, j);
+            self.push(
+                self.now_ms + latency,
+                Event::Deliver {
+                    to: j,
+                    from: node,
+                    payload: Payload::Gossip(id),
+                },
+            );
+        }
+    }
+
+    fn node_time(&self, i: usize) -> u64 {
+        (self.now_ms as i64 + self.nodes[i].skew_ms).max(0) as u64
+    }
+
+    /// Lets node `i` see the time (its own, skewed) and carries out what follows.
+    fn tick(&mut self, i: usize) {
+        let now = self.node_time(i);
+        let out = self.nodes[i].node.handle(Input::Tick { now_ms: now });
+        self.carry_out(i, out.actions);
+    }
+
+    fn carry_out(&mut self, i: usize, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Publish(message) => self.publish(i, message),
+                Action::Send { to, message } => {
+                    if let Some(j) = self.ids.iter().position(|id| *id == to) {
+                        self.send_direct(i, j, message);
+                    }
+                }
+                Action::Finalized(f) => {
+                    let k = (f.interval.0 - self.first.0) as usize;
+                    self.trace.write_u64(i as u64);
+                    self.trace.write_u64(f.interval.0);
+                    self.trace.write(&f.set_root);
+                    self.trace.write(&f.result.result_hash);
+                    let h = &mut self.nodes[i];
+                    h.finals.insert(
+                        k,
+                        NodeFinal {
+                            set_root: f.set_root,
+                            result_hash: f.result.result_hash,
+                            finality_ms: f.finality_ms,
+                        },
+                    );
+                    h.recent.push_back(IntervalSummary {
+                        supply_wh: f.result.supply_wh,
+                        demand_wh: f.result.demand_wh,
+                        clearing_price_micro_per_kwh: f.result.clearing_price_micro_per_kwh,
+                        tariff: self.tariff,
+                    });
+                    while h.recent.len() > 96 {
+                        h.recent.pop_front();
+                    }
+                    if k < self.outcome_intervals.len()
+                        || k >= self.scenario.simulation.intervals as usize
+                    {
+                        continue;
+                    }
+                    // Keep the first copy of each distinct result for settlement.
+                    self.sets_seen
+                        .entry((k, f.set_root))
+                        .or_insert_with(|| f.offers.iter().map(|o| o.id).collect());
+                    self.results_seen
+                        .entry((k, f.set_root, f.result.result_hash))
+                        .or_insert(f.result);
+                }
+            }
+        }
+    }
+
+    /// Runs the whole scenario.
+    pub fn run(mut self) -> Outcome {
+        let intervals = self.scenario.simulation.intervals as usize;
+        let m = &self.scenario.market;
+        let interval_ms = m.interval_s * 1_000;
+        // Start just after the previous interval's gate on every node's
+        // clock, so that all nodes begin with the same first interval.
+        let start_ms = gate_ms(&self.rules, self.first).saturating_sub(interval_ms)
+            + self.scenario.network.clock_skew_ms
+            + 1_000;
+        self.now_ms = start_ms;
+        for i in 0..self.nodes.len() {
+            self.push(start_ms, Event::Tick(i));
+        }
+        let window_ms = m.reconcile_window_s * 1_000;
+        // Households plan between a third and half an interval (at most three
+        // minutes) before gate closure, after the previous interval settled.
+        let plan_lead_ms = (interval_ms / 3).min(180_000);
+        let plan_spread_ms = (interval_ms / 6).min(60_000);
+        for k in 0..intervals {
+            let gate = gate_ms(&self.rules, self.interval(k));
+            for i in 0..self.nodes.len() {
+                let skew = self.nodes[i].skew_ms;
+                let at = |t: u64| (t as i64 - skew).max(0) as u64;
+                let jitter = self.rng_misc.below(plan_spread_ms);
+                self.push(
+                    at(gate.saturating_sub(plan_lead_ms + jitter)),
+                    Event::Plan { node: i, k },
+                );
+                self.push(at(gate), Event::Tick(i));
+                self.push(at(gate + window_ms + 1), Event::Tick(i));
+                for s in 1..=FOLLOW_UP_S {
+                    self.push(at(gate + window_ms + s * 1_000), Event::Tick(i));
+                }
+            }
+            // Batteries and meters follow the result once it can be final:
+            // after the window and the follow-up ticks, before the next plan.
+            self.push(
+                gate + window_ms + (FOLLOW_UP_S + 1) * 1_000,
+                Event::Dispatch { k },
+            );
+        }
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            self.now_ms = at;
+            match event {
+                Event::Tick(i) => {
+                    if !self.is_offline(i, at) {
+                        self.tick(i);
+                    }
+                }
+                Event::Plan { node, k } => self.plan(node, k),
+                Event::Deliver { to, from, payload } => self.deliver(to, from, payload),
+                Event::Withheld { node, offer } => {
+                    // Released late, to one neighbour only.
+                    if let Some(&j) = self.nodes[node].neighbours.first() {
+                        self.send_direct(node, j, Message::Offer(*offer));
+                    }
+                }
+                Event::Dispatch { k } => {
+                    self.dispatch(k);
+                    if let Some(progress) = self.progress.as_mut() {
+                        progress(k + 1, intervals);
+                    }
+                }
+            }
+        }
+        self.finish()
+    }
+
+    fn deliver(&mut self, to: usize, from: usize, payload: Payload) {
+        let at = self.now_ms;
+        if self.is_offline(to, at) || self.cut(from, to, at) {
+            return;
+        }
+        self.messages += 1;
+        match payload {
+            Payload::Gossip(id) => {
+                self.bytes += self.gossip[id].bytes;
+                if !self.gossip[id].mark(to) {
+                    return;
+                }
+                let message = self.gossip[id].message.clone();
+                self.tick(to);
+                let out = self.nodes[to].node.handle(Input::Message {
+                    from: self.ids[from],
+                    message,
+                });
+                if out.verdict == Some(Verdict::Accept) {
+                    self.forward(to, Some(from), id);
+                }
+                self.carry_out(to, out.actions);
+            }
+            Payload::Direct(message) => {
+                self.bytes += message.encode().len() as u64;
+                self.tick(to);
+                let out = self.nodes[to].node.handle(Input::Message {
+                    from: self.ids[from],
+                    message: *message,
+                });
+                self.carry_out(to, out.actions);
+            }
+        }
+    }
+
+    fn plan(&mut self, i: usize, k: usize) {
+        if self.is_offline(i, self.now_ms) {
+            return;
+        }
+        let interval = self.interval(k);
+        let household = &self.households[i];
+        let net_load = household.load_wh[k] as i64 - household.pv_wh[k] as i64;
+        let h = &self.nodes[i];
+        let recent: Vec<IntervalSummary> = h.recent.iter().copied().collect();
+        let indicative = indicative_price(&PricingConfig::default(), &self.tariff, &recent);
+        let outlook: Vec<IntervalForecast> = recent
+            .iter()
+            .filter_map(|s| s.clearing_price_micro_per_kwh)
+            .map(|p| IntervalForecast {
+                net_load_wh: 0,
+                indicative_price_micro_per_kwh: p,
+                tariff: self.tariff,
+            })
+            .collect();
+        let now = IntervalForecast {
+            net_load_wh: net_load,
+            indicative_price_micro_per_kwh: indicative.price_micro_per_kwh,
+            tariff: self.tariff,
+        };
+        let plan = agent::plan(
+            &household.settings,
+            h.soc_wh,
+            self.scenario.market.interval_s,
+            &now,
+            &outlook,
+        );
+        let role = h.role;
+        let orders: Vec<(Side, u64, u64)> = [
+            plan.bid.map(|b| (Side::Bid, b)),
+            plan.ask.map(|a| (Side::Ask, a)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|(side, o)| (side, o.energy_wh, o.price_micro_per_kwh))
+        .collect();
+        self.nodes[i].plans.insert(k, plan);
+        self.tick(i);
+        for (side, energy_wh, price) in orders {
+            self.offers_total += 1;
+            match role {
+                Role::Honest | Role::Spammer => {
+                    let out = self.nodes[i].node.handle(Input::LocalOffer {
+                        interval,
+                        side,
+                        energy_wh,
+                        price_micro_per_kwh: price,
+                    });
+                    if out.verdict == Some(Verdict::Accept) && role == Role::Honest {
+                        for action in &out.actions {
+                            if let Action::Publish(Message::Offer(o)) = action {
+                                self.nodes[i]
+                                    .published
+                                    .entry(k)
+                                    .or_default()
+                                    .push((o.id, self.now_ms));
+                            }
+                        }
+                    }
+                    self.carry_out(i, out.actions);
+                }
+                Role::Equivocator => self.equivocate(i, interval, side, energy_wh, price),
+                Role::Withholder => {
+                    let offer = self.sign(i, interval, side, energy_wh, price, 1);
+                    let gate = gate_ms(&self.rules, interval);
+                    self.push(
+                        gate + 2_000,
+                        Event::Withheld {
+                            node: i,
+                            offer: Box::new(offer),
+                        },
+                    );
+                }
+            }
+        }
+        if role == Role::Spammer {
+            self.spam(i, interval);
+        }
+    }
+
+    fn sign(
+        &self,
+        i: usize,
+        interval: IntervalIndex,
+        side: Side,
+        energy_wh: u64,
+        price: u64,
+        sequence: u64,
+    ) -> SignedOffer {
+        Offer {
+            chain_id: self.rules.chain_id,
+            market: self.rules.market_id,
+            interval,
+            side,
+            energy_wh,
+            price_micro_per_kwh: price,
+            participant: self.ids[i],
+            sequence,
+        }
+        .sign(&self.keys[i])
+    }
+
+    fn equivocate(
+        &mut self,
+        i: usize,
+        interval: IntervalIndex,
+        side: Side,
+        energy_wh: u64,
+        price: u64,
+    ) {
+        let a = self.sign(i, interval, side, energy_wh, price, 1);
+        let b = self.sign(i, interval, side, energy_wh + 1, price, 1);
+        let neighbours = self.nodes[i].neighbours.clone();
+        for (n, j) in neighbours.into_iter().enumerate() {
+            let offer = if n % 2 == 0 { a.clone() } else { b.clone() };
+            self.send_direct(i, j, Message::Offer(offer));
+        }
+    }
+
+    fn spam(&mut self, i: usize, interval: IntervalIndex) {
+        let mut forged = self.sign(
+            i,
+            interval,
+            Side::Ask,
+            500,
+            self.tariff.feed_in_micro_per_kwh,
+            1,
+        );
+        forged.signature[0] ^= 0xff;
+        let oversized = self.sign(
+            i,
+            interval,
+            Side::Ask,
+            10_000_000,
+            self.tariff.feed_in_micro_per_kwh,
+            2,
+        );
+        let other_market = Offer {
+            market: MarketId::from_name("elsewhere"),
+            ..forged.offer
+        }
+        .sign(&self.keys[i]);
+        let neighbours = self.nodes[i].neighbours.clone();
+        for j in neighbours {
+            for message in [
+                Message::Offer(forged.clone()),
+                Message::Offer(oversized.clone()),
+                Message::Offer(other_market.clone()),
+            ] {
+                self.send_direct(i, j, message);
+            }
+        }
+    }
+
+    /// Settles interval `k` against the result most honest nodes finalized,
+    /// runs every household's battery and meter, and checks the invariants.
+    fn dispatch(&mut self, k: usize) {
+        let interval = self.interval(k);
+        let mut votes: BTreeMap<(Hash32, Hash32), usize> = BTreeMap::new();
+        let mut honest_online = 0;
+        let gate = gate_ms(&self.rules, interval);
+        for (i, h) in self.nodes.iter().enumerate() {
+            if h.role != Role::Honest {
+                continue;
+            }
+            if !self.is_offline(i, gate) {
+                honest_online += 1;
+            }
+            if let Some(f) = h.finals.get(&k) {
+                *votes.entry((f.set_root, f.result_hash)).or_default() += 1;
+            }
+        }
+        let reference = votes.iter().max_by_key(|(_, c)| **c).map(|(r, _)| *r);
+        let result = reference.and_then(|(s, r)| self.results_seen.get(&(k, s, r)).cloned());
+        let mut outcome = IntervalOutcome {
+            index: interval.0,
+            start_s: self.rules.clock.start_s(interval),
+            reference,
+            honest_online,
+            ..IntervalOutcome::default()
+        };
+        for (i, h) in self.nodes.iter().enumerate() {
+            if h.role != Role::Honest {
+                continue;
+            }
+            match (h.finals.get(&k), reference) {
+                (Some(f), Some(r)) if (f.set_root, f.result_hash) == r => {
+                    if !self.is_offline(i, gate) {
+                        outcome.agreeing += 1;
+                    }
+                    outcome.finality_ms.push(f.finality_ms);
+                }
+                (Some(_), Some(_)) => self.violations.push(format!(
+                    "interval {}: node {i} finalized another result",
+                    interval.0
+                )),
+                _ => {
+                    if std::env::var_os("DHARTI_SIM_DEBUG").is_some() && !self.is_offline(i, gate) {
+                        eprintln!(
+                            "interval {} node {i}: not final at dispatch; {:?}",
+                            interval.0,
+                            h.node.debug_interval(interval)
+                        );
+                    }
+                }
+            }
+        }
+        // Invariants on the reference result.
+        let trades = result
+            .as_ref()
+            .map(|r| r.trades.clone())
+            .unwrap_or_default();
+        for (i, h) in self.nodes.iter().enumerate() {
+            if h.role == Role::Equivocator
+                && trades
+                    .iter()
+                    .any(|t| t.buyer == self.ids[i] || t.seller == self.ids[i])
+            {
+                self.violations
+                    .push(format!("interval {}: equivocator {i} traded", interval.0));
+            }
+        }
+        if let Some((set_root, _)) = reference {
+            // Every honest offer published before gate closure by a node that
+            // stayed online and outside any partition is in the final set.
+            let end = gate + self.scenario.market.reconcile_window_s * 1_000;
+            let partitioned = self
+                .partitions
+                .iter()
+                .any(|(from, to, _)| *from < end && *to > gate.saturating_sub(300_000));
+            let set = self.sets_seen.get(&(k, set_root));
+            for (i, h) in self.nodes.iter().enumerate() {
+                for (id, t) in h.published.get(&k).into_iter().flatten() {
+                    let connected =
+                        !partitioned && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
+                    if connected && set.is_some_and(|set| !set.contains(id)) {
+                        self.violations.push(format!(
+                            "interval {}: honest offer of node {i} missing",
+                            interval.0
+                        ));
+                    }
+                }
+            }
+        }
+        let mut readings = Vec::with_capacity(self.nodes.len());
+        let mut total_import = 0u64;
+        let mut total_export = 0u64;
+        for i in 0..self.nodes.len() {
+            let household = &self.households[i];
+            let net_load = household.load_wh[k] as i64 - household.pv_wh[k] as i64;
+            let bought: u64 = trades
+                .iter()
+                .filter(|t| t.buyer == self.ids[i])
+                .map(|t| t.energy_wh)
+                .sum();
+            let sold: u64 = trades
+                .iter()
+                .filter(|t| t.seller == self.ids[i])
+                .map(|t| t.energy_wh)
+                .sum();
+            let h = &mut self.nodes[i];
+            let settings = household.settings;
+            let plan = h.plans.remove(&k).unwrap_or_else(|| empty_plan(net_load));
+            let offered_bid = plan.bid.map_or(0, |b| b.energy_wh);
+            let offered_ask = plan.ask.map_or(0, |a| a.energy_wh);
+            if bought > offered_bid || sold > offered_ask {
+                self.violations.push(format!(
+                    "interval {}: node {i} traded more than it offered",
+                    interval.0
+                ));
+            }
+            let d = agent::dispatch(
+                &settings,
+                h.soc_wh,
+                &plan,
+                net_load,
+                bought.min(offered_bid),
+                sold.min(offered_ask),
+            );
+            h.soc_wh = d.soc_after_wh;
+            readings.push(MeterReading {
+                participant: self.ids[i],
+                interval,
+                import_wh: d.import_wh,
+                export_wh: d.export_wh,
+            });
+            total_import += d.import_wh;
+            total_export += d.export_wh;
+            // Grid-only baseline: the battery serves the house, nothing is traded.
+            let baseline_settings = AgentSettings {
+                cheap_below_ppm: 0,
+                expensive_above_ppm: u32::MAX,
+                ..settings
+            };
+            let baseline_plan = agent::plan(
+                &baseline_settings,
+                h.baseline_soc_wh,
+                self.scenario.market.interval_s,
+                &IntervalForecast {
+                    net_load_wh: net_load,
+                    indicative_price_micro_per_kwh: 1,
+                    tariff: self.tariff,
+                },
+                &[],
+            );
+            let b = agent::dispatch(
+                &baseline_settings,
+                h.baseline_soc_wh,
+                &baseline_plan,
+                net_load,
+                0,
+                0,
+            );
+            h.baseline_soc_wh = b.soc_after_wh;
+            let o = &mut self.per_household[i];
+            let import_cost = dharti_protocol::clearing::value_micro(
+                b.import_wh,
+                self.tariff.retail_micro_per_kwh,
+            );
+            let export_income = dharti_protocol::clearing::value_micro(
+                b.export_wh,
+                self.tariff.feed_in_micro_per_kwh,
+            );
+            o.grid_only_import_micro += import_cost;
+            o.grid_only_bill_micro += i64::try_from(import_cost).unwrap_or(i64::MAX)
+                - i64::try_from(export_income).unwrap_or(0);
+            o.load_wh += household.load_wh[k];
+            o.pv_wh += household.pv_wh[k];
+            outcome.load_wh += household.load_wh[k];
+            outcome.pv_wh += household.pv_wh[k];
+        }
+        outcome.community_import_wh = total_import.saturating_sub(total_export);
+        outcome.community_export_wh = total_export.saturating_sub(total_import);
+        match settle(interval, &self.tariff, &trades, &readings) {
+            Ok(s) => {
+                let mut sum: i128 = i128::from(s.supplier_net_micro)
+                    + i128::from(s.grid_operator_micro)
+                    + i128::from(s.market_operator_micro);
+                for p in &s.participants {
+                    sum += i128::from(p.net_micro);
+                    let i = self
+                        .ids
+                        .iter()
+                        .position(|id| *id == p.participant)
+                        .expect("a household");
+                    let o = &mut self.per_household[i];
+                    o.bill_micro -= p.net_micro;
+                    o.p2p_revenue_micro += p.p2p_received_micro;
+                    o.p2p_paid_micro += p.p2p_paid_micro;
+                    o.bought_wh += p.bought_wh;
+                    o.sold_wh += p.sold_wh;
+                    o.sold_at_feed_in_micro += dharti_protocol::clearing::value_micro(
+                        p.sold_wh,
+                        self.tariff.feed_in_micro_per_kwh,
+                    );
+                }
+                if sum != 0 {
+                    self.violations.push(format!(
+                        "interval {}: money not conserved ({sum})",
+                        interval.0
+                    ));
+                }
+            }
+            Err(error) => self.violations.push(format!(
+                "interval {}: settlement failed: {error}",
+                interval.0
+            )),
+        }
+        outcome.offers = self
+            .nodes
+            .iter()
+            .map(|h| h.published.get(&k).map_or(0, Vec::len))
+            .sum();
+        outcome.result = result;
+        self.trace.write_u64(interval.0);
+        self.trace.write(&reference.map_or([0; 32], |r| r.1));
+        self.outcome_intervals.push(outcome);
+    }
+
+    fn finish(self) -> Outcome {
+        Outcome {
+            roles: self.nodes.iter().map(|h| h.role).collect(),
+            households: self.households,
+            intervals: self.outcome_intervals,
+            per_household: self.per_household,
+            invariant_violations: self.violations.len() as u64,
+            violations: self.violations,
+            messages: self.messages,
+            bytes: self.bytes,
+            payload_bytes: self.payload_bytes,
+            offers_total: self.offers_total,
+            trace_hash: self.trace.finish(),
+        }
+    }
+}
+
+fn empty_plan(net_load: i64) -> Plan {
+    Plan {
+        mode: agent::Mode::SelfConsumption,
+        bid: None,
+        ask: None,
+        charge_own_wh: 0,
+        discharge_own_wh: 0,
+        charge_market_wh: 0,
+        discharge_market_wh: 0,
+        deficit_wh: u64::try_from(net_load.max(0)).expect("non-negative"),
+        surplus_wh: net_load.min(0).unsigned_abs(),
+    }
+}
