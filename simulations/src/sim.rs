@@ -842,7 +842,7 @@ impl<'a> Sim<'a> {
             if h.role != Role::Honest {
                 continue;
             }
-            if !self.is_offline(i, gate) {
+            if !self.offline[k].contains(&i) {
                 honest_online += 1;
             }
             if let Some(f) = h.finals.get(&k) {
@@ -858,32 +858,6 @@ impl<'a> Sim<'a> {
             honest_online,
             ..IntervalOutcome::default()
         };
-        for (i, h) in self.nodes.iter().enumerate() {
-            if h.role != Role::Honest {
-                continue;
-            }
-            match (h.finals.get(&k), reference) {
-                (Some(f), Some(r)) if (f.set_root, f.result_hash) == r => {
-                    if !self.is_offline(i, gate) {
-                        outcome.agreeing += 1;
-                    }
-                    outcome.finality_ms.push(f.finality_ms);
-                }
-                (Some(_), Some(_)) => self.violations.push(format!(
-                    "interval {}: node {i} finalized another result",
-                    interval.0
-                )),
-                _ => {
-                    if std::env::var_os("DHARTI_SIM_DEBUG").is_some() && !self.is_offline(i, gate) {
-                        eprintln!(
-                            "interval {} node {i}: not final at dispatch; {:?}",
-                            interval.0,
-                            h.node.debug_interval(interval)
-                        );
-                    }
-                }
-            }
-        }
         // Invariants on the reference result.
         let trades = result
             .as_ref()
@@ -1056,7 +1030,41 @@ impl<'a> Sim<'a> {
         self.outcome_intervals.push(outcome);
     }
 
-    fn finish(self) -> Outcome {
+    fn finish(mut self) -> Outcome {
+        // Agreement is judged at the end of the run, so that nodes that could
+        // only finalize after a partition healed count.
+        for (k, outcome) in self.outcome_intervals.iter_mut().enumerate() {
+            let interval = IntervalIndex(outcome.index);
+            for (i, h) in self.nodes.iter().enumerate() {
+                if h.role != Role::Honest {
+                    continue;
+                }
+                let online = !self.offline[k].contains(&i);
+                match (h.finals.get(&k), outcome.reference) {
+                    (Some(f), Some(r)) if (f.set_root, f.result_hash) == r => {
+                        if online {
+                            outcome.agreeing += 1;
+                            outcome.finality_ms.push(f.finality_ms);
+                        }
+                    }
+                    (Some(_), Some(_)) => {
+                        self.violations.push(format!(
+                            "interval {}: node {i} finalized another result",
+                            interval.0
+                        ));
+                    }
+                    _ => {
+                        if std::env::var_os("DHARTI_SIM_DEBUG").is_some() && online {
+                            eprintln!(
+                                "interval {} node {i}: not final; {}",
+                                interval.0,
+                                h.node.debug_interval(interval)
+                            );
+                        }
+                    }
+                }
+            }
+        }
         Outcome {
             roles: self.nodes.iter().map(|h| h.role).collect(),
             households: self.households,

@@ -5,6 +5,8 @@
 //! have their own caps). The encoding is bincode 2 with fixed-width
 //! little-endian integers; offers travel as their 171 signed bytes.
 
+use std::sync::Arc;
+
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,8 @@ pub const MAX_MESSAGE_BYTES: usize = 65_536;
 pub const MAX_OFFERS_PER_MESSAGE: usize = 256;
 /// Most ids in one `Want` message (1,024 × 32 bytes = 32 KiB).
 pub const MAX_WANTED_IDS: usize = 1_024;
+/// Most attestations in one `Attestations` message (200 × about 215 bytes).
+pub const MAX_ATTESTATIONS_PER_MESSAGE: usize = 200;
 
 /// Message type byte of attestations in signed bodies (offers are 1).
 const ATTESTATION_TYPE: u8 = 2;
@@ -136,11 +140,21 @@ pub struct SetChunk {
 
 /// Everything nodes send each other. Gossiped to the market's topic:
 /// `Offer`, `Evidence`, `Attestation`. Sent to one peer: the rest.
+/// Attestations are shared (`Arc`): a node keeps every member's, and the
+/// simulator's thousand nodes then share one copy.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Message {
     Offer(SignedOffer),
     Evidence(Box<Equivocation>),
-    Attestation(SignedAttestation),
+    Attestation(Arc<SignedAttestation>),
+    /// "I attested this and have seen no quorum": sent to peers directly by
+    /// a node still waiting, answered with `Attestations` by final peers.
+    Pending(Arc<SignedAttestation>),
+    /// The attestations that made an interval final, for a waiting peer.
+    Attestations {
+        interval: IntervalIndex,
+        attestations: Vec<Arc<SignedAttestation>>,
+    },
     Reconcile {
         interval: IntervalIndex,
         message: ReconcileMessage,
@@ -214,6 +228,9 @@ impl Message {
     pub fn check_bounds(&self) -> Result<(), MessageError> {
         let ok = match self {
             Message::Want { ids, .. } => ids.len() <= MAX_WANTED_IDS,
+            Message::Attestations { attestations, .. } => {
+                attestations.len() <= MAX_ATTESTATIONS_PER_MESSAGE
+            }
             Message::Offers { offers, .. } => offers.len() <= MAX_OFFERS_PER_MESSAGE,
             Message::SetChunk(chunk) => {
                 chunk.offers.len() <= MAX_OFFERS_PER_MESSAGE && chunk.index < chunk.total

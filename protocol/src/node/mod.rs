@@ -39,8 +39,8 @@ use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
 use crate::verify::{Ed25519Verifier, SignatureVerifier};
 
 pub use message::{
-    ATTESTATION_BODY_LEN, Attestation, MAX_MESSAGE_BYTES, MAX_OFFERS_PER_MESSAGE, MAX_WANTED_IDS,
-    Message, MessageError, SetChunk, SignedAttestation,
+    ATTESTATION_BODY_LEN, Attestation, MAX_ATTESTATIONS_PER_MESSAGE, MAX_MESSAGE_BYTES,
+    MAX_OFFERS_PER_MESSAGE, MAX_WANTED_IDS, Message, MessageError, SetChunk, SignedAttestation,
 };
 
 /// How a market agrees, on top of its [`MarketRules`].
@@ -221,18 +221,23 @@ struct IntervalState {
     phase: Phase,
     own: Option<(Hash32, Hash32, ClearingResult<OfferId, ParticipantId>)>,
     /// Our signed attestation, when it was last published and how often.
-    attestation: Option<(SignedAttestation, u64, u32)>,
+    attestation: Option<(Arc<SignedAttestation>, u64, u32)>,
     attestations: BTreeMap<ParticipantId, (Hash32, Hash32)>,
     /// The same attestations grouped by roots (usually one or two groups),
     /// so finality is checked without regrouping on every arrival.
     groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>>,
+    /// The signed attestations themselves, to hand a waiting peer the proof.
+    signed: BTreeMap<ParticipantId, Arc<SignedAttestation>>,
     fetch: Option<Fetch>,
 }
 
 impl IntervalState {
-    fn record(&mut self, member: ParticipantId, roots: (Hash32, Hash32)) {
-        if self.attestations.insert(member, roots).is_none() {
-            self.groups.entry(roots).or_default().push(member);
+    fn record(&mut self, signed: Arc<SignedAttestation>) {
+        let a = &signed.attestation;
+        let roots = (a.set_root, a.result_root);
+        if self.attestations.insert(a.attester, roots).is_none() {
+            self.groups.entry(roots).or_default().push(a.attester);
+            self.signed.insert(a.attester, signed);
         }
     }
 
@@ -243,6 +248,7 @@ impl IntervalState {
             attestation: None,
             attestations: BTreeMap::new(),
             groups: BTreeMap::new(),
+            signed: BTreeMap::new(),
             fetch: None,
         }
     }
@@ -451,6 +457,26 @@ impl Node {
             Message::Offer(offer) => self.receive_offer(offer, out),
             Message::Evidence(evidence) => self.on_evidence(*evidence),
             Message::Attestation(attestation) => self.on_attestation(attestation, out),
+            Message::Pending(attestation) => self.on_pending(from, attestation, out),
+            Message::Attestations {
+                interval,
+                attestations,
+            } => {
+                if attestations
+                    .iter()
+                    .any(|a| a.attestation.interval != interval)
+                {
+                    return Verdict::Reject("attestations for another interval".into());
+                }
+                let verdicts: Vec<Verdict> = attestations
+                    .into_iter()
+                    .map(|a| self.on_attestation(a, out))
+                    .collect();
+                verdicts
+                    .into_iter()
+                    .find(|v| matches!(v, Verdict::Reject(_)))
+                    .unwrap_or(Verdict::Accept)
+            }
             Message::Reconcile { interval, message } => {
                 self.on_reconcile(from, interval, &message, out)
             }
@@ -606,7 +632,49 @@ impl Node {
         }
     }
 
-    fn on_attestation(&mut self, signed: SignedAttestation, out: &mut Output) -> Verdict {
+    /// A waiting peer's attestation: take it like any other, and if this node
+    /// is final for the interval, send the peer the quorum's attestations.
+    fn on_pending(
+        &mut self,
+        from: ParticipantId,
+        signed: Arc<SignedAttestation>,
+        out: &mut Output,
+    ) -> Verdict {
+        let interval = signed.attestation.interval;
+        let verdict = self.on_attestation(signed, out);
+        if matches!(verdict, Verdict::Reject(_)) {
+            return verdict;
+        }
+        let Some(state) = self.intervals.get(&interval) else {
+            return verdict;
+        };
+        if state.phase != Phase::Final {
+            return verdict;
+        }
+        let Some((set_root, result_root, _)) = &state.own else {
+            return verdict;
+        };
+        let quorum: Vec<Arc<SignedAttestation>> = state
+            .signed
+            .values()
+            .filter(|a| {
+                (a.attestation.set_root, a.attestation.result_root) == (*set_root, *result_root)
+            })
+            .cloned()
+            .collect();
+        for chunk in quorum.chunks(MAX_ATTESTATIONS_PER_MESSAGE) {
+            out.actions.push(Action::Send {
+                to: from,
+                message: Message::Attestations {
+                    interval,
+                    attestations: chunk.to_vec(),
+                },
+            });
+        }
+        Verdict::Accept
+    }
+
+    fn on_attestation(&mut self, signed: Arc<SignedAttestation>, out: &mut Output) -> Verdict {
         let a = signed.attestation;
         if a.chain_id != self.config.rules.chain_id || a.market != self.config.rules.market_id {
             return Verdict::Reject("attestation for another chain or market".into());
@@ -638,23 +706,11 @@ impl Node {
         {
             return Verdict::Reject(format!("attestation: {error}"));
         }
-        // The same attestation again means its sender saw no quorum yet (it
-        // publishes again while it waits, e.g. after a partition): if we are
-        // final, send it ours directly, so that it can finalize or fetch.
-        if state.phase == Phase::Final
-            && known.is_some()
-            && let Some((ours, _, _)) = &state.attestation
-        {
-            out.actions.push(Action::Send {
-                to: a.attester,
-                message: Message::Attestation(ours.clone()),
-            });
-        }
         if known.is_some() {
             return Verdict::Ignore;
         }
         let state = self.intervals.get_mut(&a.interval).expect("checked above");
-        state.record(a.attester, (a.set_root, a.result_root));
+        state.record(signed);
         if state.phase == Phase::Final && self.activity.add(a.interval, a.attester) {
             self.update_threshold();
         }
@@ -900,6 +956,24 @@ impl Node {
     }
 
     fn close_gate(&mut self, interval: IntervalIndex, out: &mut Output) {
+        // Intervals still waiting for a quorum ask every connected peer at
+        // each gate closure (`Pending`); final peers answer with the quorum's
+        // attestations. That is how a node that was cut off for longer than
+        // its republishing lasted finds the quorum once it is reconnected.
+        // (Gossiping the same attestation again would not do: gossipsub drops
+        // messages it has seen.)
+        for state in self.intervals.values() {
+            if state.phase == Phase::Attested
+                && let Some((signed, _, _)) = &state.attestation
+            {
+                for peer in &self.peers {
+                    out.actions.push(Action::Send {
+                        to: *peer,
+                        message: Message::Pending(signed.clone()),
+                    });
+                }
+            }
+        }
         self.intervals.insert(interval, IntervalState::new());
         let own = self.pool.set_ids(&self.config.rules, interval);
         let message = initiate(&own);
@@ -963,8 +1037,9 @@ impl Node {
             attester: self.me,
         }
         .sign(&self.key);
+        let signed = Arc::new(signed);
         if let Some(state) = self.intervals.get_mut(&interval) {
-            state.record(self.me, (set_root, result_root));
+            state.record(signed.clone());
             state.attestation = Some((signed.clone(), self.now_ms, 0));
         }
         out.actions

@@ -392,7 +392,7 @@ fn non_members_and_forgeries_are_rejected() {
     net.run(INTERVAL_S * 1_000);
     let out = net.nodes[0].handle(Input::Message {
         from: from_member,
-        message: Message::Attestation(forged),
+        message: Message::Attestation(Arc::new(forged)),
     });
     assert!(
         matches!(out.verdict, Some(Verdict::Reject(_))),
