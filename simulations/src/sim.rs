@@ -69,6 +69,9 @@ impl Role {
 /// long (fetches, republished attestations), then not until the next gate.
 pub const FOLLOW_UP_S: u64 = 30;
 
+/// How stale a node's clock may be when a message arrives between ticks.
+const TICK_RESOLUTION_MS: u64 = 100;
+
 #[derive(Debug)]
 enum Event {
     Tick(usize),
@@ -181,6 +184,9 @@ struct Household2 {
     finals: BTreeMap<usize, NodeFinal>,
     /// Offers this node published honestly, per interval, with the time.
     published: BTreeMap<usize, Vec<(OfferId, u64)>>,
+    /// The two versions an equivocator sent, per interval.
+    equivocations: BTreeMap<usize, Vec<(OfferId, OfferId)>>,
+    last_tick_ms: u64,
 }
 
 pub struct Sim<'a> {
@@ -192,6 +198,7 @@ pub struct Sim<'a> {
     nodes: Vec<Household2>,
     keys: Vec<SigningKey>,
     ids: Vec<ParticipantId>,
+    index: std::collections::HashMap<ParticipantId, usize>,
     links: BTreeMap<(usize, usize), u64>,
     queue: BTreeMap<(u64, u64), Event>,
     seq: u64,
@@ -212,7 +219,11 @@ pub struct Sim<'a> {
     progress: Option<Box<dyn FnMut(usize, usize) + 'a>>,
     /// The first copy of every distinct final result, and of its offer set.
     results_seen: BTreeMap<(usize, Hash32, Hash32), ClearingResult<OfferId, ParticipantId>>,
-    sets_seen: BTreeMap<(usize, Hash32), BTreeSet<OfferId>>,
+    /// The first copy of every distinct final offer set: id → energy offered.
+    sets_seen: BTreeMap<(usize, Hash32), BTreeMap<OfferId, u64>>,
+    /// Honest offers another node received before gate closure: the ones
+    /// that "reached the network".
+    reached: std::collections::HashSet<OfferId>,
 }
 
 impl std::fmt::Debug for Sim<'_> {
@@ -318,13 +329,13 @@ impl<'a> Sim<'a> {
         for i in 0..n {
             link(ring[i], ring[(i + 1) % n], &mut net_rng);
         }
-        let extra = net.degree.saturating_sub(2) * n / 2;
-        for _ in 0..extra {
-            let (a, b) = (
-                net_rng.below(n as u64) as usize,
-                net_rng.below(n as u64) as usize,
-            );
-            link(a, b, &mut net_rng);
+        // Like libp2p peers, every node dials degree/2 random others, so
+        // each has at least that many links and about `degree` on average.
+        for a in 0..n {
+            for _ in 0..net.degree.div_ceil(2).saturating_sub(1) {
+                let b = net_rng.below(n as u64) as usize;
+                link(a, b, &mut net_rng);
+            }
         }
         let mut neighbours = vec![Vec::new(); n];
         for &(a, b) in links.keys() {
@@ -362,6 +373,8 @@ impl<'a> Sim<'a> {
                     recent: VecDeque::new(),
                     finals: BTreeMap::new(),
                     published: BTreeMap::new(),
+                    equivocations: BTreeMap::new(),
+                    last_tick_ms: 0,
                 }
             })
             .collect();
@@ -393,6 +406,7 @@ impl<'a> Sim<'a> {
             households,
             nodes,
             keys,
+            index: ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
             ids,
             links,
             queue: BTreeMap::new(),
@@ -413,6 +427,7 @@ impl<'a> Sim<'a> {
             progress: None,
             results_seen: BTreeMap::new(),
             sets_seen: BTreeMap::new(),
+            reached: std::collections::HashSet::new(),
         }
     }
 
@@ -431,13 +446,15 @@ impl<'a> Sim<'a> {
 
     /// Whether node `i` is offline at `t_ms` (churn).
     fn is_offline(&self, i: usize, t_ms: u64) -> bool {
+        // Interval k's offline window is [gate(k) − I/2, gate(k) + I/2): the
+        // windows tile time, so at most one can contain t.
         let interval_ms = self.scenario.market.interval_s * 1_000;
-        self.offline.iter().enumerate().any(|(k, set)| {
-            set.contains(&i) && {
-                let gate = gate_ms(&self.rules, self.interval(k));
-                (gate.saturating_sub(interval_ms / 2)..gate + interval_ms / 2).contains(&t_ms)
-            }
-        })
+        let first_window = gate_ms(&self.rules, self.first).saturating_sub(interval_ms / 2);
+        if t_ms < first_window {
+            return false;
+        }
+        let k = ((t_ms - first_window) / interval_ms) as usize;
+        self.offline.get(k).is_some_and(|set| set.contains(&i))
     }
 
     fn cut(&self, a: usize, b: usize, t_ms: u64) -> bool {
@@ -473,6 +490,12 @@ impl<'a> Sim<'a> {
 
     /// Starts a gossip message at `from` (which has it already).
     fn publish(&mut self, from: usize, message: Message) {
+        let id = self.new_gossip(from, message);
+        self.forward(from, None, id);
+    }
+
+    /// Registers a gossip message that `from` has; returns its id.
+    fn new_gossip(&mut self, from: usize, message: Message) -> usize {
         let bytes = message.encode().len() as u64;
         self.payload_bytes += bytes;
         let n = self.nodes.len();
@@ -483,8 +506,7 @@ impl<'a> Sim<'a> {
         };
         g.mark(from);
         self.gossip.push(g);
-        let id = self.gossip.len() - 1;
-        self.forward(from, None, id);
+        self.gossip.len() - 1
     }
 
     fn forward(&mut self, node: usize, except: Option<usize>, id: usize) {
@@ -512,9 +534,17 @@ impl<'a> Sim<'a> {
         (self.now_ms as i64 + self.nodes[i].skew_ms).max(0) as u64
     }
 
-    /// Lets node `i` see the time (its own, skewed) and carries out what follows.
-    fn tick(&mut self, i: usize) {
+    /// Lets node `i` see the time (its own, skewed) and carries out what
+    /// follows. A delivery within [`TICK_RESOLUTION_MS`] of the node's last
+    /// tick skips it (`exact` = false); scheduled ticks for gate closures and
+    /// timeouts always run.
+    fn tick(&mut self, i: usize, exact: bool) {
         let now = self.node_time(i);
+        let last = self.nodes[i].last_tick_ms;
+        if !exact && last != 0 && now < last + TICK_RESOLUTION_MS {
+            return;
+        }
+        self.nodes[i].last_tick_ms = now;
         let out = self.nodes[i].node.handle(Input::Tick { now_ms: now });
         self.carry_out(i, out.actions);
     }
@@ -524,7 +554,7 @@ impl<'a> Sim<'a> {
             match action {
                 Action::Publish(message) => self.publish(i, message),
                 Action::Send { to, message } => {
-                    if let Some(j) = self.ids.iter().position(|id| *id == to) {
+                    if let Some(&j) = self.index.get(&to) {
                         self.send_direct(i, j, message);
                     }
                 }
@@ -558,9 +588,9 @@ impl<'a> Sim<'a> {
                         continue;
                     }
                     // Keep the first copy of each distinct result for settlement.
-                    self.sets_seen
-                        .entry((k, f.set_root))
-                        .or_insert_with(|| f.offers.iter().map(|o| o.id).collect());
+                    self.sets_seen.entry((k, f.set_root)).or_insert_with(|| {
+                        f.offers.iter().map(|o| (o.id, o.offer.energy_wh)).collect()
+                    });
                     self.results_seen
                         .entry((k, f.set_root, f.result.result_hash))
                         .or_insert(f.result);
@@ -599,6 +629,10 @@ impl<'a> Sim<'a> {
                     Event::Plan { node: i, k },
                 );
                 self.push(at(gate), Event::Tick(i));
+                // Reconciliation rounds run at quarters of the window.
+                for q in 1..4 {
+                    self.push(at(gate + window_ms * q / 4), Event::Tick(i));
+                }
                 self.push(at(gate + window_ms + 1), Event::Tick(i));
                 for s in 1..=FOLLOW_UP_S {
                     self.push(at(gate + window_ms + s * 1_000), Event::Tick(i));
@@ -616,7 +650,7 @@ impl<'a> Sim<'a> {
             match event {
                 Event::Tick(i) => {
                     if !self.is_offline(i, at) {
-                        self.tick(i);
+                        self.tick(i, true);
                     }
                 }
                 Event::Plan { node, k } => self.plan(node, k),
@@ -651,7 +685,12 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 let message = self.gossip[id].message.clone();
-                self.tick(to);
+                if let Message::Offer(offer) = &message
+                    && at < gate_ms(&self.rules, offer.offer.interval)
+                {
+                    self.reached.insert(offer.id);
+                }
+                self.tick(to, false);
                 let out = self.nodes[to].node.handle(Input::Message {
                     from: self.ids[from],
                     message,
@@ -663,7 +702,7 @@ impl<'a> Sim<'a> {
             }
             Payload::Direct(message) => {
                 self.bytes += message.encode().len() as u64;
-                self.tick(to);
+                self.tick(to, false);
                 let out = self.nodes[to].node.handle(Input::Message {
                     from: self.ids[from],
                     message: *message,
@@ -714,7 +753,7 @@ impl<'a> Sim<'a> {
         .map(|(side, o)| (side, o.energy_wh, o.price_micro_per_kwh))
         .collect();
         self.nodes[i].plans.insert(k, plan);
-        self.tick(i);
+        self.tick(i, false);
         for (side, energy_wh, price) in orders {
             self.offers_total += 1;
             match role {
@@ -789,10 +828,32 @@ impl<'a> Sim<'a> {
     ) {
         let a = self.sign(i, interval, side, energy_wh, price, 1);
         let b = self.sign(i, interval, side, energy_wh + 1, price, 1);
+        let k = (interval.0 - self.first.0) as usize;
+        self.nodes[i]
+            .equivocations
+            .entry(k)
+            .or_default()
+            .push((a.id, b.id));
+        // Each version enters gossip at half of the neighbours, who forward
+        // whichever they see first, as a real equivocator's would.
+        let ids = [
+            self.new_gossip(i, Message::Offer(a)),
+            self.new_gossip(i, Message::Offer(b)),
+        ];
         let neighbours = self.nodes[i].neighbours.clone();
         for (n, j) in neighbours.into_iter().enumerate() {
-            let offer = if n % 2 == 0 { a.clone() } else { b.clone() };
-            self.send_direct(i, j, Message::Offer(offer));
+            if self.cut(i, j, self.now_ms) {
+                continue;
+            }
+            let latency = self.latency(i, j);
+            self.push(
+                self.now_ms + latency,
+                Event::Deliver {
+                    to: j,
+                    from: i,
+                    payload: Payload::Gossip(ids[n % 2]),
+                },
+            );
         }
     }
 
@@ -858,13 +919,39 @@ impl<'a> Sim<'a> {
             honest_online,
             ..IntervalOutcome::default()
         };
-        // Invariants on the reference result.
+        // Invariants on the reference result. Nobody trades more than an
+        // offer in the final set offered.
+        if let Some((set_root, _)) = reference
+            && let Some(set) = self.sets_seen.get(&(k, set_root))
+        {
+            let mut traded: BTreeMap<OfferId, u64> = BTreeMap::new();
+            for t in result.iter().flat_map(|r| &r.trades) {
+                *traded.entry(t.bid_id).or_default() += t.energy_wh;
+                *traded.entry(t.ask_id).or_default() += t.energy_wh;
+            }
+            for (id, energy) in traded {
+                if set.get(&id).is_none_or(|offered| energy > *offered) {
+                    self.violations.push(format!(
+                        "interval {}: offer {id} traded more than it offered",
+                        interval.0
+                    ));
+                }
+            }
+        }
         let trades = result
             .as_ref()
             .map(|r| r.trades.clone())
             .unwrap_or_default();
         for (i, h) in self.nodes.iter().enumerate() {
+            // An equivocation counts once both versions reached the network
+            // before gate closure; one that nobody could see is an honest offer.
+            let exposed = h.equivocations.get(&k).is_some_and(|pairs| {
+                pairs
+                    .iter()
+                    .any(|(a, b)| self.reached.contains(a) && self.reached.contains(b))
+            });
             if h.role == Role::Equivocator
+                && exposed
                 && trades
                     .iter()
                     .any(|t| t.buyer == self.ids[i] || t.seller == self.ids[i])
@@ -884,9 +971,10 @@ impl<'a> Sim<'a> {
             let set = self.sets_seen.get(&(k, set_root));
             for (i, h) in self.nodes.iter().enumerate() {
                 for (id, t) in h.published.get(&k).into_iter().flatten() {
-                    let connected =
-                        !partitioned && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
-                    if connected && set.is_some_and(|set| !set.contains(id)) {
+                    let connected = !partitioned
+                        && self.reached.contains(id)
+                        && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
+                    if connected && set.is_some_and(|set| !set.contains_key(id)) {
                         self.violations.push(format!(
                             "interval {}: honest offer of node {i} missing",
                             interval.0
@@ -916,12 +1004,7 @@ impl<'a> Sim<'a> {
             let plan = h.plans.remove(&k).unwrap_or_else(|| empty_plan(net_load));
             let offered_bid = plan.bid.map_or(0, |b| b.energy_wh);
             let offered_ask = plan.ask.map_or(0, |a| a.energy_wh);
-            if bought > offered_bid || sold > offered_ask {
-                self.violations.push(format!(
-                    "interval {}: node {i} traded more than it offered",
-                    interval.0
-                ));
-            }
+
             let d = agent::dispatch(
                 &settings,
                 h.soc_wh,
@@ -991,11 +1074,7 @@ impl<'a> Sim<'a> {
                     + i128::from(s.market_operator_micro);
                 for p in &s.participants {
                     sum += i128::from(p.net_micro);
-                    let i = self
-                        .ids
-                        .iter()
-                        .position(|id| *id == p.participant)
-                        .expect("a household");
+                    let i = self.index[&p.participant];
                     let o = &mut self.per_household[i];
                     o.bill_micro -= p.net_micro;
                     o.p2p_revenue_micro += p.p2p_received_micro;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash32;
@@ -111,12 +111,17 @@ impl SignedAttestation {
         .map_err(|_| SignatureError::Invalid)
     }
 
-    /// [`SignedAttestation::verify`] through a shared verifier.
-    pub fn verify_with(&self, verifier: &dyn SignatureVerifier) -> Result<(), SignatureError> {
-        let key = participant_key(&self.attestation.attester)?;
+    /// [`SignedAttestation::verify`] through a shared verifier, with the
+    /// attester's key already parsed (callers cache parsed member keys).
+    pub fn verify_with(
+        &self,
+        verifier: &dyn SignatureVerifier,
+        key: &VerifyingKey,
+    ) -> Result<(), SignatureError> {
+        debug_assert_eq!(key.to_bytes(), self.attestation.attester.0);
         let message = self.attestation.message();
         let item = SignatureItem {
-            key: &key,
+            key,
             message: &message,
             signature: &self.signature,
         };

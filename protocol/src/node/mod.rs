@@ -66,6 +66,9 @@ pub const DEFAULT_RECONCILE_WINDOW_MS: u64 = 20_000;
 /// Default for [`NodeConfig::quorum_ppm`].
 pub const DEFAULT_QUORUM_PPM: u32 = 666_667;
 
+/// Reconciliation rounds per window, evenly spread over its first three
+/// quarters (the last quarter is left for the final exchanges to land).
+const RECONCILE_ROUNDS: u64 = 4;
 /// A node waits this long for a set it asked an attester for before asking
 /// the next one.
 const FETCH_TIMEOUT_MS: u64 = 2_000;
@@ -229,6 +232,8 @@ struct IntervalState {
     /// The signed attestations themselves, to hand a waiting peer the proof.
     signed: BTreeMap<ParticipantId, Arc<SignedAttestation>>,
     fetch: Option<Fetch>,
+    /// Reconciliation rounds started.
+    rounds: u32,
 }
 
 impl IntervalState {
@@ -249,6 +254,7 @@ impl IntervalState {
             attestations: BTreeMap::new(),
             groups: BTreeMap::new(),
             signed: BTreeMap::new(),
+            rounds: 0,
             fetch: None,
         }
     }
@@ -508,7 +514,7 @@ impl Node {
         {
             return Verdict::Reject("evidence about a participant that is not a member".into());
         }
-        let before = self.pool.set_root(&self.config.rules, interval);
+        let before = self.pool.set_root(interval);
         let verdicts = self.pool.receive_batch(
             &self.config.rules,
             vec![evidence.first, evidence.second],
@@ -521,7 +527,7 @@ impl Node {
         }) {
             return Verdict::Reject(format!("evidence with a bad signature: {reject}"));
         }
-        if self.pool.set_root(&self.config.rules, interval) == before {
+        if self.pool.set_root(interval) == before {
             Verdict::Ignore
         } else {
             Verdict::Accept
@@ -538,7 +544,7 @@ impl Node {
         if self.arrival(interval).is_none() {
             return Verdict::Ignore;
         }
-        let own = self.pool.set_ids(&self.config.rules, interval);
+        let own = self.pool.set_ids(interval);
         let step = match respond(&own, message) {
             Ok(step) => step,
             Err(error) => return Verdict::Reject(error.to_string()),
@@ -702,7 +708,10 @@ impl Node {
             return Verdict::Reject("member attested two different results".into());
         }
         if known.is_none()
-            && let Err(error) = signed.verify_with(self.verifier.as_ref())
+            && let Err(error) = self
+                .pool
+                .key(&a.attester)
+                .and_then(|key| signed.verify_with(self.verifier.as_ref(), &key))
         {
             return Verdict::Reject(format!("attestation: {error}"));
         }
@@ -717,7 +726,7 @@ impl Node {
         let state = self.intervals.get_mut(&a.interval).expect("checked above");
         // A member sees another set while we still reconcile: reconcile with it.
         if state.phase == Phase::Reconciling && a.attester != self.me {
-            let own = self.pool.set_ids(&self.config.rules, a.interval);
+            let own = self.pool.set_ids(a.interval);
             if crate::validation::set_root(&own) != a.set_root {
                 out.actions.push(Action::Send {
                     to: a.attester,
@@ -747,11 +756,7 @@ impl Node {
                 if *own_root == set_root && state.phase != Phase::Reconciling => {}
             _ => return Verdict::Ignore,
         }
-        let ids: BTreeSet<OfferId> = self
-            .pool
-            .set_ids(&self.config.rules, interval)
-            .into_iter()
-            .collect();
+        let ids: BTreeSet<OfferId> = self.pool.set_ids(interval).into_iter().collect();
         let offers: Vec<SignedOffer> = self
             .pool
             .offers(interval)
@@ -897,6 +902,22 @@ impl Node {
         }
         self.next_close = Some(next);
         let window = self.config.reconcile_window_ms;
+        // Further reconciliation rounds at 1/4, 2/4 and 3/4 of the window.
+        let rounds_due: Vec<IntervalIndex> = self
+            .intervals
+            .iter()
+            .filter(|(i, s)| {
+                let elapsed = now_ms.saturating_sub(self.gate_ms(**i));
+                s.phase == Phase::Reconciling
+                    && elapsed < window
+                    && u64::from(s.rounds)
+                        < (elapsed * RECONCILE_ROUNDS / window.max(1) + 1).min(RECONCILE_ROUNDS)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for interval in rounds_due {
+            self.reconcile_round(interval, out);
+        }
         let due: Vec<IntervalIndex> = self
             .intervals
             .iter()
@@ -975,9 +996,21 @@ impl Node {
             }
         }
         self.intervals.insert(interval, IntervalState::new());
-        let own = self.pool.set_ids(&self.config.rules, interval);
+        self.reconcile_round(interval, out);
+    }
+
+    /// One round of reconciliation with `reconcile_fanout` peers, chosen
+    /// afresh each round, so that what one node learns mid-window reaches
+    /// the others (epidemic anti-entropy rather than a single exchange).
+    fn reconcile_round(&mut self, interval: IntervalIndex, out: &mut Output) {
+        let Some(state) = self.intervals.get_mut(&interval) else {
+            return;
+        };
+        let round = state.rounds;
+        state.rounds += 1;
+        let own = self.pool.set_ids(interval);
         let message = initiate(&own);
-        for peer in self.reconcile_partners(interval) {
+        for peer in self.reconcile_partners(interval, round) {
             out.actions.push(Action::Send {
                 to: peer,
                 message: Message::Reconcile {
@@ -988,13 +1021,15 @@ impl Node {
         }
     }
 
-    /// `reconcile_fanout` connected peers, a different choice per interval.
-    fn reconcile_partners(&self, interval: IntervalIndex) -> Vec<ParticipantId> {
+    /// `reconcile_fanout` connected peers, a different choice per interval
+    /// and round.
+    fn reconcile_partners(&self, interval: IntervalIndex, round: u32) -> Vec<ParticipantId> {
         let mut peers: Vec<(Hash32, ParticipantId)> = self
             .peers
             .iter()
             .map(|p| {
                 let mut seed = interval.0.to_le_bytes().to_vec();
+                seed.extend_from_slice(&round.to_le_bytes());
                 seed.extend_from_slice(&self.me.0);
                 seed.extend_from_slice(&p.0);
                 (sha256(&seed), *p)
@@ -1015,10 +1050,10 @@ impl Node {
     ) -> (Hash32, ClearingResult<OfferId, ParticipantId>) {
         let rules = &self.config.rules;
         let tariff = rules.tariffs.at(rules.clock.start_s(interval));
-        let book = pool.book(rules, interval);
+        let book = pool.book(interval);
         let result = clear(rules.mechanism, &tariff, &book)
             .expect("a validated pool always forms a clearable book");
-        (pool.set_root(rules, interval), result)
+        (pool.set_root(interval), result)
     }
 
     fn attest(
@@ -1122,11 +1157,7 @@ impl Node {
         self.activity
             .open(interval, everyone, self.config.active_window.max(1));
         self.update_threshold();
-        let ids: BTreeSet<OfferId> = self
-            .pool
-            .set_ids(&self.config.rules, interval)
-            .into_iter()
-            .collect();
+        let ids: BTreeSet<OfferId> = self.pool.set_ids(interval).into_iter().collect();
         let offers: Vec<SignedOffer> = self
             .pool
             .offers(interval)

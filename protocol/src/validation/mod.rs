@@ -141,28 +141,21 @@ pub struct Equivocation {
 #[derive(Clone, Debug, Default)]
 struct Sent {
     offers: BTreeMap<OfferId, SignedOffer>,
+    /// Whether the participant is void for the interval: once it has two
+    /// conflicting offers or more than the limit, it stays so (trimming keeps
+    /// `limit + 1` offers), so the flag is set once, on the offer that does it.
+    void: bool,
 }
 
 impl Sent {
-    /// Two different offers for one side with one sequence number.
-    fn conflict(&self) -> Option<(&SignedOffer, &SignedOffer)> {
-        let mut seen: BTreeMap<(Side, u64), &SignedOffer> = BTreeMap::new();
-        for offer in self.offers.values() {
-            let key = (offer.offer.side, offer.offer.sequence);
-            match seen.get(&key) {
-                Some(other) if other.offer != offer.offer => return Some((other, offer)),
-                Some(_) => {}
-                None => {
-                    seen.insert(key, offer);
-                }
-            }
-        }
-        None
-    }
-
-    /// Whether all of the participant's offers for the interval are void.
-    fn is_void(&self, limit: usize) -> bool {
-        self.offers.len() > limit || self.conflict().is_some()
+    /// A kept offer that conflicts with `new`: same side and sequence
+    /// number, different body.
+    fn conflicting(&self, new: &SignedOffer) -> Option<&SignedOffer> {
+        self.offers.values().find(|o| {
+            o.offer.side == new.offer.side
+                && o.offer.sequence == new.offer.sequence
+                && o.offer != new.offer
+        })
     }
 
     /// The offer in force for `side`: the highest sequence number; equal
@@ -295,7 +288,11 @@ impl OfferPool {
         }
     }
 
-    fn key(&mut self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError> {
+    /// The parsed key of `participant`, from the pool's bounded cache.
+    pub(crate) fn key(
+        &mut self,
+        participant: &ParticipantId,
+    ) -> Result<VerifyingKey, SignatureError> {
         if let Some(key) = self.keys.get(participant) {
             return Ok(*key);
         }
@@ -320,11 +317,12 @@ impl OfferPool {
         if let Some(verdict) = self.cheap_verdict(rules, &offer) {
             return verdict;
         }
-        let verified = self
-            .key(&offer.offer.participant)
-            .and_then(|key| offer.verify_with(&key));
-        if let Err(error) = verified {
-            return Validation::Reject(Reject::BadSignature(error));
+        let key = match self.key(&offer.offer.participant) {
+            Ok(key) => key,
+            Err(error) => return Validation::Reject(Reject::BadSignature(error)),
+        };
+        if !verify_offers(self.verifier.as_ref(), &[&offer], &[key])[0] {
+            return Validation::Reject(Reject::BadSignature(SignatureError::Invalid));
         }
         self.insert_verified(rules, offer)
     }
@@ -412,26 +410,33 @@ impl OfferPool {
         if sent.offers.contains_key(&id) {
             return Validation::Ignore(Ignored::Duplicate);
         }
-        let was_void = sent.is_void(limit);
+        let was_void = sent.void;
         let previous = if was_void {
             None
         } else {
             sent.head(o.side).cloned()
         };
+        let conflict = if was_void {
+            None
+        } else {
+            sent.conflicting(&offer).cloned()
+        };
+        let evidence = conflict.map(|first| Equivocation {
+            first,
+            second: offer.clone(),
+        });
         sent.offers.insert(id, offer);
         sent.trim(limit + 1);
         if was_void {
             return Validation::Ignore(Ignored::SlotVoid);
         }
-        if let Some((first, second)) = sent.conflict() {
-            let evidence = Equivocation {
-                first: first.clone(),
-                second: second.clone(),
-            };
+        if let Some(evidence) = evidence {
+            sent.void = true;
             self.evidence.push(evidence.clone());
             return Validation::Reject(Reject::Equivocation(Box::new(evidence)));
         }
-        if sent.is_void(limit) {
+        if sent.offers.len() > limit {
+            sent.void = true;
             return Validation::Reject(Reject::TooManyOffers(rules.max_offers_per_participant));
         }
         match previous {
@@ -454,15 +459,13 @@ impl OfferPool {
     fn standings(
         &self,
         interval: IntervalIndex,
-        limit: usize,
     ) -> impl Iterator<Item = (&Sent, Option<[Option<&SignedOffer>; 2]>)> {
         self.intervals
             .get(&interval)
             .into_iter()
             .flat_map(move |pool| {
                 pool.participants.values().map(move |sent| {
-                    let heads = (!sent.is_void(limit))
-                        .then(|| [sent.head(Side::Bid), sent.head(Side::Ask)]);
+                    let heads = (!sent.void).then(|| [sent.head(Side::Bid), sent.head(Side::Ask)]);
                     (sent, heads)
                 })
             })
@@ -470,12 +473,8 @@ impl OfferPool {
 
     /// The order book of `interval`: every participant's offers in force with
     /// energy, void participants left out.
-    pub fn book(
-        &self,
-        rules: &MarketRules,
-        interval: IntervalIndex,
-    ) -> Vec<Order<OfferId, ParticipantId>> {
-        self.standings(interval, rules.max_offers_per_participant as usize)
+    pub fn book(&self, interval: IntervalIndex) -> Vec<Order<OfferId, ParticipantId>> {
+        self.standings(interval)
             .filter_map(|(_, heads)| heads)
             .flatten()
             .flatten()
@@ -493,9 +492,9 @@ impl OfferPool {
     /// The ids nodes reconcile and attest for `interval`, sorted: the offers
     /// in force (cancels included) of every participant, and all kept offers
     /// of void participants (the evidence that voids them).
-    pub fn set_ids(&self, rules: &MarketRules, interval: IntervalIndex) -> Vec<OfferId> {
+    pub fn set_ids(&self, interval: IntervalIndex) -> Vec<OfferId> {
         let mut ids: Vec<OfferId> = Vec::new();
-        for (sent, heads) in self.standings(interval, rules.max_offers_per_participant as usize) {
+        for (sent, heads) in self.standings(interval) {
             match heads {
                 Some(heads) => ids.extend(heads.into_iter().flatten().map(|o| o.id)),
                 None => ids.extend(sent.offers.keys().copied()),
@@ -507,8 +506,8 @@ impl OfferPool {
 
     /// The offer-set root of `interval`: SHA-256 over a domain tag and the
     /// sorted [`OfferPool::set_ids`].
-    pub fn set_root(&self, rules: &MarketRules, interval: IntervalIndex) -> Hash32 {
-        set_root(&self.set_ids(rules, interval))
+    pub fn set_root(&self, interval: IntervalIndex) -> Hash32 {
+        set_root(&self.set_ids(interval))
     }
 
     /// A kept offer, by id.

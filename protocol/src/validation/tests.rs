@@ -55,7 +55,7 @@ fn accepts_a_valid_offer_and_books_it() {
         receive(&mut pool, offer(&k, 1, 500).sign(&k)),
         Validation::Accept(Accepted::New)
     );
-    let book = pool.book(&rules(), OPEN);
+    let book = pool.book(OPEN);
     assert_eq!(book.len(), 1);
     assert_eq!(book[0].energy_wh, 500);
 }
@@ -70,7 +70,7 @@ fn rejects_bad_signature_before_touching_the_slot() {
         receive(&mut pool, forged),
         Validation::Reject(Reject::BadSignature(_))
     ));
-    assert_eq!(pool.book(&rules(), OPEN).len(), 0);
+    assert_eq!(pool.book(OPEN).len(), 0);
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn rejects_zero_oversized_and_mispriced() {
         receive(&mut pool, offer(&k, 1, 500).sign(&k)),
         Validation::Ignore(Ignored::Stale)
     );
-    assert!(pool.book(&rules(), OPEN).is_empty());
+    assert!(pool.book(OPEN).is_empty());
     assert!(matches!(
         receive(&mut pool, offer(&k, 1, 10_001).sign(&k)),
         Validation::Reject(Reject::Oversized {
@@ -180,7 +180,7 @@ fn higher_sequence_replaces_and_zero_cancels() {
         receive(&mut pool, second.clone()),
         Validation::Accept(Accepted::Replaced { previous: first.id })
     );
-    assert_eq!(pool.book(&rules(), OPEN)[0].energy_wh, 700);
+    assert_eq!(pool.book(OPEN)[0].energy_wh, 700);
     // Already held (stale offers are kept: they count towards the limit).
     assert_eq!(
         receive(&mut pool, first),
@@ -192,7 +192,7 @@ fn higher_sequence_replaces_and_zero_cancels() {
             previous: Some(second.id)
         })
     );
-    assert!(pool.book(&rules(), OPEN).is_empty());
+    assert!(pool.book(OPEN).is_empty());
 }
 
 #[test]
@@ -209,10 +209,7 @@ fn too_many_offers_from_one_participant() {
         receive(&mut pool, offer(&k, 4, 500).sign(&k)),
         Validation::Reject(Reject::TooManyOffers(3))
     );
-    assert!(
-        pool.book(&rules(), OPEN).is_empty(),
-        "all of its offers are void"
-    );
+    assert!(pool.book(OPEN).is_empty(), "all of its offers are void");
     // Another participant is unaffected.
     let other = key(2);
     assert_eq!(
@@ -239,7 +236,7 @@ fn equivocation_voids_the_slot_and_keeps_evidence() {
         (evidence.first.id, evidence.second.id),
         (first.id, second.id)
     );
-    assert!(pool.book(&rules(), OPEN).is_empty(), "both offers are void");
+    assert!(pool.book(OPEN).is_empty(), "both offers are void");
     assert_eq!(
         receive(&mut pool, offer(&k, 6, 500).sign(&k)),
         Validation::Ignore(Ignored::SlotVoid)
@@ -261,7 +258,7 @@ fn a_forged_conflicting_offer_is_not_an_equivocation() {
         receive(&mut pool, forged),
         Validation::Reject(Reject::BadSignature(_))
     ));
-    assert_eq!(pool.book(&rules(), OPEN).len(), 1);
+    assert_eq!(pool.book(OPEN).len(), 1);
     assert!(pool.evidence().is_empty());
 }
 
@@ -290,10 +287,7 @@ fn batch_verdicts_equal_one_by_one_verdicts() {
     let mut batched = OfferPool::new();
     let got = batched.receive_batch(&rules(), offers, Arrival::Gossip { now_s: NOW_S });
     assert_eq!(got, expected);
-    assert_eq!(
-        batched.book(&rules(), OPEN),
-        one_by_one.book(&rules(), OPEN)
-    );
+    assert_eq!(batched.book(OPEN), one_by_one.book(OPEN));
 }
 
 #[test]
@@ -302,7 +296,7 @@ fn pruning_forgets_old_intervals() {
     let mut pool = OfferPool::new();
     receive(&mut pool, offer(&k, 1, 500).sign(&k));
     pool.prune_before(IntervalIndex(OPEN.0 + 1));
-    assert!(pool.book(&rules(), OPEN).is_empty());
+    assert!(pool.book(OPEN).is_empty());
 }
 
 // ---------------------------------------------------------------------------
@@ -330,16 +324,12 @@ mod order {
     }
 
     fn state(pool: &OfferPool) -> (Vec<OfferId>, Hash32, Vec<Order<OfferId, ParticipantId>>) {
-        (
-            pool.set_ids(&rules(), OPEN),
-            pool.set_root(&rules(), OPEN),
-            pool.book(&rules(), OPEN),
-        )
+        (pool.set_ids(OPEN), pool.set_root(OPEN), pool.book(OPEN))
     }
 
     /// Gives `to` every offer of `from`'s reconciliation set it lacks.
     fn send_set(from: &OfferPool, to: &mut OfferPool) {
-        let ids = from.set_ids(&rules(), OPEN);
+        let ids = from.set_ids(OPEN);
         let offers: Vec<SignedOffer> = from
             .offers(OPEN)
             .filter(|o| ids.contains(&o.id))
