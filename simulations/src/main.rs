@@ -30,7 +30,7 @@ enum Command {
         /// Seed instead of the scenario's own.
         #[arg(long)]
         seed: Option<u64>,
-        /// Where to write the results (default: out/<scenario name>).
+        /// Where to write the results (default: `out/` and the scenario name).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Run twice and fail unless both runs have the same trace hash.
