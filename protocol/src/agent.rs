@@ -126,6 +126,24 @@ pub struct Plan {
     pub surplus_wh: u64,
 }
 
+impl Plan {
+    /// The plan of a household that does not take part in an interval (its
+    /// node was offline): no offers, the battery idle, the grid balances.
+    pub fn idle(net_load_wh: i64) -> Plan {
+        Plan {
+            mode: Mode::SelfConsumption,
+            bid: None,
+            ask: None,
+            charge_own_wh: 0,
+            discharge_own_wh: 0,
+            charge_market_wh: 0,
+            discharge_market_wh: 0,
+            deficit_wh: u64::try_from(net_load_wh.max(0)).expect("non-negative"),
+            surplus_wh: net_load_wh.min(0).unsigned_abs(),
+        }
+    }
+}
+
 /// What happens in the interval once the market result is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dispatch {

@@ -1001,7 +1001,7 @@ impl<'a> Sim<'a> {
                 .sum();
             let h = &mut self.nodes[i];
             let settings = household.settings;
-            let plan = h.plans.remove(&k).unwrap_or_else(|| empty_plan(net_load));
+            let plan = h.plans.remove(&k).unwrap_or_else(|| Plan::idle(net_load));
             let offered_bid = plan.bid.map_or(0, |b| b.energy_wh);
             let offered_ask = plan.ask.map_or(0, |a| a.energy_wh);
 
@@ -1157,19 +1157,5 @@ impl<'a> Sim<'a> {
             offers_total: self.offers_total,
             trace_hash: self.trace.finish(),
         }
-    }
-}
-
-fn empty_plan(net_load: i64) -> Plan {
-    Plan {
-        mode: agent::Mode::SelfConsumption,
-        bid: None,
-        ask: None,
-        charge_own_wh: 0,
-        discharge_own_wh: 0,
-        charge_market_wh: 0,
-        discharge_market_wh: 0,
-        deficit_wh: u64::try_from(net_load.max(0)).expect("non-negative"),
-        surplus_wh: net_load.min(0).unsigned_abs(),
     }
 }

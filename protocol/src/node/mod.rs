@@ -756,13 +756,7 @@ impl Node {
                 if *own_root == set_root && state.phase != Phase::Reconciling => {}
             _ => return Verdict::Ignore,
         }
-        let ids: BTreeSet<OfferId> = self.pool.set_ids(interval).into_iter().collect();
-        let offers: Vec<SignedOffer> = self
-            .pool
-            .offers(interval)
-            .filter(|o| ids.contains(&o.id))
-            .cloned()
-            .collect();
+        let offers = self.pool.set_offers(interval);
         let total =
             u32::try_from(offers.len().div_ceil(MAX_OFFERS_PER_MESSAGE).max(1)).unwrap_or(u32::MAX);
         let chunks: Vec<&[SignedOffer]> = if offers.is_empty() {
@@ -1157,13 +1151,7 @@ impl Node {
         self.activity
             .open(interval, everyone, self.config.active_window.max(1));
         self.update_threshold();
-        let ids: BTreeSet<OfferId> = self.pool.set_ids(interval).into_iter().collect();
-        let offers: Vec<SignedOffer> = self
-            .pool
-            .offers(interval)
-            .filter(|o| ids.contains(&o.id))
-            .cloned()
-            .collect();
+        let offers = self.pool.set_offers(interval);
         out.actions.push(Action::Finalized(Box::new(Finalized {
             interval,
             set_root,

@@ -140,7 +140,11 @@ pub struct Equivocation {
 /// are kept, which is enough to prove it to anyone.
 #[derive(Clone, Debug, Default)]
 struct Sent {
-    offers: BTreeMap<OfferId, SignedOffer>,
+    /// Sorted by id. A vector, not a map: a participant has a handful of
+    /// offers, and a B-tree leaf reserves room for eleven (kilobytes per
+    /// participant per interval per node, which the simulator multiplies by
+    /// a thousand nodes).
+    offers: Vec<SignedOffer>,
     /// Whether the participant is void for the interval: once it has two
     /// conflicting offers or more than the limit, it stays so (trimming keeps
     /// `limit + 1` offers), so the flag is set once, on the offer that does it.
@@ -151,7 +155,7 @@ impl Sent {
     /// A kept offer that conflicts with `new`: same side and sequence
     /// number, different body.
     fn conflicting(&self, new: &SignedOffer) -> Option<&SignedOffer> {
-        self.offers.values().find(|o| {
+        self.offers.iter().find(|o| {
             o.offer.side == new.offer.side
                 && o.offer.sequence == new.offer.sequence
                 && o.offer != new.offer
@@ -162,7 +166,7 @@ impl Sent {
     /// sequence numbers here have equal bodies, the smallest id stands for them.
     fn head(&self, side: Side) -> Option<&SignedOffer> {
         self.offers
-            .values()
+            .iter()
             .filter(|o| o.offer.side == side)
             .max_by(|a, b| {
                 a.offer
@@ -172,10 +176,24 @@ impl Sent {
             })
     }
 
+    fn position(&self, id: &OfferId) -> Result<usize, usize> {
+        self.offers.binary_search_by_key(id, |o| o.id)
+    }
+
+    fn contains(&self, id: &OfferId) -> bool {
+        self.position(id).is_ok()
+    }
+
+    fn insert(&mut self, offer: SignedOffer) {
+        if let Err(at) = self.position(&offer.id) {
+            self.offers.insert(at, offer);
+        }
+    }
+
     /// Keeps the `keep` smallest ids.
     fn trim(&mut self, keep: usize) {
         while self.offers.len() > keep {
-            self.offers.pop_last();
+            self.offers.pop();
         }
     }
 }
@@ -384,7 +402,7 @@ impl OfferPool {
             .get(&o.interval)?
             .participants
             .get(&o.participant)?;
-        if sent.offers.contains_key(&offer.id) {
+        if sent.contains(&offer.id) {
             return Some(Validation::Ignore(Ignored::Duplicate));
         }
         let limit = rules.max_offers_per_participant as usize;
@@ -392,8 +410,8 @@ impl OfferPool {
         if full
             && sent
                 .offers
-                .last_key_value()
-                .is_some_and(|(largest, _)| *largest < offer.id)
+                .last()
+                .is_some_and(|largest| largest.id < offer.id)
         {
             return Some(Validation::Ignore(Ignored::SlotVoid));
         }
@@ -407,7 +425,7 @@ impl OfferPool {
         let id = offer.id;
         let pool = self.intervals.entry(o.interval).or_default();
         let sent = pool.participants.entry(o.participant).or_default();
-        if sent.offers.contains_key(&id) {
+        if sent.contains(&id) {
             return Validation::Ignore(Ignored::Duplicate);
         }
         let was_void = sent.void;
@@ -425,7 +443,7 @@ impl OfferPool {
             first,
             second: offer.clone(),
         });
-        sent.offers.insert(id, offer);
+        sent.insert(offer);
         sent.trim(limit + 1);
         if was_void {
             return Validation::Ignore(Ignored::SlotVoid);
@@ -497,7 +515,7 @@ impl OfferPool {
         for (sent, heads) in self.standings(interval) {
             match heads {
                 Some(heads) => ids.extend(heads.into_iter().flatten().map(|o| o.id)),
-                None => ids.extend(sent.offers.keys().copied()),
+                None => ids.extend(sent.offers.iter().map(|o| o.id)),
             }
         }
         ids.sort_unstable();
@@ -510,6 +528,18 @@ impl OfferPool {
         set_root(&self.set_ids(interval))
     }
 
+    /// The signed offers of `interval`'s reconciliation set, by id.
+    pub fn set_offers(&self, interval: IntervalIndex) -> Vec<SignedOffer> {
+        let ids: std::collections::BTreeSet<OfferId> = self.set_ids(interval).into_iter().collect();
+        let mut offers: Vec<SignedOffer> = self
+            .offers(interval)
+            .filter(|o| ids.contains(&o.id))
+            .cloned()
+            .collect();
+        offers.sort_unstable_by_key(|o| o.id);
+        offers
+    }
+
     /// A kept offer, by id.
     pub fn offer(
         &self,
@@ -517,12 +547,12 @@ impl OfferPool {
         participant: &ParticipantId,
         id: &OfferId,
     ) -> Option<&SignedOffer> {
-        self.intervals
+        let sent = self
+            .intervals
             .get(&interval)?
             .participants
-            .get(participant)?
-            .offers
-            .get(id)
+            .get(participant)?;
+        sent.position(id).ok().map(|at| &sent.offers[at])
     }
 
     /// All kept offers of `interval`.
@@ -530,7 +560,7 @@ impl OfferPool {
         self.intervals.get(&interval).into_iter().flat_map(|pool| {
             pool.participants
                 .values()
-                .flat_map(|sent| sent.offers.values())
+                .flat_map(|sent| sent.offers.iter())
         })
     }
 
