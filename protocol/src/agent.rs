@@ -228,14 +228,7 @@ pub fn plan(
     let (mode, cheap_price) = mode(settings, now, outlook);
     let mut plan = Plan {
         mode,
-        bid: None,
-        ask: None,
-        charge_own_wh: 0,
-        discharge_own_wh: 0,
-        charge_market_wh: 0,
-        discharge_market_wh: 0,
-        deficit_wh: deficit,
-        surplus_wh: surplus,
+        ..Plan::idle(now.net_load_wh)
     };
     if let Some(battery) = &settings.battery {
         let charge_room = charge_room_wh(battery, soc_wh, interval_s);

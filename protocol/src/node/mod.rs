@@ -795,33 +795,22 @@ impl Node {
         if fetch.chunks.len() < chunk.total as usize {
             return Verdict::Accept;
         }
-        let fetch = state.fetch.take().expect("present");
-        let offers: Vec<SignedOffer> = fetch.chunks.into_values().flatten().collect();
+        let mut fetch = state.fetch.take().expect("present");
+        let offers: Vec<SignedOffer> = std::mem::take(&mut fetch.chunks)
+            .into_values()
+            .flatten()
+            .collect();
         if offers.iter().any(|o| {
             o.offer.interval != interval || !self.config.members.contains(&o.offer.participant)
         }) {
-            self.retry_fetch(
-                interval,
-                fetch.set_root,
-                fetch.result_root,
-                fetch.candidates,
-                fetch.next,
-                out,
-            );
+            self.retry_fetch(interval, fetch, out);
             return Verdict::Reject("fetched set has offers from elsewhere".into());
         }
         let mut fresh = OfferPool::with_verifier(self.verifier.clone());
         fresh.receive_batch(&self.config.rules, offers, Arrival::Reconciliation);
         let (root, result) = self.clear_pool(&fresh, interval);
         if root != fetch.set_root || result.result_hash != fetch.result_root {
-            self.retry_fetch(
-                interval,
-                fetch.set_root,
-                fetch.result_root,
-                fetch.candidates,
-                fetch.next,
-                out,
-            );
+            self.retry_fetch(interval, fetch, out);
             return Verdict::Reject("fetched set does not match the quorum's roots".into());
         }
         self.pool.replace_interval(interval, fresh);
@@ -835,23 +824,12 @@ impl Node {
         Verdict::Accept
     }
 
-    fn retry_fetch(
-        &mut self,
-        interval: IntervalIndex,
-        set_root: Hash32,
-        result_root: Hash32,
-        candidates: Vec<ParticipantId>,
-        next: usize,
-        out: &mut Output,
-    ) {
+    /// A fetched set was unusable: ask the next candidate.
+    fn retry_fetch(&mut self, interval: IntervalIndex, fetch: Fetch, out: &mut Output) {
         if let Some(state) = self.intervals.get_mut(&interval) {
             state.fetch = Some(Fetch {
-                set_root,
-                result_root,
-                candidates,
-                next,
-                asked_at_ms: 0,
                 chunks: BTreeMap::new(),
+                ..fetch
             });
         }
         self.ask_next(interval, out);
