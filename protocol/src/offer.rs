@@ -261,7 +261,7 @@ pub fn participant_key(participant: &ParticipantId) -> Result<VerifyingKey, Sign
 ///
 /// `keys[i]` must be the parsed key of `offers[i]`'s participant.
 pub fn verify_batch(offers: &[&SignedOffer], keys: &[VerifyingKey]) -> Vec<bool> {
-    verify_offers(&crate::verify::Ed25519Verifier, offers, keys)
+    verify_offers(&crate::verify::Ed25519Verifier::default(), offers, keys)
 }
 
 /// [`verify_batch`] with any verifier.

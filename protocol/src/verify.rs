@@ -4,9 +4,14 @@
 //! messages, shares one memoising verifier among them, so each distinct
 //! signature is checked once, for real, instead of once per simulated node.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+
+use crate::offer::{SignatureError, participant_key};
+use crate::types::ParticipantId;
 
 /// One signature to check: `signature` by `key` over `message`.
 #[derive(Clone, Copy, Debug)]
@@ -20,13 +25,46 @@ pub struct SignatureItem<'a> {
 pub trait SignatureVerifier: fmt::Debug + Send + Sync {
     /// One answer per item, in order.
     fn verify(&self, items: &[SignatureItem<'_>]) -> Vec<bool>;
+
+    /// The parsed key of `participant`. Parsing (point decompression) costs
+    /// about a tenth of a signature check, so implementations cache it; the
+    /// verifier, not each offer pool, holds the cache so that the simulator's
+    /// nodes share one.
+    fn key(&self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError>;
+}
+
+/// Bound on [`KeyCache`]; past it the cache is cleared. It must not grow with
+/// hostile traffic, and a market has far fewer members.
+const MAX_CACHED_KEYS: usize = 65_536;
+
+/// Parsed participant keys, bounded.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: Mutex<HashMap<ParticipantId, VerifyingKey>>,
+}
+
+impl KeyCache {
+    pub fn get(&self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError> {
+        let mut keys = self.keys.lock().expect("no panics while holding the lock");
+        if let Some(key) = keys.get(participant) {
+            return Ok(*key);
+        }
+        let key = participant_key(participant)?;
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(*participant, key);
+        Ok(key)
+    }
 }
 
 /// ed25519-dalek: one by one for a single item, batch verification (about
 /// twice as fast per signature) for several, and one by one again if a batch
 /// fails, so that one bad signature cannot fail good ones.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Ed25519Verifier;
+#[derive(Debug, Default)]
+pub struct Ed25519Verifier {
+    keys: KeyCache,
+}
 
 fn verify_one(item: &SignatureItem<'_>) -> bool {
     item.key
@@ -49,5 +87,9 @@ impl SignatureVerifier for Ed25519Verifier {
             return vec![true; items.len()];
         }
         items.iter().map(verify_one).collect()
+    }
+
+    fn key(&self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError> {
+        self.keys.get(participant)
     }
 }

@@ -4,11 +4,16 @@
 //!
 //! - **Overlay**: a random ring plus random extra links, `degree` links per
 //!   node on average; each link has a fixed latency drawn from `latency_ms`.
-//! - **Gossip** is forwarded hop by hop: a node that accepts a message
-//!   forwards it to its other neighbours, each transmission lost with
-//!   probability `loss`, duplicates dropped (as gossipsub's seen cache does).
-//!   Direct messages (reconciliation, fetches) travel over a reliable
-//!   connection with one link's latency.
+//! - **Gossip** is forwarded hop by hop along a spanning tree of the live
+//!   overlay (eager push, as Plumtree's broadcast tree after it has
+//!   converged): a node that accepts a message forwards it to its other tree
+//!   neighbours, each transmission lost with probability `loss`, duplicates
+//!   dropped (as gossipsub's seen cache does). The tree is the shortest-latency
+//!   tree of the links that are up, rebuilt whenever churn or a partition
+//!   changes which links are up; a message lost on the way is repaired by
+//!   set reconciliation after gate closure (offers) or is one attestation
+//!   fewer towards a quorum. Direct messages (reconciliation, fetches) travel
+//!   over a reliable connection with one link's latency.
 //! - **Churn**: each interval, a share of the households is offline from half
 //!   an interval before its gate closure to half an interval after.
 //! - **Partitions**: a share of the nodes is cut off from the others.
@@ -23,13 +28,14 @@
 //! result used for settlement is the one most honest nodes finalized; every
 //! household's battery and meter follow it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use dharti_protocol::agent::{self, AgentSettings, IntervalForecast, Plan};
 use dharti_protocol::clearing::{ClearingResult, Mechanism};
 use dharti_protocol::hash::{Hash32, Hasher};
-use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Verdict};
+use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Shared, Verdict};
 use dharti_protocol::offer::{Offer, SignedOffer};
 use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
 use dharti_protocol::settlement::{MeterReading, settle};
@@ -43,7 +49,7 @@ use ed25519_dalek::SigningKey;
 use crate::households::Household;
 use crate::rng::Rng;
 use crate::scenario::Scenario;
-use crate::verifier::MemoVerifier;
+use crate::verifier::{ClearingMemo, MemoVerifier};
 
 /// What a simulated participant is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,15 +71,14 @@ impl Role {
     }
 }
 
-/// After the reconciliation window, nodes are ticked every second for this
-/// long (fetches, republished attestations), then not until the next gate.
+/// Batteries and meters follow an interval's result this long after its
+/// reconciliation window ends (fetches and asks for attestations have
+/// run their course by then).
 pub const FOLLOW_UP_S: u64 = 30;
-
-/// How stale a node's clock may be when a message arrives between ticks.
-const TICK_RESOLUTION_MS: u64 = 100;
 
 #[derive(Debug)]
 enum Event {
+    /// A node's own wake-up (`Node::next_wakeup_ms`), or its first tick.
     Tick(usize),
     Plan {
         node: usize,
@@ -99,11 +104,46 @@ enum Payload {
     Direct(Box<Message>),
 }
 
+/// An event at a time; the queue pops the earliest, ties in push order.
+#[derive(Debug)]
+struct Queued {
+    at_ms: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ms, self.seq) == (other.at_ms, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_ms, self.seq).cmp(&(other.at_ms, other.seq))
+    }
+}
+
 /// One gossiped message and who has seen it.
 struct Gossip {
     message: Message,
     bytes: u64,
     seen: Vec<u64>,
+    /// Whether a node other than its publisher has received it.
+    reached: bool,
+}
+
+/// The eager-push tree of one connectivity epoch: which churn window and
+/// which partitions were in force when it was built.
+#[derive(Debug, Default)]
+struct Tree {
+    epoch: Option<(u64, u64)>,
+    links: Vec<Vec<usize>>,
 }
 
 impl Gossip {
@@ -186,7 +226,8 @@ struct Household2 {
     published: BTreeMap<usize, Vec<(OfferId, u64)>>,
     /// The two versions an equivocator sent, per interval.
     equivocations: BTreeMap<usize, Vec<(OfferId, OfferId)>>,
-    last_tick_ms: u64,
+    /// Simulation time of the node's pending wake-up event, if any.
+    wakeup_ms: Option<u64>,
 }
 
 pub struct Sim<'a> {
@@ -200,7 +241,10 @@ pub struct Sim<'a> {
     ids: Vec<ParticipantId>,
     index: std::collections::HashMap<ParticipantId, usize>,
     links: BTreeMap<(usize, usize), u64>,
-    queue: BTreeMap<(u64, u64), Event>,
+    tree: Tree,
+    queue: BinaryHeap<Reverse<Queued>>,
+    /// Nodes are not woken after this (the last interval's dispatch).
+    end_ms: u64,
     seq: u64,
     now_ms: u64,
     gossip: Vec<Gossip>,
@@ -218,12 +262,13 @@ pub struct Sim<'a> {
     trace: Hasher,
     progress: Option<Box<dyn FnMut(usize, usize) + 'a>>,
     /// The first copy of every distinct final result, and of its offer set.
-    results_seen: BTreeMap<(usize, Hash32, Hash32), ClearingResult<OfferId, ParticipantId>>,
+    results_seen: BTreeMap<(usize, Hash32, Hash32), Arc<ClearingResult<OfferId, ParticipantId>>>,
     /// The first copy of every distinct final offer set: id → energy offered.
     sets_seen: BTreeMap<(usize, Hash32), BTreeMap<OfferId, u64>>,
     /// Honest offers another node received before gate closure: the ones
     /// that "reached the network".
     reached: std::collections::HashSet<OfferId>,
+    clearing: Arc<ClearingMemo>,
 }
 
 impl std::fmt::Debug for Sim<'_> {
@@ -343,12 +388,12 @@ impl<'a> Sim<'a> {
             neighbours[b].push(a);
         }
 
-        let verifier = Arc::new(MemoVerifier::default());
+        let clearing = Arc::new(ClearingMemo::default());
+        let shared = Shared::with(&config, Arc::new(MemoVerifier::default()), clearing.clone());
         let mut skew_rng = rng.fork(4);
         let nodes: Vec<Household2> = (0..n)
             .map(|i| {
-                let mut node =
-                    Node::with_verifier(config.clone(), keys[i].clone(), verifier.clone());
+                let mut node = Node::with_shared(config.clone(), keys[i].clone(), shared.clone());
                 for &j in &neighbours[i] {
                     node.handle(Input::PeerUp(ids[j]));
                 }
@@ -374,7 +419,7 @@ impl<'a> Sim<'a> {
                     finals: BTreeMap::new(),
                     published: BTreeMap::new(),
                     equivocations: BTreeMap::new(),
-                    last_tick_ms: 0,
+                    wakeup_ms: None,
                 }
             })
             .collect();
@@ -409,7 +454,9 @@ impl<'a> Sim<'a> {
             index: ids.iter().enumerate().map(|(i, id)| (*id, i)).collect(),
             ids,
             links,
-            queue: BTreeMap::new(),
+            tree: Tree::default(),
+            queue: BinaryHeap::new(),
+            end_ms: u64::MAX,
             seq: 0,
             now_ms: 0,
             gossip: Vec::new(),
@@ -428,6 +475,7 @@ impl<'a> Sim<'a> {
             results_seen: BTreeMap::new(),
             sets_seen: BTreeMap::new(),
             reached: std::collections::HashSet::new(),
+            clearing,
         }
     }
 
@@ -441,20 +489,108 @@ impl<'a> Sim<'a> {
 
     fn push(&mut self, at_ms: u64, event: Event) {
         self.seq += 1;
-        self.queue.insert((at_ms.max(self.now_ms), self.seq), event);
+        self.queue.push(Reverse(Queued {
+            at_ms: at_ms.max(self.now_ms),
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    /// The churn window that contains `t_ms`: interval k's offline window is
+    /// [gate(k) − I/2, gate(k) + I/2), so the windows tile time.
+    fn churn_window(&self, t_ms: u64) -> Option<u64> {
+        let interval_ms = self.scenario.market.interval_s * 1_000;
+        let first_window = gate_ms(&self.rules, self.first).saturating_sub(interval_ms / 2);
+        (t_ms >= first_window).then(|| (t_ms - first_window) / interval_ms)
+    }
+
+    /// When node `i`, offline at `t_ms`, is back.
+    fn online_again_ms(&self, t_ms: u64) -> u64 {
+        let interval_ms = self.scenario.market.interval_s * 1_000;
+        let first_window = gate_ms(&self.rules, self.first).saturating_sub(interval_ms / 2);
+        let k = self.churn_window(t_ms).unwrap_or(0);
+        first_window + (k + 1) * interval_ms
+    }
+
+    /// Schedules node `i`'s next wake-up if it is earlier than the one pending.
+    fn schedule_wakeup(&mut self, i: usize) {
+        let Some(at_node_ms) = self.nodes[i].node.next_wakeup_ms() else {
+            return;
+        };
+        // Never at the present: a node that has just been ticked has nothing
+        // due now, and a wake-up that were would spin the event loop.
+        let at = ((at_node_ms as i64 - self.nodes[i].skew_ms).max(0) as u64).max(self.now_ms + 1);
+        if at <= self.end_ms && self.nodes[i].wakeup_ms.is_none_or(|pending| at < pending) {
+            self.nodes[i].wakeup_ms = Some(at);
+            self.push(at, Event::Tick(i));
+        }
+    }
+
+    /// The eager-push links of node `i` now: its links in the shortest-latency
+    /// spanning forest of the links that are up, rebuilt per epoch.
+    fn tree_links(&mut self, i: usize) -> &[usize] {
+        let t = self.now_ms;
+        let partitions = self
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, (from, to, _))| (*from..*to).contains(&t))
+            .fold(0u64, |mask, (p, _)| mask | (1 << (p % 64)));
+        let epoch = (self.churn_window(t).map_or(0, |k| k + 1), partitions);
+        if self.tree.epoch != Some(epoch) {
+            self.tree = Tree {
+                epoch: Some(epoch),
+                links: self.build_tree(t),
+            };
+        }
+        &self.tree.links[i]
+    }
+
+    /// Dijkstra from the lowest-numbered live node of each component, over
+    /// the links that are up at `t_ms`, by latency.
+    fn build_tree(&self, t_ms: u64) -> Vec<Vec<usize>> {
+        let n = self.nodes.len();
+        let mut tree = vec![Vec::new(); n];
+        let mut reached = vec![false; n];
+        let mut dist = vec![u64::MAX; n];
+        let mut parent = vec![usize::MAX; n];
+        for root in 0..n {
+            if reached[root] || self.is_offline(root, t_ms) {
+                continue;
+            }
+            let mut heap = BinaryHeap::new();
+            dist[root] = 0;
+            heap.push(Reverse((0u64, root)));
+            while let Some(Reverse((d, a))) = heap.pop() {
+                if reached[a] {
+                    continue;
+                }
+                reached[a] = true;
+                if parent[a] != usize::MAX {
+                    tree[a].push(parent[a]);
+                    tree[parent[a]].push(a);
+                }
+                for &b in &self.nodes[a].neighbours {
+                    if reached[b] || self.is_offline(b, t_ms) || self.cut(a, b, t_ms) {
+                        continue;
+                    }
+                    let via = d + self.links[&(a.min(b), a.max(b))];
+                    if via < dist[b] {
+                        dist[b] = via;
+                        parent[b] = a;
+                        heap.push(Reverse((via, b)));
+                    }
+                }
+            }
+        }
+        tree
     }
 
     /// Whether node `i` is offline at `t_ms` (churn).
     fn is_offline(&self, i: usize, t_ms: u64) -> bool {
-        // Interval k's offline window is [gate(k) − I/2, gate(k) + I/2): the
-        // windows tile time, so at most one can contain t.
-        let interval_ms = self.scenario.market.interval_s * 1_000;
-        let first_window = gate_ms(&self.rules, self.first).saturating_sub(interval_ms / 2);
-        if t_ms < first_window {
-            return false;
-        }
-        let k = ((t_ms - first_window) / interval_ms) as usize;
-        self.offline.get(k).is_some_and(|set| set.contains(&i))
+        self.churn_window(t_ms)
+            .and_then(|k| self.offline.get(k as usize))
+            .is_some_and(|set| set.contains(&i))
     }
 
     fn cut(&self, a: usize, b: usize, t_ms: u64) -> bool {
@@ -503,6 +639,7 @@ impl<'a> Sim<'a> {
             message,
             bytes,
             seen: vec![0; n.div_ceil(64)],
+            reached: false,
         };
         g.mark(from);
         self.gossip.push(g);
@@ -511,7 +648,7 @@ impl<'a> Sim<'a> {
 
     fn forward(&mut self, node: usize, except: Option<usize>, id: usize) {
         let loss = self.scenario.network.loss;
-        for j in self.nodes[node].neighbours.clone() {
+        for j in self.tree_links(node).to_vec() {
             if Some(j) == except || self.cut(node, j, self.now_ms) {
                 continue;
             }
@@ -535,16 +672,9 @@ impl<'a> Sim<'a> {
     }
 
     /// Lets node `i` see the time (its own, skewed) and carries out what
-    /// follows. A delivery within [`TICK_RESOLUTION_MS`] of the node's last
-    /// tick skips it (`exact` = false); scheduled ticks for gate closures and
-    /// timeouts always run.
-    fn tick(&mut self, i: usize, exact: bool) {
+    /// follows; a tick with nothing due only moves the node's clock.
+    fn tick(&mut self, i: usize) {
         let now = self.node_time(i);
-        let last = self.nodes[i].last_tick_ms;
-        if !exact && last != 0 && now < last + TICK_RESOLUTION_MS {
-            return;
-        }
-        self.nodes[i].last_tick_ms = now;
         let out = self.nodes[i].node.handle(Input::Tick { now_ms: now });
         self.carry_out(i, out.actions);
     }
@@ -588,12 +718,19 @@ impl<'a> Sim<'a> {
                         continue;
                     }
                     // Keep the first copy of each distinct result for settlement.
-                    self.sets_seen.entry((k, f.set_root)).or_insert_with(|| {
-                        f.offers.iter().map(|o| (o.id, o.offer.energy_wh)).collect()
-                    });
+                    if !self.sets_seen.contains_key(&(k, f.set_root)) {
+                        let offers = self.nodes[i]
+                            .node
+                            .final_offers(f.interval)
+                            .expect("a node holds the set it just finalized");
+                        self.sets_seen.insert(
+                            (k, f.set_root),
+                            offers.iter().map(|o| (o.id, o.offer.energy_wh)).collect(),
+                        );
+                    }
                     self.results_seen
                         .entry((k, f.set_root, f.result.result_hash))
-                        .or_insert(f.result);
+                        .or_insert(f.result.clone());
                 }
             }
         }
@@ -628,29 +765,31 @@ impl<'a> Sim<'a> {
                     at(gate.saturating_sub(plan_lead_ms + jitter)),
                     Event::Plan { node: i, k },
                 );
-                self.push(at(gate), Event::Tick(i));
-                // Reconciliation rounds run at quarters of the window.
-                for q in 1..4 {
-                    self.push(at(gate + window_ms * q / 4), Event::Tick(i));
-                }
-                self.push(at(gate + window_ms + 1), Event::Tick(i));
-                for s in 1..=FOLLOW_UP_S {
-                    self.push(at(gate + window_ms + s * 1_000), Event::Tick(i));
-                }
             }
             // Batteries and meters follow the result once it can be final:
-            // after the window and the follow-up ticks, before the next plan.
-            self.push(
-                gate + window_ms + (FOLLOW_UP_S + 1) * 1_000,
-                Event::Dispatch { k },
-            );
+            // after the window and the follow-up, before the next plan.
+            let dispatch_ms = gate + window_ms + (FOLLOW_UP_S + 1) * 1_000;
+            self.push(dispatch_ms, Event::Dispatch { k });
+            self.end_ms = dispatch_ms;
         }
-        while let Some(((at, _), event)) = self.queue.pop_first() {
+        while let Some(Reverse(Queued {
+            at_ms: at, event, ..
+        })) = self.queue.pop()
+        {
             self.now_ms = at;
             match event {
                 Event::Tick(i) => {
-                    if !self.is_offline(i, at) {
-                        self.tick(i, true);
+                    if self.nodes[i].wakeup_ms.is_some_and(|pending| pending != at) {
+                        continue; // superseded by an earlier wake-up
+                    }
+                    self.nodes[i].wakeup_ms = None;
+                    if self.is_offline(i, at) {
+                        let back = self.online_again_ms(at);
+                        self.nodes[i].wakeup_ms = Some(back);
+                        self.push(back, Event::Tick(i));
+                    } else {
+                        self.tick(i);
+                        self.schedule_wakeup(i);
                     }
                 }
                 Event::Plan { node, k } => self.plan(node, k),
@@ -658,7 +797,7 @@ impl<'a> Sim<'a> {
                 Event::Withheld { node, offer } => {
                     // Released late, to one neighbour only.
                     if let Some(&j) = self.nodes[node].neighbours.first() {
-                        self.send_direct(node, j, Message::Offer(*offer));
+                        self.send_direct(node, j, Message::Offer(Arc::new(*offer)));
                     }
                 }
                 Event::Dispatch { k } => {
@@ -686,11 +825,13 @@ impl<'a> Sim<'a> {
                 }
                 let message = self.gossip[id].message.clone();
                 if let Message::Offer(offer) = &message
+                    && !self.gossip[id].reached
                     && at < gate_ms(&self.rules, offer.offer.interval)
                 {
+                    self.gossip[id].reached = true;
                     self.reached.insert(offer.id);
                 }
-                self.tick(to, false);
+                self.tick(to);
                 let out = self.nodes[to].node.handle(Input::Message {
                     from: self.ids[from],
                     message,
@@ -702,7 +843,7 @@ impl<'a> Sim<'a> {
             }
             Payload::Direct(message) => {
                 self.bytes += message.encode().len() as u64;
-                self.tick(to, false);
+                self.tick(to);
                 let out = self.nodes[to].node.handle(Input::Message {
                     from: self.ids[from],
                     message: *message,
@@ -710,6 +851,7 @@ impl<'a> Sim<'a> {
                 self.carry_out(to, out.actions);
             }
         }
+        self.schedule_wakeup(to);
     }
 
     fn plan(&mut self, i: usize, k: usize) {
@@ -753,7 +895,7 @@ impl<'a> Sim<'a> {
         .map(|(side, o)| (side, o.energy_wh, o.price_micro_per_kwh))
         .collect();
         self.nodes[i].plans.insert(k, plan);
-        self.tick(i, false);
+        self.tick(i);
         for (side, energy_wh, price) in orders {
             self.offers_total += 1;
             match role {
@@ -794,6 +936,7 @@ impl<'a> Sim<'a> {
         if role == Role::Spammer {
             self.spam(i, interval);
         }
+        self.schedule_wakeup(i);
     }
 
     fn sign(
@@ -837,8 +980,8 @@ impl<'a> Sim<'a> {
         // Each version enters gossip at half of the neighbours, who forward
         // whichever they see first, as a real equivocator's would.
         let ids = [
-            self.new_gossip(i, Message::Offer(a)),
-            self.new_gossip(i, Message::Offer(b)),
+            self.new_gossip(i, Message::Offer(Arc::new(a))),
+            self.new_gossip(i, Message::Offer(Arc::new(b))),
         ];
         let neighbours = self.nodes[i].neighbours.clone();
         for (n, j) in neighbours.into_iter().enumerate() {
@@ -883,9 +1026,9 @@ impl<'a> Sim<'a> {
         let neighbours = self.nodes[i].neighbours.clone();
         for j in neighbours {
             for message in [
-                Message::Offer(forged.clone()),
-                Message::Offer(oversized.clone()),
-                Message::Offer(other_market.clone()),
+                Message::Offer(Arc::new(forged.clone())),
+                Message::Offer(Arc::new(oversized.clone())),
+                Message::Offer(Arc::new(other_market.clone())),
             ] {
                 self.send_direct(i, j, message);
             }
@@ -986,19 +1129,16 @@ impl<'a> Sim<'a> {
         let mut readings = Vec::with_capacity(self.nodes.len());
         let mut total_import = 0u64;
         let mut total_export = 0u64;
+        // (bought, sold) per household, in one pass over the trades.
+        let mut traded: HashMap<usize, (u64, u64)> = HashMap::new();
+        for t in &trades {
+            traded.entry(self.index[&t.buyer]).or_default().0 += t.energy_wh;
+            traded.entry(self.index[&t.seller]).or_default().1 += t.energy_wh;
+        }
         for i in 0..self.nodes.len() {
             let household = &self.households[i];
             let net_load = household.load_wh[k] as i64 - household.pv_wh[k] as i64;
-            let bought: u64 = trades
-                .iter()
-                .filter(|t| t.buyer == self.ids[i])
-                .map(|t| t.energy_wh)
-                .sum();
-            let sold: u64 = trades
-                .iter()
-                .filter(|t| t.seller == self.ids[i])
-                .map(|t| t.energy_wh)
-                .sum();
+            let (bought, sold) = traded.get(&i).copied().unwrap_or_default();
             let h = &mut self.nodes[i];
             let settings = household.settings;
             let plan = h.plans.remove(&k).unwrap_or_else(|| Plan::idle(net_load));
@@ -1103,7 +1243,9 @@ impl<'a> Sim<'a> {
             .iter()
             .map(|h| h.published.get(&k).map_or(0, Vec::len))
             .sum();
-        outcome.result = result;
+        outcome.result = result.map(|r| (*r).clone());
+        self.clearing
+            .prune_before(IntervalIndex(interval.0.saturating_sub(16)));
         self.trace.write_u64(interval.0);
         self.trace.write(&reference.map_or([0; 32], |r| r.1));
         self.outcome_intervals.push(outcome);

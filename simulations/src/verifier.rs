@@ -1,40 +1,118 @@
-//! A signature verifier shared by all simulated nodes: every distinct
-//! (key, message, signature) is checked once with ed25519 and remembered, so
-//! a thousand nodes receiving the same offer cost one check, not a thousand.
-//! The answer is still ed25519's; bad signatures are still refused.
+//! Services shared by all simulated nodes of a market, so that work a
+//! thousand nodes would each repeat on identical input is done once:
+//!
+//! - [`MemoVerifier`]: every distinct (key, message, signature) is checked
+//!   once with ed25519 and remembered, and every member key is parsed once.
+//!   The answer is still ed25519's; bad signatures are still refused.
+//! - [`ClearingMemo`]: clearing is a pure function of the offer set, so the
+//!   first node to clear a set with a given root computes the result and the
+//!   others share it. Each node still builds its own set and computes its
+//!   root, so nodes that hold different sets get different results.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use dharti_protocol::hash::{Hash32, Hasher};
-use dharti_protocol::verify::{Ed25519Verifier, SignatureItem, SignatureVerifier};
+use dharti_protocol::hash::Hash32;
+use dharti_protocol::node::{ClearingCache, IntervalResult};
+use dharti_protocol::offer::SignatureError;
+use dharti_protocol::types::{IntervalIndex, ParticipantId};
+use dharti_protocol::verify::{Ed25519Verifier, KeyCache, SignatureItem, SignatureVerifier};
+use ed25519_dalek::VerifyingKey;
+
+/// What a remembered signature was checked against.
+#[derive(Debug)]
+struct Checked {
+    key: [u8; 32],
+    message: Box<[u8]>,
+    valid: bool,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct MemoVerifier {
-    known: Mutex<HashMap<Hash32, bool>>,
-}
-
-fn key_of(item: &SignatureItem<'_>) -> Hash32 {
-    let mut h = Hasher::new(b"sim-signature");
-    h.write(item.key.as_bytes());
-    h.write(item.signature);
-    h.write(item.message);
-    h.finish()
+    /// By signature: ed25519 signatures are deterministic, so one signature
+    /// names one (key, message); a hit is still compared in full.
+    known: Mutex<HashMap<[u8; 64], Checked>>,
+    keys: KeyCache,
 }
 
 impl SignatureVerifier for MemoVerifier {
     fn verify(&self, items: &[SignatureItem<'_>]) -> Vec<bool> {
-        let keys: Vec<Hash32> = items.iter().map(key_of).collect();
         let mut known = self.known.lock().expect("no panics while holding the lock");
-        let unknown: Vec<usize> = (0..items.len())
-            .filter(|&i| !known.contains_key(&keys[i]))
+        let mut answers: Vec<Option<bool>> = items
+            .iter()
+            .map(|item| {
+                known.get(item.signature).and_then(|c| {
+                    (c.key == *item.key.as_bytes() && *c.message == *item.message)
+                        .then_some(c.valid)
+                })
+            })
             .collect();
+        let unknown: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
         if !unknown.is_empty() {
             let fresh: Vec<SignatureItem<'_>> = unknown.iter().map(|&i| items[i]).collect();
-            for (&i, ok) in unknown.iter().zip(Ed25519Verifier.verify(&fresh)) {
-                known.insert(keys[i], ok);
+            let verdicts = Ed25519Verifier::default().verify(&fresh);
+            for (&i, valid) in unknown.iter().zip(verdicts) {
+                answers[i] = Some(valid);
+                // A second (key, message) under a remembered signature is
+                // checked every time rather than displacing the first.
+                known.entry(*items[i].signature).or_insert_with(|| Checked {
+                    key: *items[i].key.as_bytes(),
+                    message: items[i].message.into(),
+                    valid,
+                });
             }
         }
-        keys.iter().map(|k| known[k]).collect()
+        answers
+            .into_iter()
+            .map(|a| a.expect("every item answered"))
+            .collect()
+    }
+
+    fn key(&self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError> {
+        self.keys.get(participant)
+    }
+}
+
+/// Clearing results by (interval, set root).
+#[derive(Debug, Default)]
+pub(crate) struct ClearingMemo {
+    results: Mutex<HashMap<(IntervalIndex, Hash32), Arc<IntervalResult>>>,
+}
+
+impl ClearingMemo {
+    /// Forgets intervals before `interval` (every node has finalized or
+    /// given up on them).
+    pub(crate) fn prune_before(&self, interval: IntervalIndex) {
+        let mut results = self
+            .results
+            .lock()
+            .expect("no panics while holding the lock");
+        results.retain(|(i, _), _| *i >= interval);
+    }
+}
+
+impl ClearingCache for ClearingMemo {
+    fn clear(
+        &self,
+        interval: IntervalIndex,
+        set_root: &Hash32,
+        clear: &mut dyn FnMut() -> IntervalResult,
+    ) -> Arc<IntervalResult> {
+        let key = (interval, *set_root);
+        if let Some(result) = self
+            .results
+            .lock()
+            .expect("no panics while holding the lock")
+            .get(&key)
+        {
+            return result.clone();
+        }
+        let result = Arc::new(clear());
+        self.results
+            .lock()
+            .expect("no panics while holding the lock")
+            .entry(key)
+            .or_insert(result)
+            .clone()
     }
 }

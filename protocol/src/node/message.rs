@@ -140,7 +140,7 @@ pub struct SetChunk {
     pub set_root: Hash32,
     pub index: u32,
     pub total: u32,
-    pub offers: Vec<SignedOffer>,
+    pub offers: Vec<Arc<SignedOffer>>,
 }
 
 /// Everything nodes send each other. Gossiped to the market's topic:
@@ -149,7 +149,9 @@ pub struct SetChunk {
 /// simulator's thousand nodes then share one copy.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Message {
-    Offer(SignedOffer),
+    /// Shared (`Arc`), like every offer a node holds; the wire form is the
+    /// offer's 171 bytes all the same.
+    Offer(Arc<SignedOffer>),
     Evidence(Box<Equivocation>),
     Attestation(Arc<SignedAttestation>),
     /// "I attested this and have seen no quorum": sent to peers directly by
@@ -170,7 +172,7 @@ pub enum Message {
     },
     Offers {
         interval: IntervalIndex,
-        offers: Vec<SignedOffer>,
+        offers: Vec<Arc<SignedOffer>>,
     },
     FetchSet {
         interval: IntervalIndex,

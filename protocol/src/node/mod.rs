@@ -24,7 +24,8 @@ mod message;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
@@ -61,6 +62,82 @@ pub struct NodeConfig {
     pub active_window: usize,
 }
 
+/// What a node's result for an interval is.
+pub type IntervalResult = ClearingResult<OfferId, ParticipantId>;
+
+/// Clears books for nodes. Clearing is a pure function of the offer set
+/// (named by its root) and the market rules, so a shell that runs many nodes
+/// of one market (the simulator) may share one memoising implementation, as
+/// it shares a memoising signature verifier; every node still computes its
+/// own set and root, so nodes that hold different sets still differ. The
+/// daemon clears every time ([`ClearEveryTime`]).
+pub trait ClearingCache: fmt::Debug + Send + Sync {
+    /// The result for the set with `set_root` in `interval`; `clear` computes it.
+    fn clear(
+        &self,
+        interval: IntervalIndex,
+        set_root: &Hash32,
+        clear: &mut dyn FnMut() -> IntervalResult,
+    ) -> Arc<IntervalResult>;
+}
+
+/// No memo: clears on every call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClearEveryTime;
+
+impl ClearingCache for ClearEveryTime {
+    fn clear(
+        &self,
+        _interval: IntervalIndex,
+        _set_root: &Hash32,
+        clear: &mut dyn FnMut() -> IntervalResult,
+    ) -> Arc<IntervalResult> {
+        Arc::new(clear())
+    }
+}
+
+/// What nodes of one market can share: the signature verifier (with its
+/// parsed-key cache), the clearing memo and the member set. A daemon has one
+/// node and one of each; the simulator hands one to all its nodes.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub verifier: Arc<dyn SignatureVerifier>,
+    pub clearing: Arc<dyn ClearingCache>,
+    /// `NodeConfig::members` with their places in its order, hashed for the
+    /// lookup every message needs.
+    members: Arc<HashMap<ParticipantId, u32>>,
+}
+
+impl Shared {
+    /// Plain ed25519 and no memo, for the members of `config`.
+    pub fn new(config: &NodeConfig) -> Shared {
+        Shared::with(
+            config,
+            Arc::new(Ed25519Verifier::default()),
+            Arc::new(ClearEveryTime),
+        )
+    }
+
+    pub fn with(
+        config: &NodeConfig,
+        verifier: Arc<dyn SignatureVerifier>,
+        clearing: Arc<dyn ClearingCache>,
+    ) -> Shared {
+        Shared {
+            verifier,
+            clearing,
+            members: Arc::new(
+                config
+                    .members
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(member, place)| (*member, place))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// Default for [`NodeConfig::reconcile_window_ms`].
 pub const DEFAULT_RECONCILE_WINDOW_MS: u64 = 20_000;
 /// Default for [`NodeConfig::quorum_ppm`].
@@ -77,12 +154,18 @@ const KEEP_FINAL_INTERVALS: u64 = 4;
 /// An interval that has not become final this many intervals after its gate
 /// closed is given up (no quorum formed), so that state stays bounded.
 const MAX_PENDING_INTERVALS: u64 = 16;
-/// A node that has attested but sees no quorum yet publishes its attestation
-/// again this often, so that peers cut off by a partition learn of it...
-const REPUBLISH_MS: u64 = 2_000;
+/// A node that has attested but sees no quorum yet asks a few peers for the
+/// quorum's attestations (`Pending`) this often: gossip may have lost some
+/// on the way, and publishing the same attestation again would not help
+/// (gossip drops messages it has seen)...
+const ASK_AGAIN_MS: u64 = 2_000;
 /// ...at most this many times (ten seconds of trying), so that an interval
 /// that never finds a quorum does not cost traffic until it is given up.
-const MAX_REPUBLISH: u32 = 5;
+/// After that, it asks again at each gate closure.
+const MAX_ASKS: u32 = 5;
+/// Round numbers of these asks, for choosing peers, after those of
+/// reconciliation.
+const ASK_ROUND_BASE: u32 = 1_000;
 
 /// The verdict on a message, for gossip validation and peer scoring.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,13 +215,14 @@ pub enum Action {
 }
 
 /// A final interval.
+/// The final offer set itself is not copied into it (a simulator of a
+/// thousand nodes would copy every set a thousand times): a shell that
+/// persists it asks [`Node::final_offers`] while it handles this action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finalized {
     pub interval: IntervalIndex,
     pub set_root: Hash32,
-    pub result: ClearingResult<OfferId, ParticipantId>,
-    /// The final offer set (persist it; it is what others may fetch).
-    pub offers: Vec<SignedOffer>,
+    pub result: Arc<IntervalResult>,
     /// The members whose attestations made the quorum.
     pub attesters: Vec<ParticipantId>,
     /// Milliseconds from gate closure to finality.
@@ -157,28 +241,55 @@ pub struct Output {
 
 /// The members that attested in the last few final intervals, counted
 /// incrementally: each member's count is the number of those intervals it
-/// attested in, and the members with a count are the active ones.
+/// attested in, and the members with a count are the active ones. Members
+/// are numbered (their place in the sorted member list), so an interval's
+/// attesters are a bitset and opening one costs a pass over a few words.
 #[derive(Clone, Debug, Default)]
 struct Activity {
-    window: VecDeque<(IntervalIndex, BTreeSet<ParticipantId>)>,
-    counts: BTreeMap<ParticipantId, u32>,
+    window: VecDeque<(IntervalIndex, Vec<u64>)>,
+    counts: Vec<u32>,
+    active: usize,
 }
 
 impl Activity {
-    /// A newly final interval with its attesters; the oldest beyond `limit` leaves.
-    fn open(&mut self, interval: IntervalIndex, attesters: Vec<ParticipantId>, limit: usize) {
-        for member in &attesters {
-            *self.counts.entry(*member).or_default() += 1;
+    fn bump(&mut self, member: usize) {
+        if self.counts.len() <= member {
+            self.counts.resize(member + 1, 0);
         }
-        self.window
-            .push_back((interval, attesters.into_iter().collect()));
+        self.counts[member] += 1;
+        if self.counts[member] == 1 {
+            self.active += 1;
+        }
+    }
+
+    /// A newly final interval with its attesters; the oldest beyond `limit` leaves.
+    fn open(
+        &mut self,
+        interval: IntervalIndex,
+        attesters: impl Iterator<Item = u32>,
+        limit: usize,
+    ) {
+        let mut bits: Vec<u64> = Vec::new();
+        for member in attesters {
+            let member = member as usize;
+            if bits.len() <= member / 64 {
+                bits.resize(member / 64 + 1, 0);
+            }
+            if bits[member / 64] & (1 << (member % 64)) == 0 {
+                bits[member / 64] |= 1 << (member % 64);
+                self.bump(member);
+            }
+        }
+        self.window.push_back((interval, bits));
         while self.window.len() > limit {
             let (_, old) = self.window.pop_front().expect("longer than the limit");
-            for member in old {
-                if let Some(count) = self.counts.get_mut(&member) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.counts.remove(&member);
+            for (word_index, mut word) in old.into_iter().enumerate() {
+                while word != 0 {
+                    let member = word_index * 64 + word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    self.counts[member] -= 1;
+                    if self.counts[member] == 0 {
+                        self.active -= 1;
                     }
                 }
             }
@@ -186,19 +297,24 @@ impl Activity {
     }
 
     /// A late attestation for a final interval; returns whether it is news.
-    fn add(&mut self, interval: IntervalIndex, member: ParticipantId) -> bool {
-        let Some((_, set)) = self.window.iter_mut().find(|(i, _)| *i == interval) else {
+    fn add(&mut self, interval: IntervalIndex, member: u32) -> bool {
+        let member = member as usize;
+        let Some((_, bits)) = self.window.iter_mut().find(|(i, _)| *i == interval) else {
             return false;
         };
-        if !set.insert(member) {
+        if bits.len() <= member / 64 {
+            bits.resize(member / 64 + 1, 0);
+        }
+        if bits[member / 64] & (1 << (member % 64)) != 0 {
             return false;
         }
-        *self.counts.entry(member).or_default() += 1;
+        bits[member / 64] |= 1 << (member % 64);
+        self.bump(member);
         true
     }
 
     fn active(&self) -> usize {
-        self.counts.len()
+        self.active
     }
 }
 
@@ -216,33 +332,37 @@ struct Fetch {
     candidates: Vec<ParticipantId>,
     next: usize,
     asked_at_ms: u64,
-    chunks: BTreeMap<u32, Vec<SignedOffer>>,
+    chunks: BTreeMap<u32, Vec<Arc<SignedOffer>>>,
 }
 
 #[derive(Clone, Debug)]
 struct IntervalState {
     phase: Phase,
-    own: Option<(Hash32, Hash32, ClearingResult<OfferId, ParticipantId>)>,
-    /// Our signed attestation, when it was last published and how often.
+    own: Option<(Hash32, Hash32, Arc<IntervalResult>)>,
+    /// Our signed attestation, when we last asked peers for the quorum's
+    /// and how often.
     attestation: Option<(Arc<SignedAttestation>, u64, u32)>,
-    attestations: BTreeMap<ParticipantId, (Hash32, Hash32)>,
+    /// Every member's signed attestation (kept to hand a waiting peer the
+    /// proof). Hashed: a thousand arrive per interval, and whatever needs an
+    /// order sorts.
+    attestations: HashMap<ParticipantId, (u32, Arc<SignedAttestation>)>,
     /// The same attestations grouped by roots (usually one or two groups),
     /// so finality is checked without regrouping on every arrival.
     groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>>,
-    /// The signed attestations themselves, to hand a waiting peer the proof.
-    signed: BTreeMap<ParticipantId, Arc<SignedAttestation>>,
     fetch: Option<Fetch>,
     /// Reconciliation rounds started.
     rounds: u32,
 }
 
 impl IntervalState {
-    fn record(&mut self, signed: Arc<SignedAttestation>) {
+    fn record(&mut self, place: u32, signed: Arc<SignedAttestation>) {
         let a = &signed.attestation;
         let roots = (a.set_root, a.result_root);
-        if self.attestations.insert(a.attester, roots).is_none() {
+        if let std::collections::hash_map::Entry::Vacant(entry) =
+            self.attestations.entry(a.attester)
+        {
             self.groups.entry(roots).or_default().push(a.attester);
-            self.signed.insert(a.attester, signed);
+            entry.insert((place, signed));
         }
     }
 
@@ -251,9 +371,8 @@ impl IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
-            attestations: BTreeMap::new(),
+            attestations: HashMap::new(),
             groups: BTreeMap::new(),
-            signed: BTreeMap::new(),
             rounds: 0,
             fetch: None,
         }
@@ -278,36 +397,38 @@ pub struct Node {
     activity: Activity,
     /// Members needed for a quorum, from `activity`.
     threshold: usize,
-    verifier: Arc<dyn SignatureVerifier>,
+    shared: Shared,
 }
 
 impl Node {
-    /// A node that checks every signature with ed25519.
+    /// A node that checks every signature with ed25519 and clears every time.
     pub fn new(config: NodeConfig, key: SigningKey) -> Node {
-        Node::with_verifier(config, key, Arc::new(Ed25519Verifier))
+        let shared = Shared::new(&config);
+        Node::with_shared(config, key, shared)
     }
 
-    /// A node that checks signatures with `verifier` (the simulator shares a
-    /// memoising one among its nodes).
-    pub fn with_verifier(
-        config: NodeConfig,
-        key: SigningKey,
-        verifier: Arc<dyn SignatureVerifier>,
-    ) -> Node {
+    /// A node using `shared` services (the simulator shares memoising ones
+    /// among its nodes). `shared` must have been made for `config`.
+    pub fn with_shared(config: NodeConfig, key: SigningKey, shared: Shared) -> Node {
+        assert_eq!(
+            shared.members.len(),
+            config.members.len(),
+            "shared services made for another member list"
+        );
         let me = ParticipantId(key.verifying_key().to_bytes());
         let mut node = Node {
             config,
             key,
             me,
             now_ms: 0,
-            pool: OfferPool::with_verifier(verifier.clone()),
+            pool: OfferPool::with_verifier(shared.verifier.clone()),
             peers: BTreeSet::new(),
             intervals: BTreeMap::new(),
             next_close: None,
             sequences: BTreeMap::new(),
             activity: Activity::default(),
             threshold: 0,
-            verifier,
+            shared,
         };
         node.update_threshold();
         node
@@ -351,7 +472,7 @@ impl Node {
         match input {
             Input::Tick { now_ms } => self.tick(now_ms, &mut out),
             Input::Message { from, message } => {
-                let verdict = if self.config.members.contains(&from) {
+                let verdict = if self.shared.members.contains_key(&from) {
                     self.on_message(from, message, &mut out)
                 } else {
                     Verdict::Reject("sender is not a member of this market".into())
@@ -369,7 +490,7 @@ impl Node {
                 out.verdict = Some(verdict);
             }
             Input::PeerUp(peer) => {
-                if self.config.members.contains(&peer) && peer != self.me {
+                if self.shared.members.contains_key(&peer) && peer != self.me {
                     self.peers.insert(peer);
                 }
             }
@@ -401,6 +522,7 @@ impl Node {
             sequence: *sequence,
         }
         .sign(&self.key);
+        let offer = Arc::new(offer);
         let verdict = self.receive_offer(offer.clone(), out);
         if verdict == Verdict::Accept {
             out.actions.push(Action::Publish(Message::Offer(offer)));
@@ -427,8 +549,8 @@ impl Node {
     }
 
     /// A gossiped offer: only before gate closure.
-    fn receive_offer(&mut self, offer: SignedOffer, out: &mut Output) -> Verdict {
-        if !self.config.members.contains(&offer.offer.participant) {
+    fn receive_offer(&mut self, offer: Arc<SignedOffer>, out: &mut Output) -> Verdict {
+        if !self.shared.members.contains_key(&offer.offer.participant) {
             return Verdict::Reject("offer from a participant that is not a member".into());
         }
         if self.intervals.contains_key(&offer.offer.interval) {
@@ -544,8 +666,7 @@ impl Node {
         if self.arrival(interval).is_none() {
             return Verdict::Ignore;
         }
-        let own = self.pool.set_ids(interval);
-        let step = match respond(&own, message) {
+        let step = match respond(self.pool.set_ids(interval), message) {
             Ok(step) => step,
             Err(error) => return Verdict::Reject(error.to_string()),
         };
@@ -579,8 +700,11 @@ impl Node {
         ids: &[OfferId],
         out: &mut Output,
     ) {
+        if ids.is_empty() {
+            return;
+        }
         let wanted: BTreeSet<&OfferId> = ids.iter().collect();
-        let offers: Vec<SignedOffer> = self
+        let offers: Vec<Arc<SignedOffer>> = self
             .pool
             .offers(interval)
             .filter(|o| wanted.contains(&o.id))
@@ -611,14 +735,14 @@ impl Node {
     fn on_offers(
         &mut self,
         interval: IntervalIndex,
-        offers: Vec<SignedOffer>,
+        offers: Vec<Arc<SignedOffer>>,
         out: &mut Output,
     ) -> Verdict {
         let Some(arrival) = self.arrival(interval) else {
             return Verdict::Ignore;
         };
         if offers.iter().any(|o| {
-            o.offer.interval != interval || !self.config.members.contains(&o.offer.participant)
+            o.offer.interval != interval || !self.shared.members.contains_key(&o.offer.participant)
         }) {
             return Verdict::Reject("offers for another interval or from non-members".into());
         }
@@ -660,14 +784,16 @@ impl Node {
         let Some((set_root, result_root, _)) = &state.own else {
             return verdict;
         };
-        let quorum: Vec<Arc<SignedAttestation>> = state
-            .signed
+        let mut quorum: Vec<Arc<SignedAttestation>> = state
+            .attestations
             .values()
+            .map(|(_, a)| a)
             .filter(|a| {
                 (a.attestation.set_root, a.attestation.result_root) == (*set_root, *result_root)
             })
             .cloned()
             .collect();
+        quorum.sort_unstable_by_key(|a| a.attestation.attester);
         for chunk in quorum.chunks(MAX_ATTESTATIONS_PER_MESSAGE) {
             out.actions.push(Action::Send {
                 to: from,
@@ -685,9 +811,9 @@ impl Node {
         if a.chain_id != self.config.rules.chain_id || a.market != self.config.rules.market_id {
             return Verdict::Reject("attestation for another chain or market".into());
         }
-        if !self.config.members.contains(&a.attester) {
+        let Some(&place) = self.shared.members.get(&a.attester) else {
             return Verdict::Reject("attestation from a non-member".into());
-        }
+        };
         let Some(next_close) = self.next_close else {
             return Verdict::Ignore;
         };
@@ -703,15 +829,19 @@ impl Node {
         let Some(state) = self.intervals.get(&a.interval) else {
             return Verdict::Ignore;
         };
-        let known = state.attestations.get(&a.attester).copied();
+        let known = state
+            .attestations
+            .get(&a.attester)
+            .map(|(_, k)| (k.attestation.set_root, k.attestation.result_root));
         if known.is_some_and(|roots| roots != (a.set_root, a.result_root)) {
             return Verdict::Reject("member attested two different results".into());
         }
         if known.is_none()
             && let Err(error) = self
-                .pool
+                .shared
+                .verifier
                 .key(&a.attester)
-                .and_then(|key| signed.verify_with(self.verifier.as_ref(), &key))
+                .and_then(|key| signed.verify_with(self.shared.verifier.as_ref(), &key))
         {
             return Verdict::Reject(format!("attestation: {error}"));
         }
@@ -719,23 +849,23 @@ impl Node {
             return Verdict::Ignore;
         }
         let state = self.intervals.get_mut(&a.interval).expect("checked above");
-        state.record(signed);
-        if state.phase == Phase::Final && self.activity.add(a.interval, a.attester) {
+        state.record(place, signed);
+        if state.phase == Phase::Final && self.activity.add(a.interval, place) {
             self.update_threshold();
         }
         let state = self.intervals.get_mut(&a.interval).expect("checked above");
         // A member sees another set while we still reconcile: reconcile with it.
-        if state.phase == Phase::Reconciling && a.attester != self.me {
-            let own = self.pool.set_ids(a.interval);
-            if crate::validation::set_root(&own) != a.set_root {
-                out.actions.push(Action::Send {
-                    to: a.attester,
-                    message: Message::Reconcile {
-                        interval: a.interval,
-                        message: initiate(&own),
-                    },
-                });
-            }
+        if state.phase == Phase::Reconciling
+            && a.attester != self.me
+            && self.pool.set_root(a.interval) != a.set_root
+        {
+            out.actions.push(Action::Send {
+                to: a.attester,
+                message: Message::Reconcile {
+                    interval: a.interval,
+                    message: initiate(self.pool.set_ids(a.interval)),
+                },
+            });
         }
         self.check_finality(a.interval, out);
         Verdict::Accept
@@ -759,7 +889,7 @@ impl Node {
         let offers = self.pool.set_offers(interval);
         let total =
             u32::try_from(offers.len().div_ceil(MAX_OFFERS_PER_MESSAGE).max(1)).unwrap_or(u32::MAX);
-        let chunks: Vec<&[SignedOffer]> = if offers.is_empty() {
+        let chunks: Vec<&[Arc<SignedOffer>]> = if offers.is_empty() {
             vec![&[]]
         } else {
             offers.chunks(MAX_OFFERS_PER_MESSAGE).collect()
@@ -796,17 +926,17 @@ impl Node {
             return Verdict::Accept;
         }
         let mut fetch = state.fetch.take().expect("present");
-        let offers: Vec<SignedOffer> = std::mem::take(&mut fetch.chunks)
+        let offers: Vec<Arc<SignedOffer>> = std::mem::take(&mut fetch.chunks)
             .into_values()
             .flatten()
             .collect();
         if offers.iter().any(|o| {
-            o.offer.interval != interval || !self.config.members.contains(&o.offer.participant)
+            o.offer.interval != interval || !self.shared.members.contains_key(&o.offer.participant)
         }) {
             self.retry_fetch(interval, fetch, out);
             return Verdict::Reject("fetched set has offers from elsewhere".into());
         }
-        let mut fresh = OfferPool::with_verifier(self.verifier.clone());
+        let mut fresh = OfferPool::with_verifier(self.shared.verifier.clone());
         fresh.receive_batch(&self.config.rules, offers, Arrival::Reconciliation);
         let (root, result) = self.clear_pool(&fresh, interval);
         if root != fetch.set_root || result.result_hash != fetch.result_root {
@@ -861,9 +991,60 @@ impl Node {
         });
     }
 
+    /// When this node next has something to do on its own (a gate closes, a
+    /// reconciliation round or the end of a window is due, a fetch times out,
+    /// an attestation is due to be published again), in its clock's
+    /// milliseconds. A shell ticks the node then; ticks in between only
+    /// update the node's notion of the time. `None` before the first tick.
+    pub fn next_wakeup_ms(&self) -> Option<u64> {
+        let mut next = self.next_close.map(|i| self.gate_ms(i))?;
+        let window = self.config.reconcile_window_ms;
+        for (interval, state) in &self.intervals {
+            let gate = self.gate_ms(*interval);
+            let mut due = |at: u64| next = next.min(at);
+            match state.phase {
+                Phase::Reconciling => {
+                    // Rounds are due at quarters of the window, inside it.
+                    let round = u64::from(state.rounds);
+                    let round_ms = (round * window).div_ceil(RECONCILE_ROUNDS);
+                    if round < RECONCILE_ROUNDS && round_ms < window {
+                        due(gate + round_ms);
+                    }
+                    if state.fetch.is_none() {
+                        due(gate + window);
+                    }
+                }
+                Phase::Attested => {
+                    if let Some((_, asked_ms, times)) = &state.attestation
+                        && *times < MAX_ASKS
+                    {
+                        due(asked_ms + ASK_AGAIN_MS);
+                    }
+                }
+                Phase::Final => {}
+            }
+            if let Some(fetch) = &state.fetch
+                && !fetch.candidates.is_empty()
+            {
+                due(fetch.asked_at_ms + FETCH_TIMEOUT_MS);
+            }
+        }
+        Some(next)
+    }
+
+    /// The final offer set of `interval` (to persist it while handling its
+    /// [`Action::Finalized`]), while the node still holds it.
+    pub fn final_offers(&self, interval: IntervalIndex) -> Option<Vec<Arc<SignedOffer>>> {
+        let state = self.intervals.get(&interval)?;
+        (state.phase == Phase::Final).then(|| self.pool.set_offers(interval))
+    }
+
     fn tick(&mut self, now_ms: u64, out: &mut Output) {
         self.now_ms = self.now_ms.max(now_ms);
         let now_ms = self.now_ms;
+        if self.next_wakeup_ms().is_some_and(|at| now_ms < at) {
+            return;
+        }
         let clock = self.config.rules.clock;
         let mut next = *self
             .next_close
@@ -921,16 +1102,24 @@ impl Node {
         for interval in stale {
             self.ask_next(interval, out);
         }
-        for state in self.intervals.values_mut() {
+        let mut asks: Vec<(IntervalIndex, u32, Arc<SignedAttestation>)> = Vec::new();
+        for (interval, state) in self.intervals.iter_mut() {
             if state.phase == Phase::Attested
-                && let Some((signed, published_ms, times)) = state.attestation.as_mut()
-                && now_ms >= *published_ms + REPUBLISH_MS
-                && *times < MAX_REPUBLISH
+                && let Some((signed, asked_ms, times)) = state.attestation.as_mut()
+                && now_ms >= *asked_ms + ASK_AGAIN_MS
+                && *times < MAX_ASKS
             {
-                *published_ms = now_ms;
+                *asked_ms = now_ms;
                 *times += 1;
-                out.actions
-                    .push(Action::Publish(Message::Attestation(signed.clone())));
+                asks.push((*interval, ASK_ROUND_BASE + *times, signed.clone()));
+            }
+        }
+        for (interval, round, signed) in asks {
+            for peer in self.reconcile_partners(interval, round) {
+                out.actions.push(Action::Send {
+                    to: peer,
+                    message: Message::Pending(signed.clone()),
+                });
             }
         }
         // Prune final intervals that are old enough.
@@ -952,7 +1141,7 @@ impl Node {
         // Intervals still waiting for a quorum ask every connected peer at
         // each gate closure (`Pending`); final peers answer with the quorum's
         // attestations. That is how a node that was cut off for longer than
-        // its republishing lasted finds the quorum once it is reconnected.
+        // its asking lasted finds the quorum once it is reconnected.
         // (Gossiping the same attestation again would not do: gossipsub drops
         // messages it has seen.)
         for state in self.intervals.values() {
@@ -980,8 +1169,7 @@ impl Node {
         };
         let round = state.rounds;
         state.rounds += 1;
-        let own = self.pool.set_ids(interval);
-        let message = initiate(&own);
+        let message = initiate(self.pool.set_ids(interval));
         for peer in self.reconcile_partners(interval, round) {
             out.actions.push(Action::Send {
                 to: peer,
@@ -1019,13 +1207,15 @@ impl Node {
         &self,
         pool: &OfferPool,
         interval: IntervalIndex,
-    ) -> (Hash32, ClearingResult<OfferId, ParticipantId>) {
+    ) -> (Hash32, Arc<IntervalResult>) {
         let rules = &self.config.rules;
-        let tariff = rules.tariffs.at(rules.clock.start_s(interval));
-        let book = pool.book(interval);
-        let result = clear(rules.mechanism, &tariff, &book)
-            .expect("a validated pool always forms a clearable book");
-        (pool.set_root(interval), result)
+        let set_root = pool.set_root(interval);
+        let result = self.shared.clearing.clear(interval, &set_root, &mut || {
+            let tariff = rules.tariffs.at(rules.clock.start_s(interval));
+            clear(rules.mechanism, &tariff, &pool.book(interval))
+                .expect("a validated pool always forms a clearable book")
+        });
+        (set_root, result)
     }
 
     fn attest(
@@ -1046,7 +1236,11 @@ impl Node {
         .sign(&self.key);
         let signed = Arc::new(signed);
         if let Some(state) = self.intervals.get_mut(&interval) {
-            state.record(signed.clone());
+            // A node outside the member list attests for its own use only:
+            // nobody counts it, so neither does it.
+            if let Some(&place) = self.shared.members.get(&self.me) {
+                state.record(place, signed.clone());
+            }
             state.attestation = Some((signed.clone(), self.now_ms, 0));
         }
         out.actions
@@ -1119,22 +1313,22 @@ impl Node {
         };
         state.phase = Phase::Final;
         state.fetch = None;
-        let attesters: Vec<ParticipantId> = state
-            .attestations
-            .iter()
-            .filter(|(_, roots)| **roots == (set_root, result_root))
-            .map(|(m, _)| *m)
-            .collect();
-        let everyone: Vec<ParticipantId> = state.attestations.keys().copied().collect();
-        self.activity
-            .open(interval, everyone, self.config.active_window.max(1));
+        let mut attesters: Vec<ParticipantId> = state
+            .groups
+            .get(&(set_root, result_root))
+            .cloned()
+            .unwrap_or_default();
+        attesters.sort_unstable();
+        self.activity.open(
+            interval,
+            state.attestations.values().map(|(place, _)| *place),
+            self.config.active_window.max(1),
+        );
         self.update_threshold();
-        let offers = self.pool.set_offers(interval);
         out.actions.push(Action::Finalized(Box::new(Finalized {
             interval,
             set_root,
             result,
-            offers,
             attesters,
             finality_ms: now_ms.saturating_sub(gate_ms),
             fetched,

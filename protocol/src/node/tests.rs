@@ -71,6 +71,8 @@ struct Net {
     faults: Faults,
     start_ms: u64,
     finals: Vec<BTreeMap<IntervalIndex, Finalized>>,
+    /// Each node's final offer sets, taken while it handled `Finalized`.
+    final_sets: Vec<BTreeMap<IntervalIndex, Vec<Arc<SignedOffer>>>>,
     accepted_offers: BTreeMap<IntervalIndex, BTreeSet<OfferId>>,
     verdicts: Vec<Verdict>,
 }
@@ -104,6 +106,7 @@ impl Net {
             faults,
             start_ms,
             finals: vec![BTreeMap::new(); n],
+            final_sets: vec![BTreeMap::new(); n],
             accepted_offers: BTreeMap::new(),
             verdicts: Vec::new(),
         }
@@ -146,6 +149,10 @@ impl Net {
                     }
                 }
                 Action::Finalized(finalized) => {
+                    let offers = self.nodes[node]
+                        .final_offers(finalized.interval)
+                        .expect("a node holds the set it just finalized");
+                    self.final_sets[node].insert(finalized.interval, offers);
                     let previous = self.finals[node].insert(finalized.interval, *finalized);
                     assert!(
                         previous.is_none(),
@@ -250,8 +257,7 @@ impl Net {
     }
 
     fn final_ids(&self, node: usize, interval: IntervalIndex) -> BTreeSet<OfferId> {
-        self.finals[node][&interval]
-            .offers
+        self.final_sets[node][&interval]
             .iter()
             .map(|o| o.id)
             .collect()
@@ -336,11 +342,10 @@ fn a_cut_off_node_fetches_the_quorum_set_and_converges() {
     assert!(net.finals[1..].iter().all(|f| !f[&FIRST].fetched));
     // The quorum's set has the six offers made outside the cut; node 0's own
     // offer never reached the others in time and is dropped by everyone.
-    assert_eq!(net.finals[0][&FIRST].offers.len(), 6);
+    assert_eq!(net.final_sets[0][&FIRST].len(), 6);
     let own = net.nodes[0].id();
     assert!(
-        net.finals[0][&FIRST]
-            .offers
+        net.final_sets[0][&FIRST]
             .iter()
             .all(|o| o.offer.participant != own)
     );
@@ -366,12 +371,12 @@ fn non_members_and_forgeries_are_rejected() {
     let from_member = net.nodes[1].id();
     let out = net.nodes[0].handle(Input::Message {
         from: outsider_id,
-        message: Message::Offer(offer.clone()),
+        message: Message::Offer(offer.clone().into()),
     });
     assert!(matches!(out.verdict, Some(Verdict::Reject(_))));
     let out = net.nodes[0].handle(Input::Message {
         from: from_member,
-        message: Message::Offer(offer),
+        message: Message::Offer(offer.into()),
     });
     assert!(
         matches!(out.verdict, Some(Verdict::Reject(_))),
@@ -416,10 +421,10 @@ fn messages_round_trip_and_bad_bytes_are_refused() {
     }
     .sign(&k);
     let messages = vec![
-        Message::Offer(offer.clone()),
+        Message::Offer(offer.clone().into()),
         Message::Offers {
             interval: FIRST,
-            offers: vec![offer.clone(); 3],
+            offers: (0..3).map(|_| Arc::new(offer.clone())).collect(),
         },
         Message::Want {
             interval: FIRST,
@@ -527,8 +532,8 @@ fn an_equivocator_is_void_everywhere() {
     // number, each to half of the network.
     let a = forge(6, FIRST, Side::Ask, 1_000, 7);
     let b = forge(6, FIRST, Side::Ask, 2_000, 7);
-    deliver(&mut net, 6, &[0, 1, 2], &Message::Offer(a));
-    deliver(&mut net, 6, &[3, 4, 5], &Message::Offer(b));
+    deliver(&mut net, 6, &[0, 1, 2], &Message::Offer(a.into()));
+    deliver(&mut net, 6, &[3, 4, 5], &Message::Offer(b.into()));
     net.run(2 * INTERVAL_S * 1_000);
     net.assert_agreement(1);
     let equivocator = net.nodes[6].id();
@@ -541,8 +546,7 @@ fn an_equivocator_is_void_everywhere() {
         "an equivocator traded"
     );
     // Its offers stay in the set only as evidence: two offers with one sequence.
-    let evidence: Vec<&SignedOffer> = f
-        .offers
+    let evidence: Vec<&Arc<SignedOffer>> = net.final_sets[0][&FIRST]
         .iter()
         .filter(|o| o.offer.participant == equivocator)
         .collect();
@@ -560,7 +564,7 @@ fn an_offer_released_after_gate_closure_is_refused_by_gossip() {
     let withholder = net.nodes[4].id();
     let out = net.nodes[0].handle(Input::Message {
         from: withholder,
-        message: Message::Offer(late.clone()),
+        message: Message::Offer(late.clone().into()),
     });
     assert!(
         matches!(out.verdict, Some(Verdict::Reject(_))),
@@ -569,7 +573,7 @@ fn an_offer_released_after_gate_closure_is_refused_by_gossip() {
     );
     net.run(2 * INTERVAL_S * 1_000);
     net.assert_agreement(1);
-    assert!(net.finals[0][&FIRST].offers.iter().all(|o| o.id != late.id));
+    assert!(net.final_sets[0][&FIRST].iter().all(|o| o.id != late.id));
 }
 
 #[test]

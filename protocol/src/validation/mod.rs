@@ -24,14 +24,14 @@
 //! what lets nodes that heard the same offers in different orders agree.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::clearing::{Mechanism, Order};
 use crate::hash::{Hash32, Hasher};
-use crate::offer::{Offer, SignatureError, SignedOffer, participant_key, verify_offers};
+use crate::offer::{Offer, SignatureError, SignedOffer, verify_offers};
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
 use crate::verify::{Ed25519Verifier, SignatureVerifier};
@@ -143,8 +143,9 @@ struct Sent {
     /// Sorted by id. A vector, not a map: a participant has a handful of
     /// offers, and a B-tree leaf reserves room for eleven (kilobytes per
     /// participant per interval per node, which the simulator multiplies by
-    /// a thousand nodes).
-    offers: Vec<SignedOffer>,
+    /// a thousand nodes). Shared (`Arc`): the message that brought an offer,
+    /// the pool and the replies to peers hold one copy.
+    offers: Vec<Arc<SignedOffer>>,
     /// Whether the participant is void for the interval: once it has two
     /// conflicting offers or more than the limit, it stays so (trimming keeps
     /// `limit + 1` offers), so the flag is set once, on the offer that does it.
@@ -154,7 +155,7 @@ struct Sent {
 impl Sent {
     /// A kept offer that conflicts with `new`: same side and sequence
     /// number, different body.
-    fn conflicting(&self, new: &SignedOffer) -> Option<&SignedOffer> {
+    fn conflicting(&self, new: &SignedOffer) -> Option<&Arc<SignedOffer>> {
         self.offers.iter().find(|o| {
             o.offer.side == new.offer.side
                 && o.offer.sequence == new.offer.sequence
@@ -164,7 +165,7 @@ impl Sent {
 
     /// The offer in force for `side`: the highest sequence number; equal
     /// sequence numbers here have equal bodies, the smallest id stands for them.
-    fn head(&self, side: Side) -> Option<&SignedOffer> {
+    fn head(&self, side: Side) -> Option<&Arc<SignedOffer>> {
         self.offers
             .iter()
             .filter(|o| o.offer.side == side)
@@ -184,7 +185,7 @@ impl Sent {
         self.position(id).is_ok()
     }
 
-    fn insert(&mut self, offer: SignedOffer) {
+    fn insert(&mut self, offer: Arc<SignedOffer>) {
         if let Err(at) = self.position(&offer.id) {
             self.offers.insert(at, offer);
         }
@@ -202,6 +203,49 @@ impl Sent {
 #[derive(Clone, Debug, Default)]
 struct IntervalPool {
     participants: BTreeMap<ParticipantId, Sent>,
+    /// The reconciliation set's sorted ids and root, computed on first use
+    /// after a change. After gate closure the set rarely changes while
+    /// reconciliation asks for it many times, once per message.
+    set: OnceLock<SetView>,
+}
+
+#[derive(Clone, Debug)]
+struct SetView {
+    ids: Vec<OfferId>,
+    root: Hash32,
+}
+
+impl IntervalPool {
+    fn set(&self) -> &SetView {
+        self.set.get_or_init(|| {
+            let mut ids: Vec<OfferId> = Vec::new();
+            for sent in self.participants.values() {
+                if sent.void {
+                    ids.extend(sent.offers.iter().map(|o| o.id));
+                } else {
+                    ids.extend(
+                        [sent.head(Side::Bid), sent.head(Side::Ask)]
+                            .into_iter()
+                            .flatten()
+                            .map(|o| o.id),
+                    );
+                }
+            }
+            sort_ids(&mut ids);
+            let root = set_root(&ids);
+            SetView { ids, root }
+        })
+    }
+}
+
+/// Sorts ids (uniformly random SHA-256 outputs) by their first eight bytes
+/// as a big-endian integer, and only on a tie by the rest: the same order as
+/// comparing whole ids, without a 32-byte `memcmp` per comparison.
+pub fn sort_ids(ids: &mut [OfferId]) {
+    fn prefix(id: &OfferId) -> u64 {
+        u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"))
+    }
+    ids.sort_unstable_by(|a, b| prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b)));
 }
 
 /// Domain of the offer-set root.
@@ -220,20 +264,14 @@ const SET_DOMAIN: &[u8; 16] = b"DHARTI-OFFERS-V1";
 pub struct OfferPool {
     intervals: BTreeMap<IntervalIndex, IntervalPool>,
     evidence: Vec<Equivocation>,
-    keys: BTreeMap<ParticipantId, VerifyingKey>,
     verifier: Arc<dyn SignatureVerifier>,
 }
 
 impl Default for OfferPool {
     fn default() -> Self {
-        OfferPool::with_verifier(Arc::new(Ed25519Verifier))
+        OfferPool::with_verifier(Arc::new(Ed25519Verifier::default()))
     }
 }
-
-/// Bound on the parsed-key cache; past it the cache is cleared. Parsing a key
-/// costs about a tenth of a signature check, so the cache is an optimisation
-/// that must not grow with hostile traffic.
-const MAX_CACHED_KEYS: usize = 65_536;
 
 /// When an offer arrives, which decides the timing checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -301,34 +339,23 @@ impl OfferPool {
         OfferPool {
             intervals: BTreeMap::new(),
             evidence: Vec::new(),
-            keys: BTreeMap::new(),
             verifier,
         }
     }
 
-    /// The parsed key of `participant`, from the pool's bounded cache.
-    pub(crate) fn key(
-        &mut self,
-        participant: &ParticipantId,
-    ) -> Result<VerifyingKey, SignatureError> {
-        if let Some(key) = self.keys.get(participant) {
-            return Ok(*key);
-        }
-        let key = participant_key(participant)?;
-        if self.keys.len() >= MAX_CACHED_KEYS {
-            self.keys.clear();
-        }
-        self.keys.insert(*participant, key);
-        Ok(key)
+    /// The parsed key of `participant`, from the verifier's cache.
+    fn key(&self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError> {
+        self.verifier.key(participant)
     }
 
     /// Validates one offer and, if it is valid, keeps it.
     pub fn receive(
         &mut self,
         rules: &MarketRules,
-        offer: SignedOffer,
+        offer: impl Into<Arc<SignedOffer>>,
         arrival: Arrival,
     ) -> Validation {
+        let offer: Arc<SignedOffer> = offer.into();
         if let Err(reject) = check_stateless(rules, &offer.offer, arrival) {
             return Validation::Reject(reject);
         }
@@ -348,12 +375,13 @@ impl OfferPool {
     /// Validates many offers, checking their signatures in one batch: the
     /// fast path for a burst of gossip. Verdicts come back in input order and
     /// equal what [`OfferPool::receive`] one by one would give.
-    pub fn receive_batch(
+    pub fn receive_batch<O: Into<Arc<SignedOffer>>>(
         &mut self,
         rules: &MarketRules,
-        offers: Vec<SignedOffer>,
+        offers: Vec<O>,
         arrival: Arrival,
     ) -> Vec<Validation> {
+        let offers: Vec<Arc<SignedOffer>> = offers.into_iter().map(Into::into).collect();
         let mut verdicts: Vec<Option<Validation>> = Vec::with_capacity(offers.len());
         let mut to_verify: Vec<usize> = Vec::with_capacity(offers.len());
         let mut keys: Vec<VerifyingKey> = Vec::with_capacity(offers.len());
@@ -371,7 +399,7 @@ impl OfferPool {
             };
             verdicts.push(verdict);
         }
-        let refs: Vec<&SignedOffer> = to_verify.iter().map(|&i| &offers[i]).collect();
+        let refs: Vec<&SignedOffer> = to_verify.iter().map(|&i| &*offers[i]).collect();
         let valid = verify_offers(self.verifier.as_ref(), &refs, &keys);
         for (&i, ok) in to_verify.iter().zip(valid) {
             if !ok {
@@ -419,7 +447,7 @@ impl OfferPool {
     }
 
     /// Keeps an offer whose signature is known to be valid and says what it changed.
-    fn insert_verified(&mut self, rules: &MarketRules, offer: SignedOffer) -> Validation {
+    fn insert_verified(&mut self, rules: &MarketRules, offer: Arc<SignedOffer>) -> Validation {
         let limit = rules.max_offers_per_participant as usize;
         let o = offer.offer;
         let id = offer.id;
@@ -428,6 +456,7 @@ impl OfferPool {
         if sent.contains(&id) {
             return Validation::Ignore(Ignored::Duplicate);
         }
+        pool.set = OnceLock::new();
         let was_void = sent.void;
         let previous = if was_void {
             None
@@ -440,8 +469,8 @@ impl OfferPool {
             sent.conflicting(&offer).cloned()
         };
         let evidence = conflict.map(|first| Equivocation {
-            first,
-            second: offer.clone(),
+            first: (*first).clone(),
+            second: (*offer).clone(),
         });
         sent.insert(offer);
         sent.trim(limit + 1);
@@ -477,7 +506,7 @@ impl OfferPool {
     fn standings(
         &self,
         interval: IntervalIndex,
-    ) -> impl Iterator<Item = (&Sent, Option<[Option<&SignedOffer>; 2]>)> {
+    ) -> impl Iterator<Item = (&Sent, Option<[Option<&Arc<SignedOffer>>; 2]>)> {
         self.intervals
             .get(&interval)
             .into_iter()
@@ -510,30 +539,27 @@ impl OfferPool {
     /// The ids nodes reconcile and attest for `interval`, sorted: the offers
     /// in force (cancels included) of every participant, and all kept offers
     /// of void participants (the evidence that voids them).
-    pub fn set_ids(&self, interval: IntervalIndex) -> Vec<OfferId> {
-        let mut ids: Vec<OfferId> = Vec::new();
-        for (sent, heads) in self.standings(interval) {
-            match heads {
-                Some(heads) => ids.extend(heads.into_iter().flatten().map(|o| o.id)),
-                None => ids.extend(sent.offers.iter().map(|o| o.id)),
-            }
-        }
-        ids.sort_unstable();
-        ids
+    pub fn set_ids(&self, interval: IntervalIndex) -> &[OfferId] {
+        self.intervals
+            .get(&interval)
+            .map_or(&[], |pool| pool.set().ids.as_slice())
     }
 
     /// The offer-set root of `interval`: SHA-256 over a domain tag and the
     /// sorted [`OfferPool::set_ids`].
     pub fn set_root(&self, interval: IntervalIndex) -> Hash32 {
-        set_root(&self.set_ids(interval))
+        match self.intervals.get(&interval) {
+            Some(pool) => pool.set().root,
+            None => set_root(&[]),
+        }
     }
 
     /// The signed offers of `interval`'s reconciliation set, by id.
-    pub fn set_offers(&self, interval: IntervalIndex) -> Vec<SignedOffer> {
-        let ids: std::collections::BTreeSet<OfferId> = self.set_ids(interval).into_iter().collect();
-        let mut offers: Vec<SignedOffer> = self
+    pub fn set_offers(&self, interval: IntervalIndex) -> Vec<Arc<SignedOffer>> {
+        let ids = self.set_ids(interval);
+        let mut offers: Vec<Arc<SignedOffer>> = self
             .offers(interval)
-            .filter(|o| ids.contains(&o.id))
+            .filter(|o| ids.binary_search(&o.id).is_ok())
             .cloned()
             .collect();
         offers.sort_unstable_by_key(|o| o.id);
@@ -546,7 +572,7 @@ impl OfferPool {
         interval: IntervalIndex,
         participant: &ParticipantId,
         id: &OfferId,
-    ) -> Option<&SignedOffer> {
+    ) -> Option<&Arc<SignedOffer>> {
         let sent = self
             .intervals
             .get(&interval)?
@@ -556,7 +582,7 @@ impl OfferPool {
     }
 
     /// All kept offers of `interval`.
-    pub fn offers(&self, interval: IntervalIndex) -> impl Iterator<Item = &SignedOffer> {
+    pub fn offers(&self, interval: IntervalIndex) -> impl Iterator<Item = &Arc<SignedOffer>> {
         self.intervals.get(&interval).into_iter().flat_map(|pool| {
             pool.participants
                 .values()

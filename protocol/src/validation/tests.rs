@@ -324,13 +324,17 @@ mod order {
     }
 
     fn state(pool: &OfferPool) -> (Vec<OfferId>, Hash32, Vec<Order<OfferId, ParticipantId>>) {
-        (pool.set_ids(OPEN), pool.set_root(OPEN), pool.book(OPEN))
+        (
+            pool.set_ids(OPEN).to_vec(),
+            pool.set_root(OPEN),
+            pool.book(OPEN),
+        )
     }
 
     /// Gives `to` every offer of `from`'s reconciliation set it lacks.
     fn send_set(from: &OfferPool, to: &mut OfferPool) {
         let ids = from.set_ids(OPEN);
-        let offers: Vec<SignedOffer> = from
+        let offers: Vec<std::sync::Arc<SignedOffer>> = from
             .offers(OPEN)
             .filter(|o| ids.contains(&o.id))
             .cloned()
