@@ -92,3 +92,39 @@ mod tests {
         );
     }
 }
+
+/// A hasher for maps keyed by ids that are already uniformly random: public
+/// keys and SHA-256 outputs ([`crate::types::ParticipantId`],
+/// [`crate::types::OfferId`], roots). It folds the first eight bytes of each
+/// write (and integers as they are) into one word, so a lookup costs a few
+/// instructions rather than SipHash over 32 bytes. It is deterministic, so
+/// iteration order is the same in every run (the simulator's traces rely on
+/// that). Not for keys an attacker can choose freely: where participants are
+/// keys, they are members (checked before anything is stored) or must sign.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.write_u64(u64::from_le_bytes(word));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // FxHash's step: rotate, mix in, multiply by an odd constant.
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` keyed by random ids, hashed with [`IdHasher`].
+pub type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;

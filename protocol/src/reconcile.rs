@@ -98,28 +98,69 @@ pub struct Step {
 
 const RANGE_DOMAIN: &[u8; 15] = b"DHARTI-RANGE-V1";
 
-/// The fingerprint of a sorted slice of ids.
-pub fn fingerprint(ids: &[OfferId]) -> [u8; 16] {
-    let mut sum = [0u64; 4];
-    for id in ids {
+/// Σ ids mod 2^256 (ids as little-endian 256-bit numbers), the additive
+/// part of a fingerprint: a set that changes by one id updates it with one
+/// [`IdSum::add`] or [`IdSum::sub`], so a node keeps its whole set's sum
+/// instead of summing two thousand ids for every message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdSum {
+    limbs: [u64; 4],
+    count: u64,
+}
+
+impl IdSum {
+    pub fn of(ids: &[OfferId]) -> IdSum {
+        let mut sum = IdSum::default();
+        for id in ids {
+            sum.add(id);
+        }
+        sum
+    }
+
+    fn words(id: &OfferId) -> impl Iterator<Item = u64> + '_ {
+        id.0.chunks_exact(8)
+            .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("8 bytes")))
+    }
+
+    pub fn add(&mut self, id: &OfferId) {
         let mut carry = 0u64;
-        for (limb, chunk) in sum.iter_mut().zip(id.0.chunks_exact(8)) {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        for (limb, word) in self.limbs.iter_mut().zip(IdSum::words(id)) {
             let (low, overflow_a) = limb.overflowing_add(word);
             let (low, overflow_b) = low.overflowing_add(carry);
             *limb = low;
             carry = u64::from(overflow_a) + u64::from(overflow_b);
         }
+        self.count += 1;
     }
-    let mut h = Hasher::new(RANGE_DOMAIN);
-    for limb in sum {
-        h.write_u64(limb);
+
+    pub fn sub(&mut self, id: &OfferId) {
+        let mut borrow = 0u64;
+        for (limb, word) in self.limbs.iter_mut().zip(IdSum::words(id)) {
+            let (low, under_a) = limb.overflowing_sub(word);
+            let (low, under_b) = low.overflowing_sub(borrow);
+            *limb = low;
+            borrow = u64::from(under_a) + u64::from(under_b);
+        }
+        self.count -= 1;
     }
-    h.write_u64(ids.len() as u64);
-    let digest = h.finish();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
+
+    /// The fingerprint of the ids summed.
+    pub fn fingerprint(&self) -> [u8; 16] {
+        let mut h = Hasher::new(RANGE_DOMAIN);
+        for limb in self.limbs {
+            h.write_u64(limb);
+        }
+        h.write_u64(self.count);
+        let digest = h.finish();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
+}
+
+/// The fingerprint of a sorted slice of ids.
+pub fn fingerprint(ids: &[OfferId]) -> [u8; 16] {
+    IdSum::of(ids).fingerprint()
 }
 
 fn fingerprint_payload(ids: &[OfferId]) -> Payload {
@@ -174,10 +215,18 @@ impl ReconcileMessage {
 
 /// The first message, from the node that starts: its whole set as one range.
 pub fn initiate(own: &[OfferId]) -> ReconcileMessage {
+    initiate_with(own, &IdSum::of(own))
+}
+
+/// [`initiate`] with the sum of `own` already known.
+pub fn initiate_with(own: &[OfferId], whole: &IdSum) -> ReconcileMessage {
     let payload = if own.len() <= MAX_LISTED_IDS {
         Payload::Ids(own.to_vec())
     } else {
-        fingerprint_payload(own)
+        Payload::Fingerprint {
+            fingerprint: whole.fingerprint(),
+            count: whole.count,
+        }
     };
     ReconcileMessage {
         ranges: vec![Range {
@@ -189,6 +238,16 @@ pub fn initiate(own: &[OfferId]) -> ReconcileMessage {
 
 /// Answers `incoming` given this node's sorted, unique ids.
 pub fn respond(own: &[OfferId], incoming: &ReconcileMessage) -> Result<Step, ReconcileError> {
+    respond_with(own, &IdSum::of(own), incoming)
+}
+
+/// [`respond`] with the sum of `own` already known: a range that spans the
+/// whole set (the first message of every exchange) costs no pass over it.
+pub fn respond_with(
+    own: &[OfferId],
+    whole: &IdSum,
+    incoming: &ReconcileMessage,
+) -> Result<Step, ReconcileError> {
     incoming.check()?;
     debug_assert!(
         own.windows(2).all(|w| w[0] < w[1]),
@@ -212,7 +271,12 @@ pub fn respond(own: &[OfferId], incoming: &ReconcileMessage) -> Result<Step, Rec
                 fingerprint: theirs,
                 count,
             } => {
-                if *theirs == fingerprint(mine) && *count == mine.len() as u64 {
+                let ours = if mine.len() == own.len() {
+                    whole.fingerprint()
+                } else {
+                    fingerprint(mine)
+                };
+                if *theirs == ours && *count == mine.len() as u64 {
                     vec![Range {
                         upper: range.upper,
                         payload: Payload::Skip,

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use dharti_protocol::agent::{self, AgentSettings, IntervalForecast, Plan};
 use dharti_protocol::clearing::{ClearingResult, Mechanism};
-use dharti_protocol::hash::{Hash32, Hasher};
+use dharti_protocol::hash::{Hash32, Hasher, IdMap};
 use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Shared, Verdict};
 use dharti_protocol::offer::{Offer, SignedOffer};
 use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
@@ -76,10 +76,21 @@ impl Role {
 /// run their course by then).
 pub const FOLLOW_UP_S: u64 = 30;
 
+/// Households plan this long before gate closure (at most a third of an
+/// interval)...
+const PLAN_LEAD_MS: u64 = 180_000;
+/// ...plus up to this much more (at most a sixth of an interval), drawn per
+/// household and interval.
+const PLAN_SPREAD_MS: u64 = 60_000;
+
 #[derive(Debug)]
 enum Event {
     /// A node's own wake-up (`Node::next_wakeup_ms`), or its first tick.
     Tick(usize),
+    /// Draws when each household plans for interval `k`.
+    PlanRound {
+        k: usize,
+    },
     Plan {
         node: usize,
         k: usize,
@@ -239,7 +250,7 @@ pub struct Sim<'a> {
     nodes: Vec<Household2>,
     keys: Vec<SigningKey>,
     ids: Vec<ParticipantId>,
-    index: std::collections::HashMap<ParticipantId, usize>,
+    index: IdMap<ParticipantId, usize>,
     links: BTreeMap<(usize, usize), u64>,
     tree: Tree,
     queue: BinaryHeap<Reverse<Queued>>,
@@ -632,7 +643,7 @@ impl<'a> Sim<'a> {
 
     /// Registers a gossip message that `from` has; returns its id.
     fn new_gossip(&mut self, from: usize, message: Message) -> usize {
-        let bytes = message.encode().len() as u64;
+        let bytes = message.encoded_len() as u64;
         self.payload_bytes += bytes;
         let n = self.nodes.len();
         let mut g = Gossip {
@@ -751,21 +762,16 @@ impl<'a> Sim<'a> {
             self.push(start_ms, Event::Tick(i));
         }
         let window_ms = m.reconcile_window_s * 1_000;
-        // Households plan between a third and half an interval (at most three
-        // minutes) before gate closure, after the previous interval settled.
-        let plan_lead_ms = (interval_ms / 3).min(180_000);
-        let plan_spread_ms = (interval_ms / 6).min(60_000);
         for k in 0..intervals {
             let gate = gate_ms(&self.rules, self.interval(k));
-            for i in 0..self.nodes.len() {
-                let skew = self.nodes[i].skew_ms;
-                let at = |t: u64| (t as i64 - skew).max(0) as u64;
-                let jitter = self.rng_misc.below(plan_spread_ms);
-                self.push(
-                    at(gate.saturating_sub(plan_lead_ms + jitter)),
-                    Event::Plan { node: i, k },
-                );
-            }
+            // Each interval's plans are drawn when its first can be due, so
+            // the queue holds one interval's plans, not a day's.
+            let earliest = gate.saturating_sub(
+                PLAN_LEAD_MS.min(interval_ms / 3)
+                    + PLAN_SPREAD_MS.min(interval_ms / 6)
+                    + self.scenario.network.clock_skew_ms,
+            );
+            self.push(earliest, Event::PlanRound { k });
             // Batteries and meters follow the result once it can be final:
             // after the window and the follow-up, before the next plan.
             let dispatch_ms = gate + window_ms + (FOLLOW_UP_S + 1) * 1_000;
@@ -792,6 +798,7 @@ impl<'a> Sim<'a> {
                         self.schedule_wakeup(i);
                     }
                 }
+                Event::PlanRound { k } => self.plan_round(k),
                 Event::Plan { node, k } => self.plan(node, k),
                 Event::Deliver { to, from, payload } => self.deliver(to, from, payload),
                 Event::Withheld { node, offer } => {
@@ -842,7 +849,7 @@ impl<'a> Sim<'a> {
                 self.carry_out(to, out.actions);
             }
             Payload::Direct(message) => {
-                self.bytes += message.encode().len() as u64;
+                self.bytes += message.encoded_len() as u64;
                 self.tick(to);
                 let out = self.nodes[to].node.handle(Input::Message {
                     from: self.ids[from],
@@ -852,6 +859,21 @@ impl<'a> Sim<'a> {
             }
         }
         self.schedule_wakeup(to);
+    }
+
+    /// Households plan between a third and half an interval (at most three
+    /// to four minutes) before gate closure, after the previous interval settled.
+    fn plan_round(&mut self, k: usize) {
+        let interval_ms = self.scenario.market.interval_s * 1_000;
+        let lead_ms = PLAN_LEAD_MS.min(interval_ms / 3);
+        let spread_ms = PLAN_SPREAD_MS.min(interval_ms / 6);
+        let gate = gate_ms(&self.rules, self.interval(k));
+        for i in 0..self.nodes.len() {
+            let skew = self.nodes[i].skew_ms;
+            let jitter = self.rng_misc.below(spread_ms);
+            let at = (gate.saturating_sub(lead_ms + jitter) as i64 - skew).max(0) as u64;
+            self.push(at, Event::Plan { node: i, k });
+        }
     }
 
     fn plan(&mut self, i: usize, k: usize) {

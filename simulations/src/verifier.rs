@@ -9,10 +9,9 @@
 //!   others share it. Each node still builds its own set and computes its
 //!   root, so nodes that hold different sets get different results.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use dharti_protocol::hash::Hash32;
+use dharti_protocol::hash::{Hash32, IdMap};
 use dharti_protocol::node::{ClearingCache, IntervalResult};
 use dharti_protocol::offer::SignatureError;
 use dharti_protocol::types::{IntervalIndex, ParticipantId};
@@ -31,7 +30,7 @@ struct Checked {
 pub(crate) struct MemoVerifier {
     /// By signature: ed25519 signatures are deterministic, so one signature
     /// names one (key, message); a hit is still compared in full.
-    known: Mutex<HashMap<[u8; 64], Checked>>,
+    known: Mutex<IdMap<[u8; 64], Checked>>,
     keys: KeyCache,
 }
 
@@ -76,7 +75,7 @@ impl SignatureVerifier for MemoVerifier {
 /// Clearing results by (interval, set root).
 #[derive(Debug, Default)]
 pub(crate) struct ClearingMemo {
-    results: Mutex<HashMap<(IntervalIndex, Hash32), Arc<IntervalResult>>>,
+    results: Mutex<IdMap<(IntervalIndex, Hash32), Arc<IntervalResult>>>,
 }
 
 impl ClearingMemo {

@@ -212,6 +212,14 @@ impl Message {
         out
     }
 
+    /// Length of [`Message::encode`]'s output, counted without building it.
+    pub fn encoded_len(&self) -> usize {
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::serde::encode_into_writer(self, &mut size, BINCODE)
+            .expect("messages always encode");
+        1 + size.bytes_written
+    }
+
     /// Parses the wire form, refusing oversized, unversioned or malformed input.
     pub fn decode(bytes: &[u8]) -> Result<Message, MessageError> {
         if bytes.len() > MAX_MESSAGE_BYTES {

@@ -24,7 +24,7 @@ mod message;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -32,9 +32,9 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::clearing::{ClearingResult, clear};
-use crate::hash::{Hash32, sha256};
+use crate::hash::{Hash32, IdMap, sha256};
 use crate::offer::{Offer, SignedOffer};
-use crate::reconcile::{initiate, respond};
+use crate::reconcile::{initiate_with, respond_with};
 use crate::types::{IntervalIndex, OfferId, ParticipantId, Side};
 use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
 use crate::verify::{Ed25519Verifier, SignatureVerifier};
@@ -105,7 +105,7 @@ pub struct Shared {
     pub clearing: Arc<dyn ClearingCache>,
     /// `NodeConfig::members` with their places in its order, hashed for the
     /// lookup every message needs.
-    members: Arc<HashMap<ParticipantId, u32>>,
+    members: Arc<IdMap<ParticipantId, u32>>,
 }
 
 impl Shared {
@@ -345,7 +345,7 @@ struct IntervalState {
     /// Every member's signed attestation (kept to hand a waiting peer the
     /// proof). Hashed: a thousand arrive per interval, and whatever needs an
     /// order sorts.
-    attestations: HashMap<ParticipantId, (u32, Arc<SignedAttestation>)>,
+    attestations: IdMap<ParticipantId, (u32, Arc<SignedAttestation>)>,
     /// The same attestations grouped by roots (usually one or two groups),
     /// so finality is checked without regrouping on every arrival.
     groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>>,
@@ -371,7 +371,7 @@ impl IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
-            attestations: HashMap::new(),
+            attestations: IdMap::default(),
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
@@ -666,7 +666,8 @@ impl Node {
         if self.arrival(interval).is_none() {
             return Verdict::Ignore;
         }
-        let step = match respond(self.pool.set_ids(interval), message) {
+        let own = self.pool.set_ids(interval);
+        let step = match respond_with(own, &self.pool.set_sum(interval), message) {
             Ok(step) => step,
             Err(error) => return Verdict::Reject(error.to_string()),
         };
@@ -700,16 +701,7 @@ impl Node {
         ids: &[OfferId],
         out: &mut Output,
     ) {
-        if ids.is_empty() {
-            return;
-        }
-        let wanted: BTreeSet<&OfferId> = ids.iter().collect();
-        let offers: Vec<Arc<SignedOffer>> = self
-            .pool
-            .offers(interval)
-            .filter(|o| wanted.contains(&o.id))
-            .cloned()
-            .collect();
+        let offers = self.pool.set_offers_with(interval, ids);
         for chunk in offers.chunks(MAX_OFFERS_PER_MESSAGE) {
             out.actions.push(Action::Send {
                 to,
@@ -863,7 +855,10 @@ impl Node {
                 to: a.attester,
                 message: Message::Reconcile {
                     interval: a.interval,
-                    message: initiate(self.pool.set_ids(a.interval)),
+                    message: initiate_with(
+                        self.pool.set_ids(a.interval),
+                        &self.pool.set_sum(a.interval),
+                    ),
                 },
             });
         }
@@ -1169,7 +1164,7 @@ impl Node {
         };
         let round = state.rounds;
         state.rounds += 1;
-        let message = initiate(self.pool.set_ids(interval));
+        let message = initiate_with(self.pool.set_ids(interval), &self.pool.set_sum(interval));
         for peer in self.reconcile_partners(interval, round) {
             out.actions.push(Action::Send {
                 to: peer,

@@ -436,7 +436,7 @@ fn messages_round_trip_and_bad_bytes_are_refused() {
         },
         Message::Reconcile {
             interval: FIRST,
-            message: initiate(&[offer.id]),
+            message: crate::reconcile::initiate(&[offer.id]),
         },
     ];
     for message in messages {
@@ -617,5 +617,46 @@ fn state_stays_bounded_when_no_quorum_forms() {
             "{} intervals kept",
             node.intervals.len()
         );
+    }
+}
+
+#[test]
+fn encoded_len_counts_what_encode_writes() {
+    let offer = forge(1, FIRST, Side::Bid, 700, 99);
+    let messages = [
+        Message::Offer(offer.clone().into()),
+        Message::Offers {
+            interval: FIRST,
+            offers: vec![offer.clone().into(), offer.into()],
+        },
+        Message::FetchSet {
+            interval: FIRST,
+            set_root: [7; 32],
+        },
+    ];
+    for message in messages {
+        assert_eq!(message.encoded_len(), message.encode().len());
+    }
+}
+
+#[test]
+fn a_node_has_nothing_due_right_after_a_tick() {
+    let mut net = Net::new(4, 9, Faults::default());
+    start(&mut net);
+    net.random_offers(1);
+    // Step through the gate closure and the window: after each tick, the
+    // next wake-up lies in the future, and ticking between wake-ups does
+    // nothing at all.
+    let gate_ms = rules().clock.gate_closure_s(FIRST) * 1_000;
+    for at in (gate_ms - 2_000..gate_ms + 12_000).step_by(250) {
+        let node = &mut net.nodes[0];
+        let out = node.handle(Input::Tick { now_ms: at });
+        let next = node.next_wakeup_ms().expect("ticked");
+        assert!(next > at, "wake-up {next} not after {at}");
+        if at + 1 < next {
+            let idle = node.handle(Input::Tick { now_ms: at + 1 });
+            assert!(idle.actions.is_empty(), "a tick before the wake-up acted");
+        }
+        drop(out);
     }
 }

@@ -30,8 +30,9 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::clearing::{Mechanism, Order};
-use crate::hash::{Hash32, Hasher};
+use crate::hash::{Hash32, Hasher, IdMap};
 use crate::offer::{Offer, SignatureError, SignedOffer, verify_offers};
+use crate::reconcile::IdSum;
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
 use crate::verify::{Ed25519Verifier, SignatureVerifier};
@@ -202,50 +203,103 @@ impl Sent {
 /// The offers of one interval, per participant.
 #[derive(Clone, Debug, Default)]
 struct IntervalPool {
-    participants: BTreeMap<ParticipantId, Sent>,
-    /// The reconciliation set's sorted ids and root, computed on first use
-    /// after a change. After gate closure the set rarely changes while
-    /// reconciliation asks for it many times, once per message.
+    /// Hashed: looked up for every arriving offer. What depends on an order
+    /// (the set, the book's ranking) sorts.
+    participants: IdMap<ParticipantId, Sent>,
+    /// The reconciliation set, sorted by id, built on first use and then
+    /// kept up to date as offers arrive (a rebuild only when a participant
+    /// turns void). Reconciliation asks for it once per message.
     set: OnceLock<SetView>,
+    /// The set's root, computed on first use after a change.
+    root: OnceLock<Hash32>,
 }
 
 #[derive(Clone, Debug)]
 struct SetView {
     ids: Vec<OfferId>,
-    root: Hash32,
+    /// The offers of `ids`, in the same order.
+    offers: Vec<Arc<SignedOffer>>,
+    /// The ids' sum, for reconciliation fingerprints.
+    sum: IdSum,
+}
+
+/// How an arriving offer changed an interval's reconciliation set.
+enum SetChange {
+    None,
+    /// `insert` joins the set; `remove`, the offer it replaces, leaves it.
+    Swap {
+        remove: Option<OfferId>,
+        insert: Arc<SignedOffer>,
+    },
+    /// Anything else (a participant turning void): build it again.
+    Rebuild,
 }
 
 impl IntervalPool {
     fn set(&self) -> &SetView {
         self.set.get_or_init(|| {
-            let mut ids: Vec<OfferId> = Vec::new();
+            let mut offers: Vec<Arc<SignedOffer>> = Vec::new();
             for sent in self.participants.values() {
                 if sent.void {
-                    ids.extend(sent.offers.iter().map(|o| o.id));
+                    offers.extend(sent.offers.iter().cloned());
                 } else {
-                    ids.extend(
+                    offers.extend(
                         [sent.head(Side::Bid), sent.head(Side::Ask)]
                             .into_iter()
                             .flatten()
-                            .map(|o| o.id),
+                            .cloned(),
                     );
                 }
             }
-            sort_ids(&mut ids);
-            let root = set_root(&ids);
-            SetView { ids, root }
+            sort_offers(&mut offers);
+            let ids: Vec<OfferId> = offers.iter().map(|o| o.id).collect();
+            SetView {
+                sum: IdSum::of(&ids),
+                ids,
+                offers,
+            }
         })
+    }
+
+    fn root(&self) -> Hash32 {
+        *self.root.get_or_init(|| set_root(&self.set().ids))
+    }
+
+    fn apply(&mut self, change: SetChange) {
+        match change {
+            SetChange::None => return,
+            SetChange::Rebuild => self.set = OnceLock::new(),
+            SetChange::Swap { remove, insert } => {
+                if let Some(view) = self.set.get_mut() {
+                    if let Some(at) = remove.and_then(|id| view.ids.binary_search(&id).ok()) {
+                        view.sum.sub(&view.ids.remove(at));
+                        view.offers.remove(at);
+                    }
+                    if let Err(at) = view.ids.binary_search(&insert.id) {
+                        view.sum.add(&insert.id);
+                        view.ids.insert(at, insert.id);
+                        view.offers.insert(at, insert);
+                    }
+                }
+            }
+        }
+        self.root = OnceLock::new();
     }
 }
 
-/// Sorts ids (uniformly random SHA-256 outputs) by their first eight bytes
-/// as a big-endian integer, and only on a tie by the rest: the same order as
-/// comparing whole ids, without a 32-byte `memcmp` per comparison.
-pub fn sort_ids(ids: &mut [OfferId]) {
+/// Sorts offers by id (uniformly random SHA-256 outputs) comparing their
+/// first eight bytes as a big-endian integer, and only on a tie the rest:
+/// the same order as comparing whole ids, without a 32-byte `memcmp` per
+/// comparison.
+fn sort_offers(offers: &mut [Arc<SignedOffer>]) {
     fn prefix(id: &OfferId) -> u64 {
         u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"))
     }
-    ids.sort_unstable_by(|a, b| prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b)));
+    offers.sort_unstable_by(|a, b| {
+        prefix(&a.id)
+            .cmp(&prefix(&b.id))
+            .then_with(|| a.id.cmp(&b.id))
+    });
 }
 
 /// Domain of the offer-set root.
@@ -448,15 +502,30 @@ impl OfferPool {
 
     /// Keeps an offer whose signature is known to be valid and says what it changed.
     fn insert_verified(&mut self, rules: &MarketRules, offer: Arc<SignedOffer>) -> Validation {
+        let interval = offer.offer.interval;
+        let (verdict, change) = self.insert_into_slot(rules, offer);
+        if let Some(pool) = self.intervals.get_mut(&interval) {
+            pool.apply(change);
+        }
+        verdict
+    }
+
+    /// [`OfferPool::insert_verified`] but for the set: the verdict, and how
+    /// the interval's reconciliation set changed.
+    fn insert_into_slot(
+        &mut self,
+        rules: &MarketRules,
+        offer: Arc<SignedOffer>,
+    ) -> (Validation, SetChange) {
         let limit = rules.max_offers_per_participant as usize;
         let o = offer.offer;
         let id = offer.id;
         let pool = self.intervals.entry(o.interval).or_default();
         let sent = pool.participants.entry(o.participant).or_default();
         if sent.contains(&id) {
-            return Validation::Ignore(Ignored::Duplicate);
+            return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
         }
-        pool.set = OnceLock::new();
+        let shared = offer.clone();
         let was_void = sent.void;
         let previous = if was_void {
             None
@@ -475,29 +544,51 @@ impl OfferPool {
         sent.insert(offer);
         sent.trim(limit + 1);
         if was_void {
-            return Validation::Ignore(Ignored::SlotVoid);
+            return (Validation::Ignore(Ignored::SlotVoid), SetChange::Rebuild);
         }
         if let Some(evidence) = evidence {
             sent.void = true;
             self.evidence.push(evidence.clone());
-            return Validation::Reject(Reject::Equivocation(Box::new(evidence)));
+            return (
+                Validation::Reject(Reject::Equivocation(Box::new(evidence))),
+                SetChange::Rebuild,
+            );
         }
         if sent.offers.len() > limit {
             sent.void = true;
-            return Validation::Reject(Reject::TooManyOffers(rules.max_offers_per_participant));
+            return (
+                Validation::Reject(Reject::TooManyOffers(rules.max_offers_per_participant)),
+                SetChange::Rebuild,
+            );
         }
+        let swap = |remove: Option<OfferId>| SetChange::Swap {
+            remove,
+            insert: shared.clone(),
+        };
         match previous {
-            Some(held) if o.sequence < held.offer.sequence => Validation::Ignore(Ignored::Stale),
-            // Same sequence, same body (no conflict): the same offer signed again.
-            Some(held) if o.sequence == held.offer.sequence => {
-                Validation::Ignore(Ignored::Duplicate)
+            Some(held) if o.sequence < held.offer.sequence => {
+                (Validation::Ignore(Ignored::Stale), SetChange::None)
             }
-            Some(held) if o.energy_wh == 0 => Validation::Accept(Accepted::Cancelled {
-                previous: Some(held.id),
-            }),
-            Some(held) => Validation::Accept(Accepted::Replaced { previous: held.id }),
-            None if o.energy_wh == 0 => Validation::Accept(Accepted::Cancelled { previous: None }),
-            None => Validation::Accept(Accepted::New),
+            // Same sequence, same body (no conflict): the same offer signed
+            // again. The smaller id stands for both, so the set may change.
+            Some(held) if o.sequence == held.offer.sequence => {
+                (Validation::Ignore(Ignored::Duplicate), SetChange::Rebuild)
+            }
+            Some(held) if o.energy_wh == 0 => (
+                Validation::Accept(Accepted::Cancelled {
+                    previous: Some(held.id),
+                }),
+                swap(Some(held.id)),
+            ),
+            Some(held) => (
+                Validation::Accept(Accepted::Replaced { previous: held.id }),
+                swap(Some(held.id)),
+            ),
+            None if o.energy_wh == 0 => (
+                Validation::Accept(Accepted::Cancelled { previous: None }),
+                swap(None),
+            ),
+            None => (Validation::Accept(Accepted::New), swap(None)),
         }
     }
 
@@ -520,8 +611,10 @@ impl OfferPool {
 
     /// The order book of `interval`: every participant's offers in force with
     /// energy, void participants left out.
+    /// Sorted by id, so that it too depends only on which offers arrived.
     pub fn book(&self, interval: IntervalIndex) -> Vec<Order<OfferId, ParticipantId>> {
-        self.standings(interval)
+        let mut book: Vec<Order<OfferId, ParticipantId>> = self
+            .standings(interval)
             .filter_map(|(_, heads)| heads)
             .flatten()
             .flatten()
@@ -533,7 +626,9 @@ impl OfferPool {
                 energy_wh: signed.offer.energy_wh,
                 price_micro_per_kwh: signed.offer.price_micro_per_kwh,
             })
-            .collect()
+            .collect();
+        book.sort_unstable_by_key(|order| order.id);
+        book
     }
 
     /// The ids nodes reconcile and attest for `interval`, sorted: the offers
@@ -545,25 +640,44 @@ impl OfferPool {
             .map_or(&[], |pool| pool.set().ids.as_slice())
     }
 
+    /// The sum of [`OfferPool::set_ids`], for reconciliation fingerprints.
+    pub fn set_sum(&self, interval: IntervalIndex) -> IdSum {
+        self.intervals
+            .get(&interval)
+            .map_or_else(IdSum::default, |pool| pool.set().sum)
+    }
+
     /// The offer-set root of `interval`: SHA-256 over a domain tag and the
     /// sorted [`OfferPool::set_ids`].
     pub fn set_root(&self, interval: IntervalIndex) -> Hash32 {
         match self.intervals.get(&interval) {
-            Some(pool) => pool.set().root,
+            Some(pool) => pool.root(),
             None => set_root(&[]),
         }
     }
 
+    /// The offers of `interval`'s reconciliation set with these `ids`
+    /// (sorted or not); ids outside the set are skipped.
+    pub fn set_offers_with(
+        &self,
+        interval: IntervalIndex,
+        ids: &[OfferId],
+    ) -> Vec<Arc<SignedOffer>> {
+        let Some(pool) = self.intervals.get(&interval) else {
+            return Vec::new();
+        };
+        let view = pool.set();
+        ids.iter()
+            .filter_map(|id| view.ids.binary_search(id).ok())
+            .map(|at| view.offers[at].clone())
+            .collect()
+    }
+
     /// The signed offers of `interval`'s reconciliation set, by id.
     pub fn set_offers(&self, interval: IntervalIndex) -> Vec<Arc<SignedOffer>> {
-        let ids = self.set_ids(interval);
-        let mut offers: Vec<Arc<SignedOffer>> = self
-            .offers(interval)
-            .filter(|o| ids.binary_search(&o.id).is_ok())
-            .cloned()
-            .collect();
-        offers.sort_unstable_by_key(|o| o.id);
-        offers
+        self.intervals
+            .get(&interval)
+            .map_or_else(Vec::new, |pool| pool.set().offers.clone())
     }
 
     /// A kept offer, by id.
