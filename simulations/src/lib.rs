@@ -6,7 +6,8 @@
 //! - [`data`]: real load and weather profiles and the PV model;
 //! - [`households`]: seeded households built from them;
 //! - [`sim`]: the discrete-event engine, adversaries and invariants;
-//! - [`report`]: KPIs and output files.
+//! - [`report`]: KPIs and output files;
+//! - [`plot`]: the plots, as SVG and PNG.
 // The simulator turns float physics (irradiance, shares of households) into
 // whole Wh and node indices; scenario validation bounds every such value, so
 // these casts cannot truncate in practice.
@@ -14,6 +15,7 @@
 
 pub mod data;
 pub mod households;
+pub mod plot;
 pub mod report;
 pub mod rng;
 pub mod scenario;

@@ -42,6 +42,21 @@ enum Command {
     },
 }
 
+/// Width of the progress bar in characters.
+const BAR_WIDTH: usize = 30;
+
+/// `NAME [#######.......] DONE/TOTAL intervals, S s`: the progress line
+/// written over itself on a terminal.
+fn progress_bar(name: &str, done: usize, total: usize, elapsed: std::time::Duration) -> String {
+    let filled = (done * BAR_WIDTH).checked_div(total).unwrap_or(BAR_WIDTH);
+    format!(
+        "{name} [{}{}] {done}/{total} intervals, {:.0} s",
+        "#".repeat(filled),
+        ".".repeat(BAR_WIDTH - filled),
+        elapsed.as_secs_f64()
+    )
+}
+
 fn main() -> ExitCode {
     match run_cli(Cli::parse()) {
         Ok(code) => code,
@@ -67,9 +82,10 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         .map_or("run".into(), |s| s.to_string_lossy().into_owned());
     let out = out.unwrap_or_else(|| PathBuf::from("out").join(&name));
     let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
     let progress = |done: usize, total: usize| {
         if terminal {
-            eprint!("\r{name}: interval {done}/{total}");
+            eprint!("\r{}", progress_bar(&name, done, total, started.elapsed()));
             if done == total {
                 eprintln!();
             }

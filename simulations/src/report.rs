@@ -1,5 +1,5 @@
-//! What a run writes: `summary.json`, `intervals.csv` and `nodes.csv`
-//! (every field documented in docs/simulations.md).
+//! What a run writes: `summary.json`, `intervals.csv`, `nodes.csv` and the
+//! plots (every field documented in docs/simulations.md).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -28,6 +28,12 @@ pub struct Summary {
     pub messages_per_node_per_interval: f64,
     pub bytes_per_node_per_interval: f64,
     pub payload_bytes_per_interval: f64,
+    /// Honest nodes' settlements made with every trader's meter report...
+    pub settlements_complete: usize,
+    /// ...the share of them equal to the reference settlement...
+    pub settlement_agreement_rate: f64,
+    /// ...and settlements made at the deadline with some report missing.
+    pub settlements_incomplete: usize,
     pub invariant_violations: u64,
     pub violations: Vec<String>,
     pub wall_s: f64,
@@ -87,6 +93,8 @@ pub fn summarize(outcome: &Outcome, seed: u64, wall_s: f64) -> Summary {
         .map(|h| h.sold_at_feed_in_micro)
         .sum();
     let per_node_interval = (nodes * intervals).max(1) as f64;
+    let settled: usize = outcome.intervals.iter().map(|i| i.settled_complete).sum();
+    let matching: usize = outcome.intervals.iter().map(|i| i.settled_matching).sum();
     Summary {
         nodes,
         intervals,
@@ -129,6 +137,13 @@ pub fn summarize(outcome: &Outcome, seed: u64, wall_s: f64) -> Summary {
         messages_per_node_per_interval: outcome.messages as f64 / per_node_interval,
         bytes_per_node_per_interval: outcome.bytes as f64 / per_node_interval,
         payload_bytes_per_interval: outcome.payload_bytes as f64 / intervals.max(1) as f64,
+        settlements_complete: settled,
+        settlement_agreement_rate: if settled == 0 {
+            1.0
+        } else {
+            matching as f64 / settled as f64
+        },
+        settlements_incomplete: outcome.intervals.iter().map(|i| i.settled_incomplete).sum(),
         invariant_violations: outcome.invariant_violations,
         violations: outcome.violations.iter().take(20).cloned().collect(),
         wall_s,
@@ -204,5 +219,5 @@ pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome) -> anyhow::Result
         )?;
     }
     std::fs::write(dir.join("nodes.csv"), csv).context("cannot write nodes.csv")?;
-    Ok(())
+    crate::plot::write(dir, outcome)
 }

@@ -6,7 +6,8 @@
 //!   node on average; each link has a fixed latency drawn from `latency_ms`.
 //! - **Gossip** is forwarded hop by hop along a spanning tree of the live
 //!   overlay (eager push, as Plumtree's broadcast tree after it has
-//!   converged): a node that accepts a message forwards it to its other tree
+//!   converged): the publisher sends it to all its neighbours (gossipsub's
+//!   `flood_publish`), a node that accepts it forwards it to its other tree
 //!   neighbours, each transmission lost with probability `loss`, duplicates
 //!   dropped (as gossipsub's seen cache does). The tree is the shortest-latency
 //!   tree of the links that are up, rebuilt whenever churn or a partition
@@ -38,7 +39,7 @@ use dharti_protocol::hash::{Hash32, Hasher, IdMap};
 use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Shared, Verdict};
 use dharti_protocol::offer::{Offer, SignedOffer};
 use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
-use dharti_protocol::settlement::{MeterReading, settle};
+use dharti_protocol::settlement::{IntervalSettlement, MeterReading, settle};
 use dharti_protocol::tariff::{Tariff, TariffSchedule};
 use dharti_protocol::types::{
     CHAIN_ID_VOLTA, IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side,
@@ -76,6 +77,12 @@ impl Role {
 /// run their course by then).
 pub const FOLLOW_UP_S: u64 = 30;
 
+/// Meter reports go out within this long after an interval ends.
+const REPORT_SPREAD_MS: u64 = 3_000;
+/// Nodes settle at most this long after an interval ends (the protocol's
+/// deadline, 30 s, and some slack); the run lasts until then.
+const SETTLE_WINDOW_MS: u64 = 45_000;
+
 /// Households plan this long before gate closure (at most a third of an
 /// interval)...
 const PLAN_LEAD_MS: u64 = 180_000;
@@ -106,6 +113,13 @@ enum Event {
     },
     Dispatch {
         k: usize,
+    },
+    /// A household's meter report for interval `k`, when the interval ends.
+    Report {
+        node: usize,
+        k: usize,
+        import_wh: u64,
+        export_wh: u64,
     },
 }
 
@@ -189,6 +203,12 @@ pub struct IntervalOutcome {
     pub community_import_wh: u64,
     pub community_export_wh: u64,
     pub offers: usize,
+    /// Honest nodes that settled the interval with every trader's report,
+    /// and how many of those settlements equal the reference settlement.
+    pub settled_complete: usize,
+    pub settled_matching: usize,
+    /// Honest nodes that settled without some trader's report.
+    pub settled_incomplete: usize,
 }
 
 /// Per-household outcome.
@@ -280,6 +300,9 @@ pub struct Sim<'a> {
     /// that "reached the network".
     reached: std::collections::HashSet<OfferId>,
     clearing: Arc<ClearingMemo>,
+    /// Per interval, the settlement of the reference result against every
+    /// trader's meter: what each node's own settlement must equal.
+    market_settlements: BTreeMap<usize, IntervalSettlement>,
 }
 
 impl std::fmt::Debug for Sim<'_> {
@@ -487,6 +510,7 @@ impl<'a> Sim<'a> {
             sets_seen: BTreeMap::new(),
             reached: std::collections::HashSet::new(),
             clearing,
+            market_settlements: BTreeMap::new(),
         }
     }
 
@@ -636,9 +660,13 @@ impl<'a> Sim<'a> {
     }
 
     /// Starts a gossip message at `from` (which has it already).
+    /// The publisher sends to all its neighbours, as gossipsub does with
+    /// `flood_publish`, so that one lost first hop does not lose a message;
+    /// relays then forward along the tree.
     fn publish(&mut self, from: usize, message: Message) {
         let id = self.new_gossip(from, message);
-        self.forward(from, None, id);
+        let neighbours = self.nodes[from].neighbours.clone();
+        self.send_gossip(from, &neighbours, None, id);
     }
 
     /// Registers a gossip message that `from` has; returns its id.
@@ -658,8 +686,15 @@ impl<'a> Sim<'a> {
     }
 
     fn forward(&mut self, node: usize, except: Option<usize>, id: usize) {
+        let links = self.tree_links(node).to_vec();
+        self.send_gossip(node, &links, except, id);
+    }
+
+    /// Transmits gossip `id` from `node` to `to` (but `except`), each
+    /// transmission lost with the scenario's probability.
+    fn send_gossip(&mut self, node: usize, to: &[usize], except: Option<usize>, id: usize) {
         let loss = self.scenario.network.loss;
-        for j in self.tree_links(node).to_vec() {
+        for &j in to {
             if Some(j) == except || self.cut(node, j, self.now_ms) {
                 continue;
             }
@@ -697,6 +732,28 @@ impl<'a> Sim<'a> {
                 Action::Send { to, message } => {
                     if let Some(&j) = self.index.get(&to) {
                         self.send_direct(i, j, message);
+                    }
+                }
+                Action::Settled(settled) => {
+                    let k = (settled.interval.0 - self.first.0) as usize;
+                    if self.nodes[i].role != Role::Honest {
+                        continue;
+                    }
+                    let Some(outcome) = self.outcome_intervals.get_mut(k) else {
+                        continue;
+                    };
+                    if !settled.missing.is_empty() {
+                        outcome.settled_incomplete += 1;
+                        continue;
+                    }
+                    outcome.settled_complete += 1;
+                    if self.market_settlements.get(&k) == Some(&*settled.settlement) {
+                        outcome.settled_matching += 1;
+                    } else {
+                        self.violations.push(format!(
+                            "interval {}: node {i} settled differently with every report",
+                            settled.interval.0
+                        ));
                     }
                 }
                 Action::Finalized(f) => {
@@ -776,7 +833,12 @@ impl<'a> Sim<'a> {
             // after the window and the follow-up, before the next plan.
             let dispatch_ms = gate + window_ms + (FOLLOW_UP_S + 1) * 1_000;
             self.push(dispatch_ms, Event::Dispatch { k });
-            self.end_ms = dispatch_ms;
+            let interval_end_ms = self
+                .rules
+                .clock
+                .start_s(IntervalIndex(self.interval(k).0 + 1))
+                * 1_000;
+            self.end_ms = dispatch_ms.max(interval_end_ms + SETTLE_WINDOW_MS);
         }
         while let Some(Reverse(Queued {
             at_ms: at, event, ..
@@ -801,6 +863,24 @@ impl<'a> Sim<'a> {
                 Event::PlanRound { k } => self.plan_round(k),
                 Event::Plan { node, k } => self.plan(node, k),
                 Event::Deliver { to, from, payload } => self.deliver(to, from, payload),
+                Event::Report {
+                    node,
+                    k,
+                    import_wh,
+                    export_wh,
+                } => {
+                    if !self.is_offline(node, at) {
+                        self.tick(node);
+                        let interval = self.interval(k);
+                        let out = self.nodes[node].node.handle(Input::MeterReport {
+                            interval,
+                            import_wh,
+                            export_wh,
+                        });
+                        self.carry_out(node, out.actions);
+                        self.schedule_wakeup(node);
+                    }
+                }
                 Event::Withheld { node, offer } => {
                     // Released late, to one neighbour only.
                     if let Some(&j) = self.nodes[node].neighbours.first() {
@@ -1229,6 +1309,39 @@ impl<'a> Sim<'a> {
         }
         outcome.community_import_wh = total_import.saturating_sub(total_export);
         outcome.community_export_wh = total_export.saturating_sub(total_import);
+        // Every household's meter reports when the interval ends (within a
+        // few seconds); nodes settle the traders with them.
+        let end_ms = self.rules.clock.start_s(IntervalIndex(interval.0 + 1)) * 1_000;
+        for reading in &readings {
+            let node = self.index[&reading.participant];
+            let jitter = self.rng_misc.below(REPORT_SPREAD_MS);
+            let at = ((end_ms + jitter) as i64 - self.nodes[node].skew_ms).max(0) as u64;
+            self.push(
+                at,
+                Event::Report {
+                    node,
+                    k,
+                    import_wh: reading.import_wh,
+                    export_wh: reading.export_wh,
+                },
+            );
+        }
+        let traders: BTreeSet<ParticipantId> =
+            trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
+        let traders_readings: Vec<MeterReading> = readings
+            .iter()
+            .filter(|r| traders.contains(&r.participant))
+            .copied()
+            .collect();
+        match settle(interval, &self.tariff, &trades, &traders_readings) {
+            Ok(market) => {
+                self.market_settlements.insert(k, market);
+            }
+            Err(error) => self.violations.push(format!(
+                "interval {}: market settlement failed: {error}",
+                interval.0
+            )),
+        }
         match settle(interval, &self.tariff, &trades, &readings) {
             Ok(s) => {
                 let mut sum: i128 = i128::from(s.supplier_net_micro)

@@ -31,6 +31,10 @@ fn check(s: &Scenario, seed: u64) -> dharti_simulations::report::Summary {
         summary.agreement_rate, 1.0,
         "seed {seed}: honest nodes disagree or did not finalize"
     );
+    assert_eq!(
+        summary.settlement_agreement_rate, 1.0,
+        "seed {seed}: honest nodes settled differently with the same reports"
+    );
     summary
 }
 
@@ -98,4 +102,31 @@ fn kpis_are_in_range() {
     );
     assert!(summary.offers_total > 0 && summary.traded_wh > 0);
     assert!(summary.bytes_per_node_per_interval > 0.0 && summary.payload_bytes_per_interval > 0.0);
+    // Tree gossip with flood publishing: well within 3x the payload.
+    assert!(
+        summary.bytes_per_node_per_interval <= 3.0 * summary.payload_bytes_per_interval,
+        "{} vs {}",
+        summary.bytes_per_node_per_interval,
+        summary.payload_bytes_per_interval
+    );
+    // No churn here: every node has every trader's report and settles.
+    assert_eq!(summary.settlements_incomplete, 0);
+    assert!(summary.settlements_complete > 0);
+}
+
+#[test]
+fn a_run_writes_its_tables_and_plots() {
+    let s = scenario(DEMO, 4);
+    let (summary, outcome) = run(&s, &data::default_dir(), Some(1), |_, _| {}).expect("runs");
+    let dir = std::env::temp_dir().join(format!("dharti-sim-plots-{}", std::process::id()));
+    dharti_simulations::report::write(&dir, &summary, &outcome).expect("writes");
+    for name in ["price_volume", "finality", "savings"] {
+        let svg = std::fs::read_to_string(dir.join(format!("{name}.svg"))).expect("svg");
+        assert!(svg.starts_with("<svg") && svg.contains("<rect") && svg.ends_with("</svg>\n"));
+        let png = std::fs::read(dir.join(format!("{name}.png"))).expect("png");
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}.png is not a PNG");
+    }
+    let csv = std::fs::read_to_string(dir.join("intervals.csv")).expect("intervals.csv");
+    assert_eq!(csv.lines().count(), 1 + 4);
+    std::fs::remove_dir_all(&dir).expect("cleans up");
 }

@@ -26,8 +26,16 @@ pub const MAX_WANTED_IDS: usize = 1_024;
 /// Most attestations in one `Attestations` message (200 × about 215 bytes).
 pub const MAX_ATTESTATIONS_PER_MESSAGE: usize = 200;
 
+/// Most meter reports in one `Reports` message (256 × about 170 bytes).
+pub const MAX_REPORTS_PER_MESSAGE: usize = 256;
+
 /// Message type byte of attestations in signed bodies (offers are 1).
 const ATTESTATION_TYPE: u8 = 2;
+/// Message type byte of meter reports in signed bodies.
+const METER_REPORT_TYPE: u8 = 3;
+/// Length of a meter report body: version 1 + type 1 + chain 8 + market 32 +
+/// interval 8 + participant 32 + import 8 + export 8.
+pub const METER_REPORT_BODY_LEN: usize = 98;
 /// Length of an attestation body: version 1 + type 1 + chain 8 + market 32 +
 /// interval 8 + set root 32 + result root 32 + attester 32.
 pub const ATTESTATION_BODY_LEN: usize = 146;
@@ -82,9 +90,7 @@ impl Attestation {
     }
 
     fn message(&self) -> Vec<u8> {
-        let mut message = SIGNATURE_DOMAIN.to_vec();
-        message.extend_from_slice(&self.encode_body());
-        message
+        signing_message(&self.encode_body())
     }
 
     /// Signs with the attester's node key (which must be the attester's).
@@ -133,6 +139,85 @@ impl SignedAttestation {
     }
 }
 
+/// What a participant's meter measured over one interval, as the participant
+/// states it: the input of settlement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MeterReport {
+    pub chain_id: u64,
+    pub market: MarketId,
+    pub interval: IntervalIndex,
+    pub participant: ParticipantId,
+    pub import_wh: u64,
+    pub export_wh: u64,
+}
+
+/// A meter report with the participant's ed25519 signature over
+/// `SIGNATURE_DOMAIN || body` (docs/protocol.md).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SignedMeterReport {
+    pub report: MeterReport,
+    #[serde(with = "signature_bytes")]
+    pub signature: [u8; 64],
+}
+
+impl MeterReport {
+    pub fn encode_body(&self) -> [u8; METER_REPORT_BODY_LEN] {
+        let mut out = [0u8; METER_REPORT_BODY_LEN];
+        out[0] = PROTOCOL_VERSION;
+        out[1] = METER_REPORT_TYPE;
+        out[2..10].copy_from_slice(&self.chain_id.to_le_bytes());
+        out[10..42].copy_from_slice(&self.market.0);
+        out[42..50].copy_from_slice(&self.interval.0.to_le_bytes());
+        out[50..82].copy_from_slice(&self.participant.0);
+        out[82..90].copy_from_slice(&self.import_wh.to_le_bytes());
+        out[90..98].copy_from_slice(&self.export_wh.to_le_bytes());
+        out
+    }
+
+    /// Signs with the participant's node key (which must be the participant's).
+    pub fn sign(self, key: &SigningKey) -> SignedMeterReport {
+        assert_eq!(
+            key.verifying_key().to_bytes(),
+            self.participant.0,
+            "meter report signed with another key"
+        );
+        SignedMeterReport {
+            report: self,
+            signature: key.sign(&signing_message(&self.encode_body())).to_bytes(),
+        }
+    }
+}
+
+impl SignedMeterReport {
+    /// Checks the signature through a shared verifier, with the
+    /// participant's key already parsed.
+    pub fn verify_with(
+        &self,
+        verifier: &dyn SignatureVerifier,
+        key: &VerifyingKey,
+    ) -> Result<(), SignatureError> {
+        debug_assert_eq!(key.to_bytes(), self.report.participant.0);
+        let message = signing_message(&self.report.encode_body());
+        let item = SignatureItem {
+            key,
+            message: &message,
+            signature: &self.signature,
+        };
+        if verifier.verify(&[item])[0] {
+            Ok(())
+        } else {
+            Err(SignatureError::Invalid)
+        }
+    }
+}
+
+/// `SIGNATURE_DOMAIN || body`: what every signature of Dharti covers.
+fn signing_message(body: &[u8]) -> Vec<u8> {
+    let mut message = SIGNATURE_DOMAIN.to_vec();
+    message.extend_from_slice(body);
+    message
+}
+
 /// One part of an interval's final offer set, sent to a node that asks for it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct SetChunk {
@@ -179,6 +264,19 @@ pub enum Message {
         set_root: Hash32,
     },
     SetChunk(SetChunk),
+    /// A participant's signed meter report, gossiped after the interval.
+    MeterReport(Arc<SignedMeterReport>),
+    /// "Send me these participants' reports for `interval`", from a node
+    /// that misses some a while after the interval ended.
+    WantReports {
+        interval: IntervalIndex,
+        participants: Vec<ParticipantId>,
+    },
+    /// The reports asked for that the sender holds.
+    Reports {
+        interval: IntervalIndex,
+        reports: Vec<Arc<SignedMeterReport>>,
+    },
 }
 
 /// Why bytes are not a message.
@@ -251,6 +349,8 @@ impl Message {
                 chunk.offers.len() <= MAX_OFFERS_PER_MESSAGE && chunk.index < chunk.total
             }
             Message::Reconcile { message, .. } => message.check().is_ok(),
+            Message::WantReports { participants, .. } => participants.len() <= MAX_WANTED_IDS,
+            Message::Reports { reports, .. } => reports.len() <= MAX_REPORTS_PER_MESSAGE,
             _ => true,
         };
         if ok {

@@ -35,13 +35,15 @@ use crate::clearing::{ClearingResult, clear};
 use crate::hash::{Hash32, IdMap, sha256};
 use crate::offer::{Offer, SignedOffer};
 use crate::reconcile::{initiate_with, respond_with};
+use crate::settlement::{IntervalSettlement, MeterReading, settle};
 use crate::types::{IntervalIndex, OfferId, ParticipantId, Side};
 use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
 use crate::verify::{Ed25519Verifier, SignatureVerifier};
 
 pub use message::{
     ATTESTATION_BODY_LEN, Attestation, MAX_ATTESTATIONS_PER_MESSAGE, MAX_MESSAGE_BYTES,
-    MAX_OFFERS_PER_MESSAGE, MAX_WANTED_IDS, Message, MessageError, SetChunk, SignedAttestation,
+    MAX_OFFERS_PER_MESSAGE, MAX_REPORTS_PER_MESSAGE, MAX_WANTED_IDS, METER_REPORT_BODY_LEN,
+    Message, MessageError, MeterReport, SetChunk, SignedAttestation, SignedMeterReport,
 };
 
 /// How a market agrees, on top of its [`MarketRules`].
@@ -166,6 +168,19 @@ const MAX_ASKS: u32 = 5;
 /// Round numbers of these asks, for choosing peers, after those of
 /// reconciliation.
 const ASK_ROUND_BASE: u32 = 1_000;
+/// Round number of the ask for missing meter reports.
+const REPORT_ASK_ROUND: u32 = 2_000;
+/// Meter reports are gossiped when an interval ends. This long after the
+/// end, a node that misses a trader's report asks a few peers for it...
+const REPORT_ASK_MS: u64 = 10_000;
+/// ...and this long after the end it settles with what it has: a trader
+/// without a report is settled as if its meter had measured nothing
+/// (`crate::settlement`), which charges its whole contract to it. A node
+/// with every trader's report settles at once.
+const SETTLE_AFTER_MS: u64 = 30_000;
+/// Missing traders asked directly for their own report, at most (each
+/// answers with its own; the bound keeps one ask from fanning out widely).
+const MAX_TRADERS_ASKED: usize = 16;
 
 /// The verdict on a message, for gossip validation and peer scoring.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,6 +214,13 @@ pub enum Input {
         energy_wh: u64,
         price_micro_per_kwh: u64,
     },
+    /// What this participant's meter measured over a past interval: the
+    /// node signs it, gossips it and settles with it.
+    MeterReport {
+        interval: IntervalIndex,
+        import_wh: u64,
+        export_wh: u64,
+    },
     PeerUp(ParticipantId),
     PeerDown(ParticipantId),
 }
@@ -212,6 +234,21 @@ pub enum Action {
     Send { to: ParticipantId, message: Message },
     /// An interval is final: persist and act on it.
     Finalized(Box<Finalized>),
+    /// A final interval is settled: persist it (it goes into a batch).
+    Settled(Box<Settled>),
+}
+
+/// A settled interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub interval: IntervalIndex,
+    /// Settlement of the final trades against the traders' meter reports.
+    /// Only traders are settled here: everyone else's meter is a matter
+    /// between it and its supplier, not the market's.
+    pub settlement: Arc<IntervalSettlement>,
+    /// Traders whose report had not arrived (or who sent two different
+    /// ones) when the node settled; settled as if they had measured nothing.
+    pub missing: Vec<ParticipantId>,
 }
 
 /// A final interval.
@@ -352,6 +389,12 @@ struct IntervalState {
     fetch: Option<Fetch>,
     /// Reconciliation rounds started.
     rounds: u32,
+    /// Meter reports by participant; `None` for one that sent two different
+    /// reports (it is settled as if it had none, whatever order they came in).
+    reports: BTreeMap<ParticipantId, Option<Arc<SignedMeterReport>>>,
+    /// Whether the node asked peers for missing reports, and settled.
+    asked_reports: bool,
+    settled: bool,
 }
 
 impl IntervalState {
@@ -375,6 +418,9 @@ impl IntervalState {
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
+            reports: BTreeMap::new(),
+            asked_reports: false,
+            settled: false,
         }
     }
 }
@@ -487,6 +533,28 @@ impl Node {
             } => {
                 let verdict =
                     self.local_offer(interval, side, energy_wh, price_micro_per_kwh, &mut out);
+                out.verdict = Some(verdict);
+            }
+            Input::MeterReport {
+                interval,
+                import_wh,
+                export_wh,
+            } => {
+                let signed = MeterReport {
+                    chain_id: self.config.rules.chain_id,
+                    market: self.config.rules.market_id,
+                    interval,
+                    participant: self.me,
+                    import_wh,
+                    export_wh,
+                }
+                .sign(&self.key);
+                let signed = Arc::new(signed);
+                let verdict = self.on_meter_report(signed.clone(), &mut out);
+                if verdict == Verdict::Accept {
+                    out.actions
+                        .push(Action::Publish(Message::MeterReport(signed)));
+                }
                 out.verdict = Some(verdict);
             }
             Input::PeerUp(peer) => {
@@ -614,7 +682,158 @@ impl Node {
                 self.on_fetch(from, interval, set_root, out)
             }
             Message::SetChunk(chunk) => self.on_set_chunk(from, chunk, out),
+            Message::MeterReport(report) => self.on_meter_report(report, out),
+            Message::WantReports {
+                interval,
+                participants,
+            } => self.on_want_reports(from, interval, &participants, out),
+            Message::Reports { interval, reports } => {
+                if reports.iter().any(|r| r.report.interval != interval) {
+                    return Verdict::Reject("reports for another interval".into());
+                }
+                let verdicts: Vec<Verdict> = reports
+                    .into_iter()
+                    .map(|r| self.on_meter_report(r, out))
+                    .collect();
+                verdicts
+                    .into_iter()
+                    .find(|v| matches!(v, Verdict::Reject(_)))
+                    .unwrap_or(Verdict::Accept)
+            }
         }
+    }
+
+    /// A meter report, gossiped or asked for. Kept for an interval this node
+    /// holds whose gate has closed; checked before it changes anything.
+    fn on_meter_report(&mut self, signed: Arc<SignedMeterReport>, out: &mut Output) -> Verdict {
+        let r = signed.report;
+        if r.chain_id != self.config.rules.chain_id || r.market != self.config.rules.market_id {
+            return Verdict::Reject("meter report for another chain or market".into());
+        }
+        if !self.shared.members.contains_key(&r.participant) {
+            return Verdict::Reject("meter report from a non-member".into());
+        }
+        let Some(state) = self.intervals.get(&r.interval) else {
+            return Verdict::Ignore;
+        };
+        let known = state.reports.get(&r.participant);
+        match known {
+            Some(Some(held)) if **held == *signed => return Verdict::Ignore,
+            Some(None) => return Verdict::Ignore,
+            _ => {}
+        }
+        if let Err(error) = self
+            .shared
+            .verifier
+            .key(&r.participant)
+            .and_then(|key| signed.verify_with(self.shared.verifier.as_ref(), &key))
+        {
+            return Verdict::Reject(format!("meter report: {error}"));
+        }
+        let state = self.intervals.get_mut(&r.interval).expect("checked above");
+        if let Some(Some(_)) = state.reports.get(&r.participant) {
+            state.reports.insert(r.participant, None);
+            return Verdict::Reject("participant sent two different meter reports".into());
+        }
+        state.reports.insert(r.participant, Some(signed));
+        self.settle_if_complete(r.interval, out);
+        Verdict::Accept
+    }
+
+    fn on_want_reports(
+        &mut self,
+        from: ParticipantId,
+        interval: IntervalIndex,
+        participants: &[ParticipantId],
+        out: &mut Output,
+    ) -> Verdict {
+        let Some(state) = self.intervals.get(&interval) else {
+            return Verdict::Ignore;
+        };
+        let held: Vec<Arc<SignedMeterReport>> = participants
+            .iter()
+            .filter_map(|p| state.reports.get(p).cloned().flatten())
+            .collect();
+        for chunk in held.chunks(MAX_REPORTS_PER_MESSAGE) {
+            out.actions.push(Action::Send {
+                to: from,
+                message: Message::Reports {
+                    interval,
+                    reports: chunk.to_vec(),
+                },
+            });
+        }
+        Verdict::Accept
+    }
+
+    /// The traders of a final interval without a (usable) report here.
+    fn missing_reports(&self, interval: IntervalIndex) -> Option<Vec<ParticipantId>> {
+        let state = self.intervals.get(&interval)?;
+        if state.phase != Phase::Final || state.settled {
+            return None;
+        }
+        let (_, _, result) = state.own.as_ref()?;
+        let mut traders: Vec<ParticipantId> = result
+            .trades
+            .iter()
+            .flat_map(|t| [t.buyer, t.seller])
+            .collect();
+        traders.sort_unstable();
+        traders.dedup();
+        traders.retain(|p| !matches!(state.reports.get(p), Some(Some(_))));
+        Some(traders)
+    }
+
+    fn settle_if_complete(&mut self, interval: IntervalIndex, out: &mut Output) {
+        if self
+            .missing_reports(interval)
+            .is_some_and(|missing| missing.is_empty())
+        {
+            self.settle(interval, Vec::new(), out);
+        }
+    }
+
+    /// Settles a final interval with the traders' reports held.
+    fn settle(&mut self, interval: IntervalIndex, missing: Vec<ParticipantId>, out: &mut Output) {
+        let Some(state) = self.intervals.get_mut(&interval) else {
+            return;
+        };
+        let Some((_, _, result)) = state.own.as_ref() else {
+            return;
+        };
+        state.settled = true;
+        let readings: Vec<MeterReading> = result
+            .trades
+            .iter()
+            .flat_map(|t| [t.buyer, t.seller])
+            .collect::<BTreeSet<ParticipantId>>()
+            .into_iter()
+            .filter_map(|p| state.reports.get(&p).cloned().flatten())
+            .map(|r| MeterReading {
+                participant: r.report.participant,
+                interval,
+                import_wh: r.report.import_wh,
+                export_wh: r.report.export_wh,
+            })
+            .collect();
+        let rules = &self.config.rules;
+        let tariff = rules.tariffs.at(rules.clock.start_s(interval));
+        let settlement = settle(interval, &tariff, &result.trades, &readings)
+            .expect("readings are one per trader, for this interval");
+        out.actions.push(Action::Settled(Box::new(Settled {
+            interval,
+            settlement: Arc::new(settlement),
+            missing,
+        })));
+    }
+
+    /// Milliseconds (node clock) at which `interval`'s delivery ends.
+    fn end_ms(&self, interval: IntervalIndex) -> u64 {
+        self.config
+            .rules
+            .clock
+            .start_s(IntervalIndex(interval.0 + 1))
+            .saturating_mul(1_000)
     }
 
     fn on_evidence(&mut self, evidence: crate::validation::Equivocation) -> Verdict {
@@ -1016,7 +1235,15 @@ impl Node {
                         due(asked_ms + ASK_AGAIN_MS);
                     }
                 }
-                Phase::Final => {}
+                Phase::Final => {
+                    if !state.settled {
+                        let end = self.end_ms(*interval);
+                        if !state.asked_reports {
+                            due(end + REPORT_ASK_MS);
+                        }
+                        due(end + SETTLE_AFTER_MS);
+                    }
+                }
             }
             if let Some(fetch) = &state.fetch
                 && !fetch.candidates.is_empty()
@@ -1107,6 +1334,43 @@ impl Node {
                 *asked_ms = now_ms;
                 *times += 1;
                 asks.push((*interval, ASK_ROUND_BASE + *times, signed.clone()));
+            }
+        }
+        let unsettled: Vec<(IntervalIndex, Vec<ParticipantId>)> = self
+            .intervals
+            .keys()
+            .filter(|i| now_ms >= self.end_ms(**i) + REPORT_ASK_MS)
+            .filter_map(|i| self.missing_reports(*i).map(|m| (*i, m)))
+            .collect();
+        for (interval, missing) in unsettled {
+            if now_ms >= self.end_ms(interval) + SETTLE_AFTER_MS {
+                self.settle(interval, missing, out);
+            } else if !self.intervals[&interval].asked_reports {
+                self.intervals
+                    .get_mut(&interval)
+                    .expect("listed")
+                    .asked_reports = true;
+                // Ask a few peers, and each missing trader for its own.
+                let mut askees = self.reconcile_partners(interval, REPORT_ASK_ROUND);
+                askees.extend(
+                    missing
+                        .iter()
+                        .filter(|p| **p != self.me)
+                        .take(MAX_TRADERS_ASKED),
+                );
+                askees.sort_unstable();
+                askees.dedup();
+                for peer in askees {
+                    for chunk in missing.chunks(MAX_WANTED_IDS) {
+                        out.actions.push(Action::Send {
+                            to: peer,
+                            message: Message::WantReports {
+                                interval,
+                                participants: chunk.to_vec(),
+                            },
+                        });
+                    }
+                }
             }
         }
         for (interval, round, signed) in asks {
@@ -1328,5 +1592,7 @@ impl Node {
             finality_ms: now_ms.saturating_sub(gate_ms),
             fetched,
         })));
+        // Reports may have come first (a node that finalizes late).
+        self.settle_if_complete(interval, out);
     }
 }

@@ -73,6 +73,7 @@ struct Net {
     finals: Vec<BTreeMap<IntervalIndex, Finalized>>,
     /// Each node's final offer sets, taken while it handled `Finalized`.
     final_sets: Vec<BTreeMap<IntervalIndex, Vec<Arc<SignedOffer>>>>,
+    settled: Vec<BTreeMap<IntervalIndex, Settled>>,
     accepted_offers: BTreeMap<IntervalIndex, BTreeSet<OfferId>>,
     verdicts: Vec<Verdict>,
 }
@@ -107,6 +108,7 @@ impl Net {
             start_ms,
             finals: vec![BTreeMap::new(); n],
             final_sets: vec![BTreeMap::new(); n],
+            settled: vec![BTreeMap::new(); n],
             accepted_offers: BTreeMap::new(),
             verdicts: Vec::new(),
         }
@@ -147,6 +149,10 @@ impl Net {
                     if let Some(to) = self.nodes.iter().position(|n| n.id() == to) {
                         self.enqueue(now_ms, node, to, message);
                     }
+                }
+                Action::Settled(settled) => {
+                    let previous = self.settled[node].insert(settled.interval, *settled);
+                    assert!(previous.is_none(), "node {node} settled an interval twice");
                 }
                 Action::Finalized(finalized) => {
                     let offers = self.nodes[node]
@@ -659,4 +665,125 @@ fn a_node_has_nothing_due_right_after_a_tick() {
         }
         drop(out);
     }
+}
+
+/// What `participant` bought and sold in `result`.
+fn traded(result: &IntervalResult, participant: ParticipantId) -> (u64, u64) {
+    let sum = |f: &dyn Fn(&crate::clearing::Trade<OfferId, ParticipantId>) -> bool| {
+        result
+            .trades
+            .iter()
+            .filter(|t| f(t))
+            .map(|t| t.energy_wh)
+            .sum()
+    };
+    (
+        sum(&|t| t.buyer == participant),
+        sum(&|t| t.seller == participant),
+    )
+}
+
+/// Node `i` reports its meter for FIRST: exactly what it traded.
+fn report_as_traded(net: &mut Net, i: usize) {
+    let result = net.finals[i][&FIRST].result.clone();
+    let (import_wh, export_wh) = traded(&result, net.nodes[i].id());
+    let now = net.nodes[i].now_ms;
+    let out = net.nodes[i].handle(Input::MeterReport {
+        interval: FIRST,
+        import_wh,
+        export_wh,
+    });
+    assert_eq!(out.verdict, Some(Verdict::Accept));
+    net.apply(now, i, out);
+}
+
+#[test]
+fn every_node_settles_the_traders_alike_from_their_reports() {
+    let mut net = Net::new(6, 21, Faults::default());
+    start(&mut net);
+    net.random_offers(1);
+    // Past the end of FIRST's delivery (two intervals after the start).
+    net.run(2 * INTERVAL_S * 1_000 + 500);
+    net.assert_agreement(1);
+    let result = net.finals[0][&FIRST].result.clone();
+    assert!(!result.trades.is_empty(), "the seed should give trades");
+    // Node 5 never reports.
+    for i in 0..5 {
+        report_as_traded(&mut net, i);
+    }
+    net.run(2 * INTERVAL_S * 1_000 + SETTLE_AFTER_MS + 2_000);
+    let silent = net.nodes[5].id();
+    let silent_traded = traded(&result, silent) != (0, 0);
+    let first = &net.settled[0][&FIRST];
+    for (node, settled) in net.settled.iter().enumerate() {
+        let s = settled
+            .get(&FIRST)
+            .unwrap_or_else(|| panic!("node {node} did not settle"));
+        assert_eq!(
+            s.settlement, first.settlement,
+            "node {node} settled otherwise"
+        );
+        assert_eq!(s.missing, if silent_traded { vec![silent] } else { vec![] });
+    }
+    for p in &first.settlement.participants {
+        if p.participant != silent {
+            // Delivered exactly what it traded: nothing against the grid.
+            assert_eq!((p.grid_import_wh, p.grid_export_wh), (0, 0));
+        } else {
+            // No report: settled as if its meter measured nothing.
+            assert_eq!((p.import_wh, p.export_wh), (0, 0));
+        }
+    }
+}
+
+#[test]
+fn two_different_meter_reports_void_the_reporter() {
+    let mut net = Net::new(4, 22, Faults::default());
+    start(&mut net);
+    net.random_offers(1);
+    net.run(2 * INTERVAL_S * 1_000 + 500);
+    let report = |energy_wh: u64| {
+        Arc::new(
+            MeterReport {
+                chain_id: CHAIN_ID_VOLTA,
+                market: MarketId::from_name("node-tests"),
+                interval: FIRST,
+                participant: ParticipantId(key(3).verifying_key().to_bytes()),
+                import_wh: energy_wh,
+                export_wh: 0,
+            }
+            .sign(&key(3)),
+        )
+    };
+    let from = net.nodes[3].id();
+    let mut send = |message: Message| {
+        net.nodes[0]
+            .handle(Input::Message { from, message })
+            .verdict
+    };
+    assert_eq!(
+        send(Message::MeterReport(report(100))),
+        Some(Verdict::Accept)
+    );
+    assert_eq!(
+        send(Message::MeterReport(report(100))),
+        Some(Verdict::Ignore)
+    );
+    assert!(matches!(
+        send(Message::MeterReport(report(200))),
+        Some(Verdict::Reject(_))
+    ));
+    // Either order ends the same way: no usable report from node 3.
+    assert_eq!(
+        send(Message::MeterReport(report(100))),
+        Some(Verdict::Ignore)
+    );
+    let mut forged = (*report(100)).clone();
+    forged.signature[0] ^= 1;
+    let from = net.nodes[2].id();
+    let out = net.nodes[1].handle(Input::Message {
+        from,
+        message: Message::MeterReport(Arc::new(forged)),
+    });
+    assert!(matches!(out.verdict, Some(Verdict::Reject(_))));
 }
