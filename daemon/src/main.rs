@@ -4,6 +4,7 @@
 
 mod bench;
 mod book;
+mod demo;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +23,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a neighbourhood market of forty households for eight hours on
+    /// this machine and tell what happened.
+    ///
+    /// Every household runs the Dharti protocol node; they gossip signed
+    /// offers, agree on each interval's set, clear, attest, reach finality
+    /// and settle their meters, over a simulated lossy network in this one
+    /// process. Tables and plots are written to `--out`.
+    Demo {
+        /// Where to write summary.json, intervals.csv, nodes.csv and the plots.
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// Directory with the load and weather data
+        /// (default: $DHARTI_DATA, else ../shared/data beside the workspace).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Seed instead of the scenario's own (same seed, same run).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Work with order books and the market mechanisms offline.
     #[command(subcommand)]
     Market(MarketCommand),
@@ -59,6 +79,9 @@ enum MarketCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Demo { out, data, seed } => demo::run(&out, data, seed).map(|story| {
+            print!("{story}");
+        }),
         Command::Market(MarketCommand::Clear { book, mechanism }) => {
             clear(&book, mechanism.as_deref())
         }

@@ -132,3 +132,29 @@ fn bench_prints_one_json_line_with_its_ratios() {
     }
     assert_eq!(report["offers"], 2000);
 }
+
+#[test]
+fn the_demo_tells_what_happened_and_writes_its_results() {
+    let out = std::env::temp_dir().join(format!("dharti-demo-{}", std::process::id()));
+    let output = dharti(&["demo", "--out", out.to_str().expect("utf-8 path")], None);
+    let story = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(story.contains("100 % of honest nodes finalized"), "{story}");
+    assert!(story.contains("0 invariant violations"), "{story}");
+    for file in ["summary.json", "intervals.csv", "nodes.csv", "savings.png", "finality.svg"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    std::fs::remove_dir_all(&out).expect("cleans up");
+}
+
+#[test]
+fn the_demo_says_where_the_data_is_missing() {
+    let output = dharti(&["demo", "--data", "/nonexistent/dharti-data"], None);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/dharti-data"), "{stderr}");
+}
