@@ -20,7 +20,11 @@ use dharti_simulations::{data, report};
 const SCENARIO: &str = include_str!("../../scenarios/demo.toml");
 
 /// Runs the demo and prints the story; results go to `out`.
-pub(crate) fn run(out: &Path, data_dir: Option<PathBuf>, seed: Option<u64>) -> anyhow::Result<String> {
+pub(crate) fn run(
+    out: &Path,
+    data_dir: Option<PathBuf>,
+    seed: Option<u64>,
+) -> anyhow::Result<String> {
     let scenario: Scenario = toml::from_str(SCENARIO).context("the built-in demo scenario")?;
     scenario.validate().context("the built-in demo scenario")?;
     let data_dir = data_dir.unwrap_or_else(data::default_dir);

@@ -145,7 +145,13 @@ fn the_demo_tells_what_happened_and_writes_its_results() {
     );
     assert!(story.contains("100 % of honest nodes finalized"), "{story}");
     assert!(story.contains("0 invariant violations"), "{story}");
-    for file in ["summary.json", "intervals.csv", "nodes.csv", "savings.png", "finality.svg"] {
+    for file in [
+        "summary.json",
+        "intervals.csv",
+        "nodes.csv",
+        "savings.png",
+        "finality.svg",
+    ] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     std::fs::remove_dir_all(&out).expect("cleans up");

@@ -16,6 +16,7 @@
 pub mod data;
 pub mod households;
 pub mod plot;
+mod queue;
 pub mod report;
 pub mod rng;
 pub mod scenario;

@@ -48,6 +48,7 @@ use dharti_protocol::validation::MarketRules;
 use ed25519_dalek::SigningKey;
 
 use crate::households::Household;
+use crate::queue::EventQueue;
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::verifier::{ClearingMemo, MemoVerifier};
@@ -127,31 +128,6 @@ enum Event {
 enum Payload {
     Gossip(usize),
     Direct(Box<Message>),
-}
-
-/// An event at a time; the queue pops the earliest, ties in push order.
-#[derive(Debug)]
-struct Queued {
-    at_ms: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at_ms, self.seq) == (other.at_ms, other.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at_ms, self.seq).cmp(&(other.at_ms, other.seq))
-    }
 }
 
 /// One gossiped message and who has seen it.
@@ -273,10 +249,9 @@ pub struct Sim<'a> {
     index: IdMap<ParticipantId, usize>,
     links: BTreeMap<(usize, usize), u64>,
     tree: Tree,
-    queue: BinaryHeap<Reverse<Queued>>,
+    queue: EventQueue<Event>,
     /// Nodes are not woken after this (the last interval's dispatch).
     end_ms: u64,
-    seq: u64,
     now_ms: u64,
     gossip: Vec<Gossip>,
     rng_loss: Rng,
@@ -489,9 +464,8 @@ impl<'a> Sim<'a> {
             ids,
             links,
             tree: Tree::default(),
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(0),
             end_ms: u64::MAX,
-            seq: 0,
             now_ms: 0,
             gossip: Vec::new(),
             rng_loss: rng.fork(7),
@@ -523,12 +497,7 @@ impl<'a> Sim<'a> {
     }
 
     fn push(&mut self, at_ms: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse(Queued {
-            at_ms: at_ms.max(self.now_ms),
-            seq: self.seq,
-            event,
-        }));
+        self.queue.push(at_ms.max(self.now_ms), event);
     }
 
     /// The churn window that contains `t_ms`: interval k's offline window is
@@ -840,10 +809,7 @@ impl<'a> Sim<'a> {
                 * 1_000;
             self.end_ms = dispatch_ms.max(interval_end_ms + SETTLE_WINDOW_MS);
         }
-        while let Some(Reverse(Queued {
-            at_ms: at, event, ..
-        })) = self.queue.pop()
-        {
+        while let Some((at, event)) = self.queue.pop() {
             self.now_ms = at;
             match event {
                 Event::Tick(i) => {

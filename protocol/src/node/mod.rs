@@ -391,7 +391,12 @@ struct IntervalState {
     rounds: u32,
     /// Meter reports by participant; `None` for one that sent two different
     /// reports (it is settled as if it had none, whatever order they came in).
-    reports: BTreeMap<ParticipantId, Option<Arc<SignedMeterReport>>>,
+    reports: IdMap<ParticipantId, Option<Arc<SignedMeterReport>>>,
+    /// Once final: the result's traders, sorted, and how many of them have a
+    /// usable report here (kept as reports arrive, so that completeness is
+    /// known without a pass over the trades per report).
+    traders: IdMap<ParticipantId, ()>,
+    reported_traders: usize,
     /// Whether the node asked peers for missing reports, and settled.
     asked_reports: bool,
     settled: bool,
@@ -418,7 +423,9 @@ impl IntervalState {
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
-            reports: BTreeMap::new(),
+            reports: IdMap::default(),
+            traders: IdMap::default(),
+            reported_traders: 0,
             asked_reports: false,
             settled: false,
         }
@@ -718,7 +725,9 @@ impl Node {
         };
         let known = state.reports.get(&r.participant);
         match known {
-            Some(Some(held)) if **held == *signed => return Verdict::Ignore,
+            Some(Some(held)) if Arc::ptr_eq(held, &signed) || **held == *signed => {
+                return Verdict::Ignore;
+            }
             Some(None) => return Verdict::Ignore,
             _ => {}
         }
@@ -731,11 +740,18 @@ impl Node {
             return Verdict::Reject(format!("meter report: {error}"));
         }
         let state = self.intervals.get_mut(&r.interval).expect("checked above");
+        let trader = state.traders.contains_key(&r.participant);
         if let Some(Some(_)) = state.reports.get(&r.participant) {
             state.reports.insert(r.participant, None);
+            if trader {
+                state.reported_traders -= 1;
+            }
             return Verdict::Reject("participant sent two different meter reports".into());
         }
         state.reports.insert(r.participant, Some(signed));
+        if trader {
+            state.reported_traders += 1;
+        }
         self.settle_if_complete(r.interval, out);
         Verdict::Accept
     }
@@ -766,29 +782,27 @@ impl Node {
         Verdict::Accept
     }
 
-    /// The traders of a final interval without a (usable) report here.
+    /// The traders of a final, unsettled interval without a (usable) report here.
     fn missing_reports(&self, interval: IntervalIndex) -> Option<Vec<ParticipantId>> {
         let state = self.intervals.get(&interval)?;
         if state.phase != Phase::Final || state.settled {
             return None;
         }
-        let (_, _, result) = state.own.as_ref()?;
-        let mut traders: Vec<ParticipantId> = result
-            .trades
-            .iter()
-            .flat_map(|t| [t.buyer, t.seller])
+        let mut missing: Vec<ParticipantId> = state
+            .traders
+            .keys()
+            .filter(|p| !matches!(state.reports.get(p), Some(Some(_))))
+            .copied()
             .collect();
-        traders.sort_unstable();
-        traders.dedup();
-        traders.retain(|p| !matches!(state.reports.get(p), Some(Some(_))));
-        Some(traders)
+        missing.sort_unstable();
+        Some(missing)
     }
 
     fn settle_if_complete(&mut self, interval: IntervalIndex, out: &mut Output) {
-        if self
-            .missing_reports(interval)
-            .is_some_and(|missing| missing.is_empty())
-        {
+        let complete = self.intervals.get(&interval).is_some_and(|s| {
+            s.phase == Phase::Final && !s.settled && s.reported_traders == s.traders.len()
+        });
+        if complete {
             self.settle(interval, Vec::new(), out);
         }
     }
@@ -802,13 +816,11 @@ impl Node {
             return;
         };
         state.settled = true;
-        let readings: Vec<MeterReading> = result
-            .trades
-            .iter()
-            .flat_map(|t| [t.buyer, t.seller])
-            .collect::<BTreeSet<ParticipantId>>()
-            .into_iter()
-            .filter_map(|p| state.reports.get(&p).cloned().flatten())
+        // `settle` orders its accounts itself; the readings' order is free.
+        let readings: Vec<MeterReading> = state
+            .traders
+            .keys()
+            .filter_map(|p| state.reports.get(p).cloned().flatten())
             .map(|r| MeterReading {
                 participant: r.report.participant,
                 interval,
@@ -1572,6 +1584,16 @@ impl Node {
         };
         state.phase = Phase::Final;
         state.fetch = None;
+        let traders: IdMap<ParticipantId, ()> = result
+            .trades
+            .iter()
+            .flat_map(|t| [(t.buyer, ()), (t.seller, ())])
+            .collect();
+        state.reported_traders = traders
+            .keys()
+            .filter(|p| matches!(state.reports.get(p), Some(Some(_))))
+            .count();
+        state.traders = traders;
         let mut attesters: Vec<ParticipantId> = state
             .groups
             .get(&(set_root, result_root))
