@@ -414,16 +414,18 @@ impl IntervalState {
         }
     }
 
-    fn new() -> IntervalState {
+    /// A new interval expecting about `members` attestations and reports:
+    /// its maps are sized once instead of doubling their way up.
+    fn new(members: usize) -> IntervalState {
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
-            attestations: IdMap::default(),
+            attestations: IdMap::with_capacity_and_hasher(members, Default::default()),
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
-            reports: IdMap::default(),
+            reports: IdMap::with_capacity_and_hasher(members, Default::default()),
             traders: IdMap::default(),
             reported_traders: 0,
             asked_reports: false,
@@ -1427,7 +1429,13 @@ impl Node {
                 }
             }
         }
-        self.intervals.insert(interval, IntervalState::new());
+        // As many as attested recently (all members before any history).
+        let expected = match self.activity.active() {
+            0 => self.config.members.len(),
+            active => active,
+        };
+        self.intervals
+            .insert(interval, IntervalState::new(expected));
         self.reconcile_round(interval, out);
     }
 
@@ -1589,6 +1597,8 @@ impl Node {
             .iter()
             .flat_map(|t| [(t.buyer, ()), (t.seller, ())])
             .collect();
+        // Grouping by roots was for finding the quorum; it is found.
+        state.groups = BTreeMap::new();
         state.reported_traders = traders
             .keys()
             .filter(|p| matches!(state.reports.get(p), Some(Some(_))))

@@ -520,7 +520,19 @@ impl OfferPool {
         let limit = rules.max_offers_per_participant as usize;
         let o = offer.offer;
         let id = offer.id;
-        let pool = self.intervals.entry(o.interval).or_default();
+        // A new interval has about as many participants as the last one.
+        let expected = self
+            .intervals
+            .values()
+            .next_back()
+            .map_or(0, |p| p.participants.len());
+        let pool = self
+            .intervals
+            .entry(o.interval)
+            .or_insert_with(|| IntervalPool {
+                participants: IdMap::with_capacity_and_hasher(expected, Default::default()),
+                ..IntervalPool::default()
+            });
         let sent = pool.participants.entry(o.participant).or_default();
         if sent.contains(&id) {
             return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
