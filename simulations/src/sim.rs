@@ -36,7 +36,7 @@ use std::sync::Arc;
 use dharti_protocol::agent::{self, AgentSettings, IntervalForecast, Plan};
 use dharti_protocol::clearing::{ClearingResult, Mechanism};
 use dharti_protocol::hash::{Hash32, Hasher, IdMap};
-use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Shared, Verdict};
+use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Settled, Shared, Verdict};
 use dharti_protocol::offer::{Offer, SignedOffer};
 use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
 use dharti_protocol::settlement::{IntervalSettlement, MeterReading, settle};
@@ -278,6 +278,8 @@ pub struct Sim<'a> {
     /// Per interval, the settlement of the reference result against every
     /// trader's meter: what each node's own settlement must equal.
     market_settlements: BTreeMap<usize, IntervalSettlement>,
+    /// Settlements made before their interval's reference existed.
+    early_settlements: Vec<(usize, usize, Box<Settled>)>,
 }
 
 impl std::fmt::Debug for Sim<'_> {
@@ -485,6 +487,7 @@ impl<'a> Sim<'a> {
             reached: std::collections::HashSet::new(),
             clearing,
             market_settlements: BTreeMap::new(),
+            early_settlements: Vec::new(),
         }
     }
 
@@ -705,24 +708,17 @@ impl<'a> Sim<'a> {
                 }
                 Action::Settled(settled) => {
                     let k = (settled.interval.0 - self.first.0) as usize;
-                    if self.nodes[i].role != Role::Honest {
+                    if self.nodes[i].role != Role::Honest
+                        || k >= self.scenario.simulation.intervals as usize
+                    {
                         continue;
                     }
-                    let Some(outcome) = self.outcome_intervals.get_mut(k) else {
-                        continue;
-                    };
-                    if !settled.missing.is_empty() {
-                        outcome.settled_incomplete += 1;
-                        continue;
-                    }
-                    outcome.settled_complete += 1;
-                    if self.market_settlements.get(&k) == Some(&*settled.settlement) {
-                        outcome.settled_matching += 1;
+                    if k < self.outcome_intervals.len() {
+                        self.check_settlement(i, k, &settled);
                     } else {
-                        self.violations.push(format!(
-                            "interval {}: node {i} settled differently with every report",
-                            settled.interval.0
-                        ));
+                        // An interval without trades settles at finality,
+                        // before the reference exists: checked at dispatch.
+                        self.early_settlements.push((i, k, settled));
                     }
                 }
                 Action::Finalized(f) => {
@@ -770,6 +766,26 @@ impl<'a> Sim<'a> {
                         .or_insert(f.result.clone());
                 }
             }
+        }
+    }
+
+    /// Counts an honest node's settlement of interval `k` and checks it
+    /// against the reference.
+    fn check_settlement(&mut self, i: usize, k: usize, settled: &Settled) {
+        let reference = self.market_settlements.get(&k);
+        let outcome = &mut self.outcome_intervals[k];
+        if !settled.missing.is_empty() {
+            outcome.settled_incomplete += 1;
+            return;
+        }
+        outcome.settled_complete += 1;
+        if reference == Some(&*settled.settlement) {
+            outcome.settled_matching += 1;
+        } else {
+            self.violations.push(format!(
+                "interval {}: node {i} settled differently with every report",
+                settled.interval.0
+            ));
         }
     }
 
@@ -1345,11 +1361,19 @@ impl<'a> Sim<'a> {
             .map(|h| h.published.get(&k).map_or(0, Vec::len))
             .sum();
         outcome.result = result.map(|r| (*r).clone());
+        self.outcome_intervals.push(outcome);
+        let early: Vec<(usize, usize, Box<Settled>)> = std::mem::take(&mut self.early_settlements);
+        for (i, settled_k, settled) in early {
+            if settled_k == k {
+                self.check_settlement(i, k, &settled);
+            } else {
+                self.early_settlements.push((i, settled_k, settled));
+            }
+        }
         self.clearing
             .prune_before(IntervalIndex(interval.0.saturating_sub(16)));
         self.trace.write_u64(interval.0);
         self.trace.write(&reference.map_or([0; 32], |r| r.1));
-        self.outcome_intervals.push(outcome);
     }
 
     fn finish(mut self) -> Outcome {

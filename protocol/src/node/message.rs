@@ -125,17 +125,7 @@ impl SignedAttestation {
         key: &VerifyingKey,
     ) -> Result<(), SignatureError> {
         debug_assert_eq!(key.to_bytes(), self.attestation.attester.0);
-        let message = self.attestation.message();
-        let item = SignatureItem {
-            key,
-            message: &message,
-            signature: &self.signature,
-        };
-        if verifier.verify(&[item])[0] {
-            Ok(())
-        } else {
-            Err(SignatureError::Invalid)
-        }
+        verify_one(verifier, key, &self.attestation.message(), &self.signature)
     }
 }
 
@@ -198,16 +188,26 @@ impl SignedMeterReport {
     ) -> Result<(), SignatureError> {
         debug_assert_eq!(key.to_bytes(), self.report.participant.0);
         let message = signing_message(&self.report.encode_body());
-        let item = SignatureItem {
-            key,
-            message: &message,
-            signature: &self.signature,
-        };
-        if verifier.verify(&[item])[0] {
-            Ok(())
-        } else {
-            Err(SignatureError::Invalid)
-        }
+        verify_one(verifier, key, &message, &self.signature)
+    }
+}
+
+/// One signature through a shared verifier.
+fn verify_one(
+    verifier: &dyn SignatureVerifier,
+    key: &VerifyingKey,
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), SignatureError> {
+    let item = SignatureItem {
+        key,
+        message,
+        signature,
+    };
+    if verifier.verify(&[item])[0] {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid)
     }
 }
 

@@ -193,6 +193,15 @@ pub enum Verdict {
     Reject(String),
 }
 
+/// The verdict on a message that carried many items: the first rejection
+/// (the sender broke a rule), else Accept.
+fn first_reject(verdicts: Vec<Verdict>) -> Verdict {
+    verdicts
+        .into_iter()
+        .find(|v| matches!(v, Verdict::Reject(_)))
+        .unwrap_or(Verdict::Accept)
+}
+
 /// What happens to a node. Inputs live for one call, so the size of the
 /// message variant costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
@@ -677,10 +686,7 @@ impl Node {
                     .into_iter()
                     .map(|a| self.on_attestation(a, out))
                     .collect();
-                verdicts
-                    .into_iter()
-                    .find(|v| matches!(v, Verdict::Reject(_)))
-                    .unwrap_or(Verdict::Accept)
+                first_reject(verdicts)
             }
             Message::Reconcile { interval, message } => {
                 self.on_reconcile(from, interval, &message, out)
@@ -704,10 +710,7 @@ impl Node {
                     .into_iter()
                     .map(|r| self.on_meter_report(r, out))
                     .collect();
-                verdicts
-                    .into_iter()
-                    .find(|v| matches!(v, Verdict::Reject(_)))
-                    .unwrap_or(Verdict::Accept)
+                first_reject(verdicts)
             }
         }
     }
