@@ -171,8 +171,12 @@ const ASK_ROUND_BASE: u32 = 1_000;
 /// Round number of the ask for missing meter reports.
 const REPORT_ASK_ROUND: u32 = 2_000;
 /// Meter reports are gossiped when an interval ends. This long after the
-/// end, a node that misses a trader's report asks a few peers for it...
+/// end, a node that misses a trader's report asks a few peers for it, and
+/// again as often after that while some are still missing...
 const REPORT_ASK_MS: u64 = 10_000;
+/// ...at most this many times (a lost branch of gossip can take many
+/// reports with it; the second ask reaches other peers and traders)...
+const REPORT_ASKS: u32 = 2;
 /// ...and this long after the end it settles with what it has: a trader
 /// without a report is settled as if its meter had measured nothing
 /// (`crate::settlement`), which charges its whole contract to it. A node
@@ -406,8 +410,8 @@ struct IntervalState {
     /// known without a pass over the trades per report).
     traders: IdMap<ParticipantId, ()>,
     reported_traders: usize,
-    /// Whether the node asked peers for missing reports, and settled.
-    asked_reports: bool,
+    /// How often the node asked peers for missing reports; whether it settled.
+    report_asks: u32,
     settled: bool,
 }
 
@@ -437,7 +441,7 @@ impl IntervalState {
             reports: IdMap::with_capacity_and_hasher(members, Default::default()),
             traders: IdMap::default(),
             reported_traders: 0,
-            asked_reports: false,
+            report_asks: 0,
             settled: false,
         }
     }
@@ -1255,8 +1259,8 @@ impl Node {
                 Phase::Final => {
                     if !state.settled {
                         let end = self.end_ms(*interval);
-                        if !state.asked_reports {
-                            due(end + REPORT_ASK_MS);
+                        if state.report_asks < REPORT_ASKS {
+                            due(end + REPORT_ASK_MS * u64::from(state.report_asks + 1));
                         }
                         due(end + SETTLE_AFTER_MS);
                     }
@@ -1362,13 +1366,20 @@ impl Node {
         for (interval, missing) in unsettled {
             if now_ms >= self.end_ms(interval) + SETTLE_AFTER_MS {
                 self.settle(interval, missing, out);
-            } else if !self.intervals[&interval].asked_reports {
+            } else {
+                let asks = self.intervals[&interval].report_asks;
+                if asks >= REPORT_ASKS
+                    || now_ms < self.end_ms(interval) + REPORT_ASK_MS * u64::from(asks + 1)
+                {
+                    continue;
+                }
                 self.intervals
                     .get_mut(&interval)
                     .expect("listed")
-                    .asked_reports = true;
-                // Ask a few peers, and each missing trader for its own.
-                let mut askees = self.reconcile_partners(interval, REPORT_ASK_ROUND);
+                    .report_asks += 1;
+                // Ask a few peers (others each time), and each missing
+                // trader, up to a bound, for its own.
+                let mut askees = self.reconcile_partners(interval, REPORT_ASK_ROUND + asks);
                 askees.extend(
                     missing
                         .iter()
