@@ -422,7 +422,10 @@ impl IntervalState {
         if let std::collections::hash_map::Entry::Vacant(entry) =
             self.attestations.entry(a.attester)
         {
-            self.groups.entry(roots).or_default().push(a.attester);
+            // Grouping finds the quorum; once final, it is found.
+            if self.phase != Phase::Final {
+                self.groups.entry(roots).or_default().push(a.attester);
+            }
             entry.insert((place, signed));
         }
     }
