@@ -732,6 +732,15 @@ impl Node {
         if !self.shared.members.contains_key(&r.participant) {
             return Verdict::Reject("meter report from a non-member".into());
         }
+        // A connection cannot carry more in an interval than an offer may
+        // (the market's bound); the bound also keeps settlement's sums far
+        // from overflowing.
+        let max_wh = self.config.rules.max_offer_energy_wh;
+        if r.import_wh > max_wh || r.export_wh > max_wh {
+            return Verdict::Reject(format!(
+                "meter report above the market's {max_wh} Wh per interval"
+            ));
+        }
         let Some(state) = self.intervals.get(&r.interval) else {
             return Verdict::Ignore;
         };
@@ -843,7 +852,7 @@ impl Node {
         let rules = &self.config.rules;
         let tariff = rules.tariffs.at(rules.clock.start_s(interval));
         let settlement = settle(interval, &tariff, &result.trades, &readings)
-            .expect("readings are one per trader, for this interval");
+            .expect("readings are one per trader, for this interval, and bounded");
         out.actions.push(Action::Settled(Box::new(Settled {
             interval,
             settlement: Arc::new(settlement),

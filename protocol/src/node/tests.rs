@@ -773,6 +773,13 @@ fn two_different_meter_reports_void_the_reporter() {
         send(Message::MeterReport(report(200))),
         Some(Verdict::Reject(_))
     ));
+    // A report beyond what a connection can carry is refused.
+    assert!(matches!(
+        send(Message::MeterReport(report(
+            rules().max_offer_energy_wh + 1
+        ))),
+        Some(Verdict::Reject(_))
+    ));
     // Either order ends the same way: no usable report from node 3.
     assert_eq!(
         send(Message::MeterReport(report(100))),
