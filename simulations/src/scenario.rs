@@ -95,7 +95,7 @@ fn weather() -> String {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Network {
     pub latency_ms: [u64; 2],
     pub loss: f64,
@@ -103,6 +103,9 @@ pub struct Network {
     pub churn: f64,
     pub clock_skew_ms: u64,
     pub partitions: Vec<Partition>,
+    /// Arrivals are rounded up to a multiple of this, and everything that
+    /// reaches one node in the same quantum is handled as one batch.
+    pub quantum_ms: u64,
 }
 
 impl Default for Network {
@@ -114,6 +117,7 @@ impl Default for Network {
             churn: 0.0,
             clock_skew_ms: 0,
             partitions: Vec::new(),
+            quantum_ms: 10,
         }
     }
 }
@@ -230,6 +234,10 @@ impl Scenario {
         ensure!(n.loss < 1.0, "network.loss must be below 1");
         share("network.churn", n.churn)?;
         ensure!(n.degree >= 1, "network.degree must be at least 1");
+        ensure!(
+            (1..=n.latency_ms[0]).contains(&n.quantum_ms),
+            "network.quantum_ms must be between 1 and the lowest latency"
+        );
         for (i, p) in n.partitions.iter().enumerate() {
             share(&format!("network.partitions[{i}].fraction"), p.fraction)?;
             ensure!(

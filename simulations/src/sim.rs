@@ -15,6 +15,10 @@
 //!   set reconciliation after gate closure (offers) or is one attestation
 //!   fewer towards a quorum. Direct messages (reconciliation, fetches) travel
 //!   over a reliable connection with one link's latency.
+//! - **Arrivals** are rounded up to the next multiple of `quantum_ms`
+//!   (default 10 ms, well below the 20 ms and more of a link), and a node
+//!   handles everything that reaches it in one quantum as one batch: its
+//!   clock is ticked once, then each message in the order it was sent.
 //! - **Churn**: each interval, a share of the households is offline from half
 //!   an interval before its gate closure to half an interval after.
 //! - **Partitions**: a share of the nodes is cut off from the others.
@@ -103,11 +107,8 @@ enum Event {
         node: usize,
         k: usize,
     },
-    Deliver {
-        to: usize,
-        from: usize,
-        payload: Payload,
-    },
+    /// Everything that reaches one node in one quantum (`Sim::inboxes`).
+    Deliver(usize),
     Withheld {
         node: usize,
         offer: Box<SignedOffer>,
@@ -128,6 +129,15 @@ enum Event {
 enum Payload {
     Gossip(usize),
     Direct(Box<Message>),
+}
+
+/// Messages arriving at node `to` in one quantum, with their senders, in
+/// the order they were sent.
+#[derive(Debug, Default)]
+struct Inbox {
+    to: usize,
+    at_ms: u64,
+    items: Vec<(usize, Payload)>,
 }
 
 /// One gossiped message and who has seen it.
@@ -250,6 +260,10 @@ pub struct Sim<'a> {
     links: BTreeMap<(usize, usize), u64>,
     tree: Tree,
     queue: EventQueue<Event>,
+    /// Inboxes by slot; `open` finds the pending one of (node, arrival).
+    inboxes: Vec<Inbox>,
+    free_inboxes: Vec<usize>,
+    open: HashMap<(usize, u64), usize>,
     /// Nodes are not woken after this (the last interval's dispatch).
     end_ms: u64,
     now_ms: u64,
@@ -467,6 +481,9 @@ impl<'a> Sim<'a> {
             links,
             tree: Tree::default(),
             queue: EventQueue::new(0),
+            inboxes: Vec::new(),
+            free_inboxes: Vec::new(),
+            open: HashMap::new(),
             end_ms: u64::MAX,
             now_ms: 0,
             gossip: Vec::new(),
@@ -535,7 +552,7 @@ impl<'a> Sim<'a> {
 
     /// The eager-push links of node `i` now: its links in the shortest-latency
     /// spanning forest of the links that are up, rebuilt per epoch.
-    fn tree_links(&mut self, i: usize) -> &[usize] {
+    fn tree_links_mut(&mut self, i: usize) -> &mut Vec<usize> {
         let t = self.now_ms;
         let partitions = self
             .partitions
@@ -550,7 +567,7 @@ impl<'a> Sim<'a> {
                 links: self.build_tree(t),
             };
         }
-        &self.tree.links[i]
+        &mut self.tree.links[i]
     }
 
     /// Dijkstra from the lowest-numbered live node of each component, over
@@ -621,14 +638,32 @@ impl<'a> Sim<'a> {
             return;
         }
         let latency = self.latency(from, to);
-        self.push(
-            self.now_ms + latency,
-            Event::Deliver {
-                to,
-                from,
-                payload: Payload::Direct(Box::new(message)),
-            },
-        );
+        self.post(from, to, latency, Payload::Direct(Box::new(message)));
+    }
+
+    /// Puts `payload` from `from` into `to`'s inbox for the quantum in which
+    /// it arrives, `latency` from now.
+    fn post(&mut self, from: usize, to: usize, latency: u64, payload: Payload) {
+        let quantum = self.scenario.network.quantum_ms;
+        let at = (self.now_ms + latency).div_ceil(quantum) * quantum;
+        let slot = match self.open.get(&(to, at)) {
+            Some(&slot) => slot,
+            None => {
+                let slot = match self.free_inboxes.pop() {
+                    Some(slot) => slot,
+                    None => {
+                        self.inboxes.push(Inbox::default());
+                        self.inboxes.len() - 1
+                    }
+                };
+                self.inboxes[slot].to = to;
+                self.inboxes[slot].at_ms = at;
+                self.open.insert((to, at), slot);
+                self.push(at, Event::Deliver(slot));
+                slot
+            }
+        };
+        self.inboxes[slot].items.push((from, payload));
     }
 
     /// Starts a gossip message at `from` (which has it already).
@@ -658,8 +693,9 @@ impl<'a> Sim<'a> {
     }
 
     fn forward(&mut self, node: usize, except: Option<usize>, id: usize) {
-        let links = self.tree_links(node).to_vec();
+        let links = std::mem::take(self.tree_links_mut(node));
         self.send_gossip(node, &links, except, id);
+        *self.tree_links_mut(node) = links;
     }
 
     /// Transmits gossip `id` from `node` to `to` (but `except`), each
@@ -674,14 +710,7 @@ impl<'a> Sim<'a> {
                 continue;
             }
             let latency = self.latency(node, j);
-            self.push(
-                self.now_ms + latency,
-                Event::Deliver {
-                    to: j,
-                    from: node,
-                    payload: Payload::Gossip(id),
-                },
-            );
+            self.post(node, j, latency, Payload::Gossip(id));
         }
     }
 
@@ -844,7 +873,7 @@ impl<'a> Sim<'a> {
                 }
                 Event::PlanRound { k } => self.plan_round(k),
                 Event::Plan { node, k } => self.plan(node, k),
-                Event::Deliver { to, from, payload } => self.deliver(to, from, payload),
+                Event::Deliver(slot) => self.deliver(slot),
                 Event::Report {
                     node,
                     k,
@@ -880,9 +909,30 @@ impl<'a> Sim<'a> {
         self.finish()
     }
 
-    fn deliver(&mut self, to: usize, from: usize, payload: Payload) {
+    /// Hands node `to` everything in an inbox: one tick for its clock, each
+    /// message in turn, then one look at when it next wakes.
+    fn deliver(&mut self, slot: usize) {
         let at = self.now_ms;
-        if self.is_offline(to, at) || self.cut(from, to, at) {
+        let to = self.inboxes[slot].to;
+        self.open.remove(&(to, self.inboxes[slot].at_ms));
+        let mut items = std::mem::take(&mut self.inboxes[slot].items);
+        if !self.is_offline(to, at) {
+            self.tick(to);
+            for (from, payload) in items.drain(..) {
+                self.receive(to, from, payload);
+            }
+            self.schedule_wakeup(to);
+        }
+        items.clear();
+        // Keep the allocation for the next inbox in this slot, which is free
+        // only now (posts made while handling this one may not reuse it).
+        self.inboxes[slot].items = items;
+        self.free_inboxes.push(slot);
+    }
+
+    fn receive(&mut self, to: usize, from: usize, payload: Payload) {
+        let at = self.now_ms;
+        if self.cut(from, to, at) {
             return;
         }
         self.messages += 1;
@@ -900,7 +950,6 @@ impl<'a> Sim<'a> {
                     self.gossip[id].reached = true;
                     self.reached.insert(offer.id);
                 }
-                self.tick(to);
                 let out = self.nodes[to].node.handle(Input::Message {
                     from: self.ids[from],
                     message,
@@ -912,7 +961,6 @@ impl<'a> Sim<'a> {
             }
             Payload::Direct(message) => {
                 self.bytes += message.encoded_len() as u64;
-                self.tick(to);
                 let out = self.nodes[to].node.handle(Input::Message {
                     from: self.ids[from],
                     message: *message,
@@ -920,7 +968,6 @@ impl<'a> Sim<'a> {
                 self.carry_out(to, out.actions);
             }
         }
-        self.schedule_wakeup(to);
     }
 
     /// Households plan between a third and half an interval (at most three
@@ -1073,14 +1120,7 @@ impl<'a> Sim<'a> {
                 continue;
             }
             let latency = self.latency(i, j);
-            self.push(
-                self.now_ms + latency,
-                Event::Deliver {
-                    to: j,
-                    from: i,
-                    payload: Payload::Gossip(ids[n % 2]),
-                },
-            );
+            self.post(i, j, latency, Payload::Gossip(ids[n % 2]));
         }
     }
 
