@@ -37,7 +37,7 @@ const INGEST_PARTICIPANTS: usize = 1_000;
 const INGEST_BATCH: usize = 256;
 
 #[derive(Debug, Serialize)]
-pub(crate) struct Report {
+pub struct Report {
     offers: u32,
     seed: u64,
     clear_ms: f64,
@@ -101,7 +101,7 @@ fn time<T>(repeat: u32, mut f: impl FnMut() -> T) -> Duration {
     )
 }
 
-pub(crate) fn run(offers: u32, seed: u64, repeat: u32) -> anyhow::Result<Report> {
+pub fn run(offers: u32, seed: u64, repeat: u32) -> anyhow::Result<Report> {
     ensure!(
         offers >= 2,
         "--offers must be at least 2 so that both sides exist"

@@ -32,7 +32,7 @@ struct OfferEntry {
 
 /// Parses `text` as an order book and clears it; `mechanism` overrides the
 /// book's own choice.
-pub(crate) fn clear_json(
+pub fn clear_json(
     text: &str,
     mechanism: Option<&str>,
 ) -> anyhow::Result<ClearingResult<String, String>> {

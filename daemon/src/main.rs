@@ -1,38 +1,142 @@
-//! `dharti`: the command-line tool and (in later versions) daemon of Dharti,
-//! a peer-to-peer energy market. This file only parses the command line and
-//! dispatches; each subcommand lives in its own module.
-
-mod bench;
-mod book;
-mod demo;
+//! `dharti`: the Dharti daemon and its command line. This file parses the
+//! command line and dispatches; each subcommand lives in its own module.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use dharti::{bench, book, client, config, demo, identity, run, simulate};
 
 /// Dharti: a peer-to-peer energy market with no central server.
+///
+/// Every household runs this daemon. The daemons gossip signed offers over
+/// libp2p, agree on each interval's offers, clear them the same way, settle
+/// what the meters measured and keep the history on disk.
 #[derive(Debug, Parser)]
-#[command(name = "dharti", version, about, long_about = None)]
+#[command(name = "dharti", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where a command finds the node (the daemon's config file).
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The node's config file (written by `dharti init`).
+    #[arg(
+        long,
+        short,
+        env = "DHARTI_CONFIG",
+        default_value = "dharti/config.toml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a neighbourhood market of forty households for eight hours on
-    /// this machine and tell what happened.
+    /// Start a neighbourhood of real daemons on this machine and watch them trade.
     ///
-    /// Every household runs the Dharti protocol node; they gossip signed
-    /// offers, agree on each interval's set, clear, attest, reach finality
-    /// and settle their meters, over a simulated lossy network in this one
-    /// process. Tables and plots are written to `--out`.
+    /// Starts N `dharti run` processes on 127.0.0.1 (each with its own key,
+    /// data directory and ports), with simulated meters replaying a sunny
+    /// June day and trading agents, runs K intervals, prints a live table
+    /// and writes DIR/summary.json. Ctrl-C stops every daemon cleanly.
     Demo {
-        /// Where to write summary.json, intervals.csv, nodes.csv and the plots.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Interval length in seconds (10 or more).
+        #[arg(long, default_value_t = 20)]
+        interval_s: u64,
+        #[arg(long, default_value_t = 6)]
+        intervals: u64,
         #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// Directory with the load and weather data
+        /// (default: $DHARTI_DATA, else ../shared/data beside the workspace).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Make a new node: a key, an API token and a commented config.
+    ///
+    /// Writes DIR/node.key and DIR/api.token (mode 0600) and DIR/config.toml.
+    /// Never overwrites. Prints the participant id to share with the other
+    /// members (each member lists every member in market.members).
+    Init {
+        /// Directory for the node's files.
+        #[arg(long, default_value = "dharti")]
+        dir: PathBuf,
+        /// The market's name; every member uses the same.
+        #[arg(long)]
+        market: String,
+        /// Where the HTTP API listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api_listen: String,
+        /// libp2p listen addresses (TCP and QUIC by default).
+        #[arg(long, default_values = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"])]
+        listen: Vec<String>,
+    },
+    /// Run the daemon until Ctrl-C or SIGTERM.
+    Run {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Place a bid or an ask, or cancel one, through the running daemon.
+    Offer {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// bid, ask or cancel.
+        action: String,
+        /// Energy in Wh (bid and ask).
+        #[arg(long, default_value_t = 0)]
+        energy_wh: u64,
+        /// Limit price in micro-units per kWh (bid and ask).
+        #[arg(long, default_value_t = 0)]
+        price_micro_per_kwh: u64,
+        /// Interval index (default: the next one open); required to cancel.
+        #[arg(long)]
+        interval: Option<u64>,
+        /// With cancel: which side (bid or ask).
+        #[arg(long)]
+        side: Option<String>,
+    },
+    /// The node's identity, market, peers and latest final interval.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Connected peers with their addresses and gossip scores.
+    Peers {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// The open intervals and the indicative price; or offline book tools.
+    Market {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        tool: Option<MarketCommand>,
+    },
+    /// This node's trades in recent final intervals.
+    Trades {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Recent final intervals: price, volume, result hash.
+    History {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// How many intervals back from the latest final one.
+        #[arg(long, default_value_t = 8)]
+        intervals: u64,
+    },
+    /// Run a whole market of simulated households in this one process.
+    ///
+    /// Every household runs the Dharti protocol node over the simulator's
+    /// lossy network: forty households, eight hours. Tables and plots are
+    /// written to `--out`.
+    Simulate {
+        #[arg(long, default_value = "out/simulate")]
         out: PathBuf,
         /// Directory with the load and weather data
         /// (default: $DHARTI_DATA, else ../shared/data beside the workspace).
@@ -42,9 +146,6 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Work with order books and the market mechanisms offline.
-    #[command(subcommand)]
-    Market(MarketCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,17 +180,70 @@ enum MarketCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Demo { out, data, seed } => demo::run(&out, data, seed).map(|story| {
+        Command::Simulate { out, data, seed } => simulate::run(&out, data, seed).map(|story| {
             print!("{story}");
         }),
-        Command::Market(MarketCommand::Clear { book, mechanism }) => {
-            clear(&book, mechanism.as_deref())
-        }
-        Command::Market(MarketCommand::Bench {
-            offers,
-            seed,
-            repeat,
-        }) => bench::run(offers, seed, repeat).and_then(|report| print_json_line(&report)),
+        Command::Demo {
+            nodes,
+            interval_s,
+            intervals,
+            out,
+            data,
+        } => demo::run(&demo::DemoOptions {
+            nodes,
+            interval_s,
+            intervals,
+            out,
+            data,
+        }),
+        Command::Init {
+            dir,
+            market,
+            api_listen,
+            listen,
+        } => run::init(&run::InitOptions {
+            dir,
+            market,
+            api_listen,
+            listen,
+        })
+        .map(|made| {
+            println!("made {}", made.config.display());
+            println!("participant {}", made.participant);
+            println!("peer id     {}", made.peer_id);
+            println!("did         {}", made.did);
+            println!(
+                "share the participant id with the other members; start with `dharti run --config {}`",
+                made.config.display()
+            );
+        }),
+        Command::Run { node } => daemon(&node.config),
+        Command::Offer {
+            node,
+            action,
+            energy_wh,
+            price_micro_per_kwh,
+            interval,
+            side,
+        } => offer(&node.config, &action, energy_wh, price_micro_per_kwh, interval, side),
+        Command::Status { node } => get_json(&node.config, "/api/v1/status"),
+        Command::Peers { node } => get_json(&node.config, "/api/v1/peers"),
+        Command::Trades { node } => get_json(&node.config, "/api/v1/trades"),
+        Command::History { node, intervals } => history(&node.config, intervals),
+        Command::Market { node, tool: None } => get_json(&node.config, "/api/v1/market"),
+        Command::Market {
+            tool: Some(MarketCommand::Clear { book, mechanism }),
+            ..
+        } => clear(&book, mechanism.as_deref()),
+        Command::Market {
+            tool:
+                Some(MarketCommand::Bench {
+                    offers,
+                    seed,
+                    repeat,
+                }),
+            ..
+        } => bench::run(offers, seed, repeat).and_then(|report| print_json_line(&report)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +252,122 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `dharti run`: logging to stderr, then the daemon on a small runtime
+/// (two workers: a Raspberry Pi has four cores and other work to do).
+fn daemon(config: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DHARTI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run::run(config))
+}
+
+/// GETs `path` from the node's API and prints the JSON.
+fn get_json(config: &Path, path: &str) -> anyhow::Result<()> {
+    let info = run::read_run_info(config)?;
+    let (status, body) = client::request(&info.api_url, "GET", path, None, None)?;
+    if status != 200 {
+        bail!("the daemon answered {status}: {body}");
+    }
+    let value: serde_json::Value = serde_json::from_str(&body).context("the daemon's answer")?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn offer(
+    config_path: &Path,
+    action: &str,
+    energy_wh: u64,
+    price: u64,
+    interval: Option<u64>,
+    side: Option<String>,
+) -> anyhow::Result<()> {
+    let config = config::Config::load(config_path)?;
+    let token = identity::read_token(&config.path(&config.node.token_file))?;
+    let info = run::read_run_info(config_path)?;
+    let (method, path, body) = match action {
+        "bid" | "ask" => {
+            if energy_wh == 0 || price == 0 {
+                bail!("a {action} needs --energy-wh and --price-micro-per-kwh above zero");
+            }
+            let body = serde_json::json!({
+                "interval": interval,
+                "side": action,
+                "energy_wh": energy_wh,
+                "price_micro_per_kwh": price,
+            });
+            ("POST", "/api/v1/offers".to_string(), Some(body.to_string()))
+        }
+        "cancel" => {
+            let (Some(interval), Some(side)) = (interval, side) else {
+                bail!("cancel needs --interval N and --side bid|ask");
+            };
+            (
+                "DELETE",
+                format!("/api/v1/offers?interval={interval}&side={side}"),
+                None,
+            )
+        }
+        other => bail!("{other:?}: use bid, ask or cancel"),
+    };
+    let (status, answer) =
+        client::request(&info.api_url, method, &path, Some(&token), body.as_deref())?;
+    if !(200..300).contains(&status) {
+        bail!("the daemon refused ({status}): {answer}");
+    }
+    println!("{answer}");
+    Ok(())
+}
+
+fn history(config: &Path, intervals: u64) -> anyhow::Result<()> {
+    let info = run::read_run_info(config)?;
+    let (status, body) = client::request(&info.api_url, "GET", "/api/v1/status", None, None)?;
+    if status != 200 {
+        bail!("the daemon answered {status}: {body}");
+    }
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let Some(last) = status["last_final_interval"].as_u64() else {
+        println!("no final interval yet");
+        return Ok(());
+    };
+    println!(
+        "{:>12}  {:>10}  {:>12}  result hash",
+        "interval", "volume Wh", "price µ/kWh"
+    );
+    for n in (last.saturating_sub(intervals.saturating_sub(1))..=last).rev() {
+        let (code, body) = client::request(
+            &info.api_url,
+            "GET",
+            &format!("/api/v1/intervals/{n}"),
+            None,
+            None,
+        )?;
+        if code != 200 {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let r = &v["result"];
+        println!(
+            "{n:>12}  {:>10}  {:>12}  {}",
+            r["volume_wh"],
+            r["clearing_price_micro_per_kwh"],
+            r["result_hash"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 fn clear(path: &std::path::Path, mechanism: Option<&str>) -> anyhow::Result<()> {

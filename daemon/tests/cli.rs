@@ -134,9 +134,12 @@ fn bench_prints_one_json_line_with_its_ratios() {
 }
 
 #[test]
-fn the_demo_tells_what_happened_and_writes_its_results() {
+fn the_simulation_tells_what_happened_and_writes_its_results() {
     let out = std::env::temp_dir().join(format!("dharti-demo-{}", std::process::id()));
-    let output = dharti(&["demo", "--out", out.to_str().expect("utf-8 path")], None);
+    let output = dharti(
+        &["simulate", "--out", out.to_str().expect("utf-8 path")],
+        None,
+    );
     let story = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -158,8 +161,8 @@ fn the_demo_tells_what_happened_and_writes_its_results() {
 }
 
 #[test]
-fn the_demo_says_where_the_data_is_missing() {
-    let output = dharti(&["demo", "--data", "/nonexistent/dharti-data"], None);
+fn the_simulation_says_where_the_data_is_missing() {
+    let output = dharti(&["simulate", "--data", "/nonexistent/dharti-data"], None);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/dharti-data"), "{stderr}");

@@ -100,7 +100,7 @@ pub fn generate(
 }
 
 /// Normalised kWh of the profile over `[t, t + len_s)`, local standard time.
-fn load_kwh(profile: &LoadProfile, utc_offset_h: i64, t: i64, len_s: u64) -> f64 {
+pub fn load_kwh(profile: &LoadProfile, utc_offset_h: i64, t: i64, len_s: u64) -> f64 {
     let mut total = 0.0;
     let mut at = t;
     let end = t + len_s as i64;

@@ -652,6 +652,11 @@ impl Node {
                 offer.offer.interval.0
             ));
         }
+        let own = (offer.offer.participant == self.me).then_some((
+            offer.offer.interval,
+            offer.offer.side,
+            offer.offer.sequence,
+        ));
         let validation = self.pool.receive(
             &self.config.rules,
             offer,
@@ -659,6 +664,13 @@ impl Node {
                 now_s: self.now_ms / 1_000,
             },
         );
+        // One of our own offers (read back after a restart, or echoed by a
+        // peer): never sign another with its sequence number or a lower one,
+        // which would be an equivocation or stale.
+        if let Some((interval, side, sequence)) = own {
+            let next = self.sequences.entry((interval, side)).or_insert(0);
+            *next = (*next).max(sequence);
+        }
         self.publish_evidence(out);
         Self::verdict_of(&validation)
     }

@@ -358,6 +358,43 @@ fn a_cut_off_node_fetches_the_quorum_set_and_converges() {
 }
 
 #[test]
+fn a_restarted_node_never_reuses_a_sequence_number() {
+    let mut net = Net::new(4, 4, Faults::default());
+    start(&mut net);
+    let local = |energy_wh| Input::LocalOffer {
+        interval: FIRST,
+        side: Side::Bid,
+        energy_wh,
+        price_micro_per_kwh: 200_000,
+    };
+    let out = net.nodes[0].handle(local(100));
+    let Some(Action::Publish(Message::Offer(first))) = out.actions.first().cloned() else {
+        panic!("a local offer is published: {out:?}");
+    };
+    assert_eq!(first.offer.sequence, 1);
+    // The same key in a fresh node (a restart), given its stored offer back.
+    let mut again = Node::new(net.nodes[0].config.clone(), key(0));
+    again.handle(Input::Tick {
+        now_ms: net.nodes[0].now_ms,
+    });
+    let out = again.handle(Input::Message {
+        from: again.id(),
+        message: Message::Offer(first.clone()),
+    });
+    assert_eq!(out.verdict, Some(Verdict::Accept));
+    let out = again.handle(local(300));
+    assert_eq!(
+        out.verdict,
+        Some(Verdict::Accept),
+        "a replacement, not an equivocation"
+    );
+    let Some(Action::Publish(Message::Offer(second))) = out.actions.first().cloned() else {
+        panic!("the replacement is published: {out:?}");
+    };
+    assert_eq!(second.offer.sequence, 2);
+}
+
+#[test]
 fn non_members_and_forgeries_are_rejected() {
     let mut net = Net::new(4, 4, Faults::default());
     start(&mut net);

@@ -1,0 +1,421 @@
+//! The HTTP API (axum), bound to 127.0.0.1 by default. Reads are open to
+//! whoever can reach the socket; writes need `Authorization: Bearer TOKEN`
+//! with the token `dharti init` wrote (mode 0600). The OpenAPI document is
+//! generated from these handlers (utoipa) and served at
+//! `/api/v1/openapi.json`; docs/api.md is checked against it by a test.
+//! `/metrics` serves the Prometheus registry shared with libp2p.
+
+// Handlers return a ready `Response` as their error: built once per
+// request on the way out, its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use dharti_protocol::types::{IntervalIndex, MarketId, ParticipantId, Side};
+use dharti_storage::Store;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::driver::{MarketView, OfferView, Request, Status};
+use crate::metrics::Metrics;
+use crate::network::{Command, PeerInfo};
+
+/// History endpoints return at most this many intervals.
+const MAX_HISTORY_INTERVALS: u64 = 96;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub requests: mpsc::Sender<Request>,
+    pub net: mpsc::Sender<Command>,
+    pub store: Arc<Store>,
+    pub market: MarketId,
+    pub me: ParticipantId,
+    pub token: Arc<str>,
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    pub error: String,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("market", &self.market)
+            .finish_non_exhaustive()
+    }
+}
+
+fn error(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(ApiError { error: text.into() })).into_response()
+}
+
+async fn ask<T>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<T>) -> Request,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    state.requests.send(make(tx)).await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the market task has stopped",
+        )
+    })?;
+    rx.await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the market task has stopped",
+        )
+    })
+}
+
+fn authorized(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit on the first differing byte.
+    let ok = given.is_some_and(|g| {
+        g.len() == state.token.len()
+            && g.bytes()
+                .zip(state.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        state.metrics.api_unauthorized.inc();
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "writes need `Authorization: Bearer TOKEN` with the token in the node's api.token file",
+        ))
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
+async fn status(State(state): State<ApiState>) -> Response {
+    match ask(&state, Request::Status).await {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/market", responses((status = 200, body = MarketView)))]
+async fn market(State(state): State<ApiState>) -> Response {
+    match ask(&state, Request::Market).await {
+        Ok(m) => Json(m).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/offers", responses((status = 200, body = Vec<OfferView>)))]
+async fn offers(State(state): State<ApiState>) -> Response {
+    match ask(&state, Request::Offers).await {
+        Ok(o) => Json(o).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOffer {
+    /// Interval index; default: the next one whose gate is open.
+    pub interval: Option<u64>,
+    /// "bid" (buy) or "ask" (sell).
+    pub side: String,
+    pub energy_wh: u64,
+    pub price_micro_per_kwh: u64,
+}
+
+fn side_of(text: &str) -> Result<Side, Response> {
+    match text {
+        "bid" | "buy" => Ok(Side::Bid),
+        "ask" | "sell" => Ok(Side::Ask),
+        _ => Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("side {text:?}: use \"bid\" or \"ask\""),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/offers", request_body = NewOffer,
+    responses((status = 201, body = OfferView), (status = 401, body = ApiError), (status = 422, body = ApiError)),
+    security(("bearer" = [])))]
+async fn post_offer(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<NewOffer>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let Json(offer) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()),
+    };
+    let side = match side_of(&offer.side) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    submit(
+        &state,
+        offer.interval,
+        side,
+        offer.energy_wh,
+        offer.price_micro_per_kwh,
+    )
+    .await
+}
+
+async fn submit(
+    state: &ApiState,
+    interval: Option<u64>,
+    side: Side,
+    energy_wh: u64,
+    price: u64,
+) -> Response {
+    let result = ask(state, |reply| Request::Submit {
+        interval,
+        side,
+        energy_wh,
+        price_micro_per_kwh: price,
+        reply,
+    })
+    .await;
+    match result {
+        Ok(Ok(view)) => (StatusCode::CREATED, Json(view)).into_response(),
+        Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, reason),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CancelQuery {
+    pub interval: u64,
+    /// "bid" or "ask".
+    pub side: String,
+}
+
+#[utoipa::path(delete, path = "/api/v1/offers", params(CancelQuery),
+    responses((status = 201, body = OfferView), (status = 401, body = ApiError), (status = 422, body = ApiError)),
+    security(("bearer" = [])))]
+async fn delete_offer(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<CancelQuery>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let side = match side_of(&q.side) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    // A cancel is an offer of zero energy with the next sequence number.
+    submit(&state, Some(q.interval), side, 0, 0).await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntervalView {
+    pub interval: u64,
+    /// The final clearing result (trades, price, result hash), if any.
+    #[schema(value_type = Object)]
+    pub result: Option<serde_json::Value>,
+    pub offers: usize,
+    #[schema(value_type = Object)]
+    pub settlement: Option<serde_json::Value>,
+}
+
+fn read_error(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}"))
+}
+
+#[utoipa::path(get, path = "/api/v1/intervals/{n}", params(("n" = u64, Path, description = "interval index")),
+    responses((status = 200, body = IntervalView), (status = 404, body = ApiError)))]
+async fn interval(State(state): State<ApiState>, Path(n): Path<u64>) -> Response {
+    let i = IntervalIndex(n);
+    let result = match state.store.result(&state.market, i) {
+        Ok(r) => r,
+        Err(e) => return read_error(e),
+    };
+    let offers = match state.store.offers(&state.market, i) {
+        Ok(o) => o.len(),
+        Err(e) => return read_error(e),
+    };
+    let settlement = match state.store.settlement(&state.market, i) {
+        Ok(s) => s,
+        Err(e) => return read_error(e),
+    };
+    if result.is_none() && offers == 0 {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("interval {n} is not in this node's history"),
+        );
+    }
+    Json(IntervalView {
+        interval: n,
+        result: result.map(|r| serde_json::to_value(r).unwrap_or_default()),
+        offers,
+        settlement: settlement.map(|s| serde_json::to_value(s).unwrap_or_default()),
+    })
+    .into_response()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TradeView {
+    pub interval: u64,
+    /// "buy" or "sell", from this node's side.
+    pub direction: String,
+    pub energy_wh: u64,
+    pub price_micro_per_kwh: u64,
+    pub value_micro: u64,
+    pub grid_fee_micro: u64,
+    pub counterparty: String,
+}
+
+/// The most recent final intervals, newest first.
+fn recent(state: &ApiState) -> Result<Vec<IntervalIndex>, Response> {
+    let last = state
+        .store
+        .last_result_interval(&state.market)
+        .map_err(read_error)?;
+    Ok(last.map_or_else(Vec::new, |last| {
+        (last.0.saturating_sub(MAX_HISTORY_INTERVALS - 1)..=last.0)
+            .rev()
+            .map(IntervalIndex)
+            .collect()
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/trades", responses((status = 200, body = Vec<TradeView>)))]
+async fn trades(State(state): State<ApiState>) -> Response {
+    let intervals = match recent(&state) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let mut out = Vec::new();
+    for i in intervals {
+        let Ok(Some(result)) = state.store.result(&state.market, i) else {
+            continue;
+        };
+        for t in &result.trades {
+            let (direction, counterparty) = if t.buyer == state.me {
+                ("buy", t.seller)
+            } else if t.seller == state.me {
+                ("sell", t.buyer)
+            } else {
+                continue;
+            };
+            out.push(TradeView {
+                interval: i.0,
+                direction: direction.into(),
+                energy_wh: t.energy_wh,
+                price_micro_per_kwh: t.price_micro_per_kwh,
+                value_micro: t.value_micro,
+                grid_fee_micro: t.grid_fee_micro,
+                counterparty: counterparty.to_string(),
+            });
+        }
+    }
+    Json(out).into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/settlements", responses((status = 200, body = Vec<Object>)))]
+async fn settlements(State(state): State<ApiState>) -> Response {
+    let intervals = match recent(&state) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let out: Vec<serde_json::Value> = intervals
+        .into_iter()
+        .filter_map(|i| state.store.settlement(&state.market, i).ok().flatten())
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .collect();
+    Json(out).into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/peers", responses((status = 200, body = Vec<PeerInfo>)))]
+async fn peers(State(state): State<ApiState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if state.net.send(Command::Peers(tx)).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the network task has stopped",
+        );
+    }
+    match rx.await {
+        Ok(p) => Json(p).into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the network task has stopped",
+        ),
+    }
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Dharti node API", description = "One Dharti node's view of its market. Writes need the bearer token from the node's api.token file."),
+    paths(status, market, offers, post_offer, delete_offer, interval, trades, settlements, peers),
+    components(schemas(Status, MarketView, OfferView, NewOffer, ApiError, IntervalView, TradeView, PeerInfo)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/market", get(market))
+        .route(
+            "/api/v1/offers",
+            get(offers).post(post_offer).delete(delete_offer),
+        )
+        .route("/api/v1/intervals/{n}", get(interval))
+        .route("/api/v1/trades", get(trades))
+        .route("/api/v1/settlements", get(settlements))
+        .route("/api/v1/peers", get(peers))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}

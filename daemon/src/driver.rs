@@ -1,0 +1,728 @@
+//! The market task: the daemon's shell around `protocol::Node`. It owns the
+//! node, feeds it the network's messages and the clock's ticks (at
+//! `Node::next_wakeup_ms`, and every second for the agent and meter),
+//! carries out its actions, and persists through the storage crate:
+//!
+//! - a local offer is written and flushed before the API acknowledges it;
+//! - a final interval's offer set and result are written and flushed when it
+//!   becomes final, its settlement when it is settled (one flush each: an SD
+//!   card is written a few times per interval, and not at all when nothing
+//!   happens);
+//! - after a restart, this node's own offers for intervals still open are
+//!   read back, given to the node again (so it never reuses a sequence
+//!   number) and published again.
+//!
+//! The API reaches it through a bounded channel of [`Request`]s with
+//! one-shot replies; reads of history go to the store directly.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use dharti_protocol::agent::{self, AgentSettings, Battery, IntervalForecast, Plan};
+use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Verdict};
+use dharti_protocol::offer::SignedOffer;
+use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
+use dharti_protocol::types::{IntervalIndex, ParticipantId, Side};
+use dharti_storage::{Store, WriteBatch};
+use libp2p::PeerId;
+use libp2p::gossipsub::MessageAcceptance;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::{Identity, peer_id_of};
+use crate::meter::Meter;
+use crate::metrics::Metrics;
+use crate::network::{Command, Event};
+
+/// Requests from the API; bounded like every channel here.
+pub const REQUEST_CAPACITY: usize = 64;
+/// The agent plans an interval this long before its gate closes (at most
+/// half an interval), after the previous result is known.
+const PLAN_LEAD_MS: u64 = 120_000;
+/// Final intervals remembered in memory for `status` and the indicative price.
+const RECENT_INTERVALS: usize = 96;
+
+#[derive(Debug)]
+pub enum Request {
+    Status(oneshot::Sender<Status>),
+    Market(oneshot::Sender<MarketView>),
+    Offers(oneshot::Sender<Vec<OfferView>>),
+    Submit {
+        interval: Option<u64>,
+        side: Side,
+        energy_wh: u64,
+        price_micro_per_kwh: u64,
+        reply: oneshot::Sender<Result<OfferView, String>>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    pub peer_id: String,
+    pub did: String,
+    pub participant: String,
+    pub market: String,
+    pub market_id: String,
+    pub connected_peers: usize,
+    pub member_peers: usize,
+    pub members: usize,
+    pub current_interval: u64,
+    pub next_gate_interval: Option<u64>,
+    pub last_final_interval: Option<u64>,
+    pub last_result_hash: Option<String>,
+    pub now_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct MarketView {
+    pub market: String,
+    pub interval_s: u64,
+    pub gate_lead_s: u64,
+    /// Intervals that accept offers now.
+    pub open_intervals: Vec<u64>,
+    pub indicative_price_micro_per_kwh: u64,
+    pub feed_in_micro_per_kwh: u64,
+    pub retail_micro_per_kwh: u64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct OfferView {
+    pub id: String,
+    pub interval: u64,
+    pub side: String,
+    pub energy_wh: u64,
+    pub price_micro_per_kwh: u64,
+    pub sequence: u64,
+}
+
+impl OfferView {
+    pub fn of(offer: &SignedOffer) -> OfferView {
+        let o = &offer.offer;
+        OfferView {
+            id: offer.id.to_string(),
+            interval: o.interval.0,
+            side: match o.side {
+                Side::Bid => "bid".into(),
+                Side::Ask => "ask".into(),
+            },
+            energy_wh: o.energy_wh,
+            price_micro_per_kwh: o.price_micro_per_kwh,
+            sequence: o.sequence,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What the agent planned for an interval, to run the battery when the
+/// result is known.
+#[derive(Clone, Debug)]
+struct Planned {
+    plan: Plan,
+    net_wh: i64,
+    /// What the battery did once the result was known.
+    dispatched: Option<agent::Dispatch>,
+}
+
+pub struct Driver {
+    node: Node,
+    config: NodeConfig,
+    identity: Identity,
+    market_name: String,
+    store: Arc<Store>,
+    net: mpsc::Sender<Command>,
+    metrics: Metrics,
+    meter: Meter,
+    agent: Option<AgentSettings>,
+    soc_wh: u64,
+    planned: BTreeMap<IntervalIndex, Planned>,
+    reported: BTreeMap<IntervalIndex, ()>,
+    /// Members' peer ids, to name the sender of a message.
+    members_by_peer: HashMap<PeerId, ParticipantId>,
+    peer_of: HashMap<ParticipantId, PeerId>,
+    connected: HashMap<PeerId, ()>,
+    own_offers: BTreeMap<(IntervalIndex, Side), Arc<SignedOffer>>,
+    recent: VecDeque<IntervalSummary>,
+    last_final: Option<(IntervalIndex, [u8; 32])>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("participant", &self.identity.participant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: NodeConfig,
+        identity: Identity,
+        market_name: String,
+        store: Arc<Store>,
+        net: mpsc::Sender<Command>,
+        metrics: Metrics,
+        meter: Meter,
+        agent: Option<AgentSettings>,
+    ) -> Driver {
+        let node = Node::new(config.clone(), identity.signing.clone());
+        let mut members_by_peer = HashMap::new();
+        let mut peer_of = HashMap::new();
+        for member in &config.members {
+            if let Some(peer) = peer_id_of(member) {
+                members_by_peer.insert(peer, *member);
+                peer_of.insert(*member, peer);
+            }
+        }
+        let soc_wh = agent
+            .as_ref()
+            .and_then(|a| a.battery)
+            .map_or(0, |b| b.capacity_wh / 2);
+        Driver {
+            node,
+            config,
+            identity,
+            market_name,
+            store,
+            net,
+            metrics,
+            meter,
+            agent,
+            soc_wh,
+            planned: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            members_by_peer,
+            peer_of,
+            connected: HashMap::new(),
+            own_offers: BTreeMap::new(),
+            recent: VecDeque::new(),
+            last_final: None,
+        }
+    }
+
+    /// Agent settings from the config's `[agent]` section (whose sizes the
+    /// config check keeps non-negative and small: whole Wh fit).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn agent_settings(
+        config: &crate::config::Config,
+        interval_s: u64,
+    ) -> Option<AgentSettings> {
+        let a = &config.agent;
+        if !a.enabled {
+            return None;
+        }
+        let battery = (a.battery_kwh > 0.0).then(|| {
+            let capacity_wh = (a.battery_kwh * 1_000.0).round() as u64;
+            let power_w = if a.battery_power_kw > 0.0 {
+                (a.battery_power_kw * 1_000.0).round() as u64
+            } else {
+                capacity_wh / 2
+            };
+            Battery {
+                capacity_wh,
+                max_power_w: power_w,
+                min_soc_wh: (a.battery_min_soc * capacity_wh as f64).round() as u64,
+                efficiency_ppm: 900_000,
+            }
+        });
+        let _ = interval_s;
+        Some(AgentSettings {
+            min_sell_price_micro_per_kwh: a.min_sell_price_micro_per_kwh,
+            max_buy_price_micro_per_kwh: a.max_buy_price_micro_per_kwh,
+            battery,
+            ..AgentSettings::default()
+        })
+    }
+
+    fn market_id(&self) -> dharti_protocol::types::MarketId {
+        self.config.rules.market_id
+    }
+
+    /// Reads back this node's own offers for intervals still open and hands
+    /// them to the node again; returns how many.
+    async fn restore(&mut self, now_ms: u64) -> anyhow::Result<usize> {
+        let clock = self.config.rules.clock;
+        let first = clock.next_open(now_ms / 1_000);
+        let mut restored = 0;
+        for k in first.0..first.0 + self.config.rules.max_intervals_ahead + 1 {
+            let interval = IntervalIndex(k);
+            let offers = self
+                .store
+                .offers(&self.market_id(), interval)
+                .context("reading own offers back")?;
+            for offer in offers {
+                if offer.offer.participant != self.identity.participant {
+                    continue;
+                }
+                let offer = Arc::new(offer);
+                let out = self.node.handle(Input::Message {
+                    from: self.identity.participant,
+                    message: Message::Offer(offer.clone()),
+                });
+                if out.verdict == Some(Verdict::Accept) {
+                    self.remember_own(&offer);
+                    self.publish(&Message::Offer(offer)).await;
+                    restored += 1;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    fn remember_own(&mut self, offer: &Arc<SignedOffer>) {
+        let key = (offer.offer.interval, offer.offer.side);
+        let newer = self
+            .own_offers
+            .get(&key)
+            .is_none_or(|held| held.offer.sequence < offer.offer.sequence);
+        if newer {
+            self.own_offers.insert(key, offer.clone());
+        }
+    }
+
+    /// Runs until `shutdown`; the store is flushed on the way out.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut requests: mpsc::Receiver<Request>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let start = now_ms();
+        let out = self.node.handle(Input::Tick { now_ms: start });
+        self.carry_out(out.actions).await;
+        match self.restore(start).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(offers = n, "driver.restore"),
+            Err(e) => {
+                self.metrics.storage_errors.inc();
+                tracing::error!("driver.restore: {e:#}");
+            }
+        }
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = self
+                .node
+                .next_wakeup_ms()
+                .map_or(Duration::from_secs(1), |at| {
+                    Duration::from_millis(at.saturating_sub(now_ms()))
+                });
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = events.recv() => match event {
+                    Some(event) => self.on_network(event).await,
+                    None => break,
+                },
+                request = requests.recv() => {
+                    if let Some(request) = request {
+                        self.on_request(request).await;
+                    }
+                }
+                () = tokio::time::sleep(wake) => self.tick().await,
+                _ = second.tick() => {
+                    self.tick().await;
+                    self.agent_and_meter().await;
+                }
+            }
+        }
+        self.store.flush().context("flushing storage at shutdown")?;
+        Ok(())
+    }
+
+    async fn tick(&mut self) {
+        let out = self.node.handle(Input::Tick { now_ms: now_ms() });
+        self.carry_out(out.actions).await;
+    }
+
+    async fn on_network(&mut self, event: Event) {
+        match event {
+            Event::Gossip { id, source, data } => {
+                let acceptance = match self.judge(source, &data).await {
+                    Verdict::Accept => MessageAcceptance::Accept,
+                    Verdict::Ignore => MessageAcceptance::Ignore,
+                    Verdict::Reject(_) => MessageAcceptance::Reject,
+                };
+                let _ = self
+                    .net
+                    .send(Command::Validated {
+                        id,
+                        source,
+                        acceptance,
+                    })
+                    .await;
+            }
+            Event::Direct { peer, data } => {
+                self.judge(peer, &data).await;
+            }
+            Event::PeerUp(peer) => {
+                self.connected.insert(peer, ());
+                if let Some(member) = self.members_by_peer.get(&peer) {
+                    self.node.handle(Input::PeerUp(*member));
+                }
+            }
+            Event::PeerDown(peer) => {
+                self.connected.remove(&peer);
+                if let Some(member) = self.members_by_peer.get(&peer) {
+                    self.node.handle(Input::PeerDown(*member));
+                }
+            }
+        }
+    }
+
+    /// Decodes and hands a message to the node; counts the verdict.
+    async fn judge(&mut self, peer: PeerId, data: &[u8]) -> Verdict {
+        let verdict = match Message::decode(data) {
+            Err(e) => {
+                self.metrics.malformed.inc();
+                Verdict::Reject(format!("malformed message: {e}"))
+            }
+            Ok(message) => {
+                // A peer outside the member list gets the node's own
+                // rejection (it checks membership first).
+                let from = self.members_by_peer.get(&peer).copied().unwrap_or_default();
+                let out = self.node.handle(Input::Tick { now_ms: now_ms() });
+                self.carry_out(out.actions).await;
+                let out = self.node.handle(Input::Message { from, message });
+                self.carry_out(out.actions).await;
+                out.verdict.unwrap_or(Verdict::Ignore)
+            }
+        };
+        match &verdict {
+            Verdict::Accept => self.metrics.verdict("accept"),
+            Verdict::Ignore => self.metrics.verdict("ignore"),
+            Verdict::Reject(reason) => {
+                self.metrics.verdict("reject");
+                tracing::debug!(%peer, %reason, "driver.reject");
+            }
+        }
+        verdict
+    }
+
+    async fn publish(&self, message: &Message) {
+        let _ = self.net.send(Command::Publish(message.encode())).await;
+    }
+
+    async fn carry_out(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Publish(message) => self.publish(&message).await,
+                Action::Send { to, message } => {
+                    if let Some(peer) = self.peer_of.get(&to) {
+                        let _ = self
+                            .net
+                            .send(Command::Send {
+                                peer: *peer,
+                                bytes: message.encode(),
+                            })
+                            .await;
+                    }
+                }
+                Action::Finalized(f) => {
+                    let mut batch = WriteBatch::new();
+                    let offers = self.node.final_offers(f.interval).unwrap_or_default();
+                    for offer in offers {
+                        batch.put_offer(self.market_id(), (*offer).clone());
+                    }
+                    batch.put_result(self.market_id(), f.interval, (*f.result).clone());
+                    self.write(batch);
+                    self.metrics.intervals_finalized.inc();
+                    self.metrics
+                        .last_final_interval
+                        .set(i64::try_from(f.interval.0).unwrap_or(i64::MAX));
+                    self.last_final = Some((f.interval, f.result.result_hash));
+                    let tariff = self.config.rules.tariffs.at(self
+                        .config
+                        .rules
+                        .clock
+                        .start_s(f.interval));
+                    self.recent.push_back(IntervalSummary {
+                        supply_wh: f.result.supply_wh,
+                        demand_wh: f.result.demand_wh,
+                        clearing_price_micro_per_kwh: f.result.clearing_price_micro_per_kwh,
+                        tariff,
+                    });
+                    while self.recent.len() > RECENT_INTERVALS {
+                        self.recent.pop_front();
+                    }
+                    self.dispatch(f.interval, &f.result);
+                    tracing::info!(
+                        interval = f.interval.0,
+                        volume_wh = f.result.volume_wh,
+                        price = ?f.result.clearing_price_micro_per_kwh,
+                        finality_ms = f.finality_ms,
+                        "driver.final"
+                    );
+                }
+                Action::Settled(s) => {
+                    let mut batch = WriteBatch::new();
+                    batch.put_settlement(self.market_id(), (*s.settlement).clone());
+                    self.write(batch);
+                    self.metrics.intervals_settled.inc();
+                }
+            }
+        }
+    }
+
+    /// Applies and flushes a batch; a failure is counted and logged, and
+    /// the daemon goes on (the data is still held in memory by the node).
+    fn write(&self, batch: WriteBatch) {
+        let result = self
+            .store
+            .apply(batch)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| self.store.flush().map(|_| ()).map_err(anyhow::Error::from));
+        match result {
+            Ok(()) => {
+                self.metrics.storage_flushes.inc();
+            }
+            Err(e) => {
+                self.metrics.storage_errors.inc();
+                tracing::error!("storage.write: {e:#}");
+            }
+        }
+    }
+
+    /// The battery follows the result; the meter will read what it did.
+    fn dispatch(
+        &mut self,
+        interval: IntervalIndex,
+        result: &dharti_protocol::node::IntervalResult,
+    ) {
+        let (Some(settings), Some(planned)) =
+            (self.agent.as_ref(), self.planned.get_mut(&interval))
+        else {
+            return;
+        };
+        let me = self.identity.participant;
+        let bought: u64 = result
+            .trades
+            .iter()
+            .filter(|t| t.buyer == me)
+            .map(|t| t.energy_wh)
+            .sum();
+        let sold: u64 = result
+            .trades
+            .iter()
+            .filter(|t| t.seller == me)
+            .map(|t| t.energy_wh)
+            .sum();
+        let d = agent::dispatch(
+            settings,
+            self.soc_wh,
+            &planned.plan,
+            planned.net_wh,
+            bought,
+            sold,
+        );
+        self.soc_wh = d.soc_after_wh;
+        planned.dispatched = Some(d);
+    }
+
+    /// Plans the next interval when its time comes, and reports the meter
+    /// for intervals that have ended.
+    async fn agent_and_meter(&mut self) {
+        let now = now_ms();
+        let clock = self.config.rules.clock;
+        let next = clock.next_open(now / 1_000);
+        let gate_ms = clock.gate_closure_s(next) * 1_000;
+        let lead_ms = PLAN_LEAD_MS.min(clock.interval_s * 1_000 / 2);
+        if let Some(settings) = self.agent
+            && now + lead_ms >= gate_ms
+            && !self.planned.contains_key(&next)
+            && let Some(reading) = self.meter.reading(next)
+        {
+            let tariff = self.config.rules.tariffs.at(clock.start_s(next));
+            let price = indicative_price(
+                &PricingConfig::default(),
+                &tariff,
+                self.recent.make_contiguous(),
+            );
+            let forecast = IntervalForecast {
+                net_load_wh: reading.net_wh(),
+                indicative_price_micro_per_kwh: price.price_micro_per_kwh,
+                tariff,
+            };
+            let plan = agent::plan(&settings, self.soc_wh, clock.interval_s, &forecast, &[]);
+            for (side, order) in [(Side::Bid, plan.bid), (Side::Ask, plan.ask)] {
+                if let Some(order) = order
+                    && order.energy_wh > 0
+                {
+                    let _ = self
+                        .submit(
+                            Some(next.0),
+                            side,
+                            order.energy_wh,
+                            order.price_micro_per_kwh,
+                        )
+                        .await;
+                }
+            }
+            self.planned.insert(
+                next,
+                Planned {
+                    plan,
+                    net_wh: reading.net_wh(),
+                    dispatched: None,
+                },
+            );
+            while self.planned.len() > 16 {
+                self.planned.pop_first();
+            }
+        }
+        // Intervals that ended: sign and gossip the meter's reading.
+        let ended = IntervalIndex(clock.interval_at(now / 1_000).0.saturating_sub(1));
+        if !self.reported.contains_key(&ended)
+            && let Some(reading) = self.meter.reading(ended)
+        {
+            self.reported.insert(ended, ());
+            while self.reported.len() > 16 {
+                self.reported.pop_first();
+            }
+            let dispatched = self.planned.get(&ended).and_then(|p| p.dispatched);
+            let (import_wh, export_wh) = match dispatched {
+                // The battery's dispatch decided what crossed the meter.
+                Some(d) => (d.import_wh, d.export_wh),
+                None => (
+                    u64::try_from(reading.net_wh().max(0)).unwrap_or(0),
+                    reading.net_wh().min(0).unsigned_abs(),
+                ),
+            };
+            let out = self.node.handle(Input::MeterReport {
+                interval: ended,
+                import_wh,
+                export_wh,
+            });
+            self.carry_out(out.actions).await;
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        interval: Option<u64>,
+        side: Side,
+        energy_wh: u64,
+        price_micro_per_kwh: u64,
+    ) -> Result<OfferView, String> {
+        let now = now_ms();
+        let out = self.node.handle(Input::Tick { now_ms: now });
+        self.carry_out(out.actions).await;
+        let clock = self.config.rules.clock;
+        let interval = IntervalIndex(interval.unwrap_or_else(|| clock.next_open(now / 1_000).0));
+        let out = self.node.handle(Input::LocalOffer {
+            interval,
+            side,
+            energy_wh,
+            price_micro_per_kwh,
+        });
+        let offer = out.actions.iter().find_map(|a| match a {
+            Action::Publish(Message::Offer(o)) => Some(o.clone()),
+            _ => None,
+        });
+        match (out.verdict.clone(), offer) {
+            (Some(Verdict::Accept), Some(offer)) => {
+                // Durable before it is acknowledged (and before it is gossiped).
+                let mut batch = WriteBatch::new();
+                batch.put_offer(self.market_id(), (*offer).clone());
+                self.write(batch);
+                self.remember_own(&offer);
+                self.carry_out(out.actions).await;
+                self.metrics.offers_submitted.inc();
+                tracing::info!(
+                    interval = interval.0,
+                    side = ?side,
+                    energy_wh,
+                    price_micro_per_kwh,
+                    "driver.offer"
+                );
+                Ok(OfferView::of(&offer))
+            }
+            (verdict, _) => {
+                self.metrics.offers_refused.inc();
+                tracing::warn!(interval = interval.0, ?verdict, "driver.offer refused");
+                Err(match verdict {
+                    Some(Verdict::Reject(reason)) => reason,
+                    _ => "the node ignored the offer (a duplicate?)".into(),
+                })
+            }
+        }
+    }
+
+    async fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Status(reply) => {
+                let now = now_ms();
+                let clock = self.config.rules.clock;
+                let member_peers = self
+                    .connected
+                    .keys()
+                    .filter(|p| self.members_by_peer.contains_key(p))
+                    .count();
+                let _ = reply.send(Status {
+                    peer_id: self.identity.peer_id.to_string(),
+                    did: self.identity.did(),
+                    participant: self.identity.participant.to_string(),
+                    market: self.market_name.clone(),
+                    market_id: self.market_id().to_string(),
+                    connected_peers: self.connected.len(),
+                    member_peers,
+                    members: self.config.members.len(),
+                    current_interval: clock.interval_at(now / 1_000).0,
+                    next_gate_interval: Some(clock.next_open(now / 1_000).0),
+                    last_final_interval: self.last_final.map(|(i, _)| i.0),
+                    last_result_hash: self.last_final.map(|(_, h)| hex::encode(h)),
+                    now_ms: now,
+                });
+            }
+            Request::Market(reply) => {
+                let now = now_ms();
+                let clock = self.config.rules.clock;
+                let next = clock.next_open(now / 1_000);
+                let tariff = self.config.rules.tariffs.at(clock.start_s(next));
+                let price = indicative_price(
+                    &PricingConfig::default(),
+                    &tariff,
+                    self.recent.make_contiguous(),
+                );
+                let _ = reply.send(MarketView {
+                    market: self.market_name.clone(),
+                    interval_s: clock.interval_s,
+                    gate_lead_s: clock.gate_lead_s,
+                    open_intervals: (next.0..=next.0 + self.config.rules.max_intervals_ahead)
+                        .collect(),
+                    indicative_price_micro_per_kwh: price.price_micro_per_kwh,
+                    feed_in_micro_per_kwh: tariff.feed_in_micro_per_kwh,
+                    retail_micro_per_kwh: tariff.retail_micro_per_kwh,
+                });
+            }
+            Request::Offers(reply) => {
+                let next = self.config.rules.clock.next_open(now_ms() / 1_000);
+                let _ = reply.send(
+                    self.own_offers
+                        .range((next, Side::Bid)..)
+                        .map(|(_, o)| OfferView::of(o))
+                        .collect(),
+                );
+            }
+            Request::Submit {
+                interval,
+                side,
+                energy_wh,
+                price_micro_per_kwh,
+                reply,
+            } => {
+                let result = self
+                    .submit(interval, side, energy_wh, price_micro_per_kwh)
+                    .await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The Dharti daemon as a library: the `dharti` binary's subcommands and the
+//! daemon's tasks, so that end-to-end tests and tools can reuse them.
+//!
+//! - [`run`]: `init` and `run`, wiring the tasks together;
+//! - [`network`]: the task that owns the libp2p Swarm;
+//! - [`driver`]: the market task around `protocol::Node`, with storage;
+//! - [`api`]: the HTTP API and `/metrics`; [`metrics`]: what it counts;
+//! - [`config`], [`identity`], [`meter`]: the node's files and meter;
+//! - [`demo`]: real daemons on this machine; [`simulate`]: the simulator;
+//! - [`client`]: the CLI's HTTP client; [`book`], [`bench`]: offline tools.
+
+pub mod api;
+pub mod bench;
+pub mod book;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod driver;
+pub mod identity;
+pub mod meter;
+pub mod metrics;
+pub mod network;
+pub mod run;
+pub mod simulate;

@@ -1,0 +1,134 @@
+//! The daemon's Prometheus metrics, in the one `prometheus-client` registry
+//! that libp2p's metrics share (served at `/metrics`). Names start with
+//! `dharti_`, use base units and end counters in `_total`; each is listed in
+//! docs/metrics.md.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of `dharti_messages_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// accept, ignore or reject.
+    pub verdict: String,
+}
+
+/// Every metric the daemon keeps. Clones share the values.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub peers: Gauge,
+    pub gossip_published: Counter,
+    pub gossip_publish_failures: Counter,
+    pub gossip_received: Counter,
+    pub direct_sent: Counter,
+    pub direct_received: Counter,
+    pub direct_failures: Counter,
+    /// Messages the node judged, by verdict.
+    pub messages: Family<VerdictLabels, Counter>,
+    /// Bytes that did not decode as a Dharti message.
+    pub malformed: Counter,
+    pub intervals_finalized: Counter,
+    pub intervals_settled: Counter,
+    pub last_final_interval: Gauge,
+    pub offers_submitted: Counter,
+    pub offers_refused: Counter,
+    pub storage_errors: Counter,
+    pub storage_flushes: Counter,
+    pub api_unauthorized: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        let r = registry.sub_registry_with_prefix("dharti");
+        r.register("peers", "Connected peers", m.peers.clone());
+        r.register(
+            "gossip_published",
+            "Messages this node published on the market topic",
+            m.gossip_published.clone(),
+        );
+        r.register(
+            "gossip_publish_failures",
+            "Publishes gossipsub refused (no peers yet, duplicate)",
+            m.gossip_publish_failures.clone(),
+        );
+        r.register(
+            "gossip_received",
+            "Gossip messages received",
+            m.gossip_received.clone(),
+        );
+        r.register("direct_sent", "Direct messages sent", m.direct_sent.clone());
+        r.register(
+            "direct_received",
+            "Direct messages received",
+            m.direct_received.clone(),
+        );
+        r.register(
+            "direct_failures",
+            "Direct messages that could not be delivered",
+            m.direct_failures.clone(),
+        );
+        r.register(
+            "messages",
+            "Messages judged by the node, by verdict",
+            m.messages.clone(),
+        );
+        r.register(
+            "malformed_messages",
+            "Received bytes that are not a Dharti message",
+            m.malformed.clone(),
+        );
+        r.register(
+            "intervals_finalized",
+            "Intervals this node saw become final",
+            m.intervals_finalized.clone(),
+        );
+        r.register(
+            "intervals_settled",
+            "Intervals this node settled",
+            m.intervals_settled.clone(),
+        );
+        r.register(
+            "last_final_interval",
+            "Index of the most recent final interval",
+            m.last_final_interval.clone(),
+        );
+        r.register(
+            "offers_submitted",
+            "Local offers accepted (from the API or the agent)",
+            m.offers_submitted.clone(),
+        );
+        r.register(
+            "offers_refused",
+            "Local offers the node refused",
+            m.offers_refused.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Storage writes or flushes that failed",
+            m.storage_errors.clone(),
+        );
+        r.register(
+            "storage_flushes",
+            "Storage flushes (at most a few per interval)",
+            m.storage_flushes.clone(),
+        );
+        r.register(
+            "api_unauthorized",
+            "API writes refused for a missing or wrong token",
+            m.api_unauthorized.clone(),
+        );
+        m
+    }
+
+    pub fn verdict(&self, verdict: &str) {
+        self.messages
+            .get_or_create(&VerdictLabels {
+                verdict: verdict.into(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,521 @@
+//! The network task: the one owner of the libp2p Swarm (STYLE.md, after
+//! rust-libp2p's file-sharing example). The rest of the daemon talks to it
+//! through a bounded [`Command`] channel and hears from it on a bounded
+//! [`Event`] channel; nothing else touches libp2p.
+//!
+//! - **gossipsub**, one topic per market (`/dharti/<market id>/1`), message
+//!   ids are the SHA-256 of the bytes (content-addressed: the same offer
+//!   relayed by two peers is one message), no libp2p signature on top of
+//!   ours (anonymous mode), and `validate_messages`: a message is forwarded
+//!   only after the market task reports Accept; Reject scores the peer down
+//!   (peer scoring is on, with a heavy weight on invalid deliveries).
+//! - **request-response** (`/dharti/direct/1`) carries the node's direct
+//!   messages (reconciliation, fetches, asks); one length-bounded message per
+//!   request, an empty response.
+//! - **identify**, **Kademlia** (peer routing), **mDNS** (LAN discovery),
+//!   bootstrap peers from the config, TCP and QUIC, connection limits.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identify, kad, mdns, noise, tcp,
+    yamux,
+};
+use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Largest message of the protocol (`dharti_protocol::node::MAX_MESSAGE_BYTES`)
+/// plus room for gossipsub's framing.
+const MAX_TRANSMIT_BYTES: usize = dharti_protocol::node::MAX_MESSAGE_BYTES + 1_024;
+/// Commands and events waiting between the tasks; past this, senders wait
+/// (backpressure rather than unbounded memory).
+pub const CHANNEL_CAPACITY: usize = 1_024;
+/// A direct request not answered in this time fails (the node asks again or
+/// another peer on its own schedule).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections with no traffic are kept this long (gossipsub's heartbeat
+/// keeps mesh connections busy anyway).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often Kademlia looks for more peers.
+const BOOTSTRAP_EVERY: Duration = Duration::from_secs(60);
+
+/// What the rest of the daemon asks of the network.
+#[derive(Debug)]
+pub enum Command {
+    Publish(Vec<u8>),
+    Send {
+        peer: PeerId,
+        bytes: Vec<u8>,
+    },
+    /// The verdict on a gossip message (forward it, drop it, or punish the sender).
+    Validated {
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr),
+}
+
+/// What the network tells the rest of the daemon.
+#[derive(Debug)]
+pub enum Event {
+    Gossip {
+        id: MessageId,
+        source: PeerId,
+        data: Vec<u8>,
+    },
+    Direct {
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    PeerUp(PeerId),
+    PeerDown(PeerId),
+}
+
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub addresses: Vec<String>,
+    /// gossipsub's score of the peer (negative: it misbehaved).
+    pub score: Option<f64>,
+    pub subscribed: bool,
+}
+
+/// One direct message per request; the response is empty.
+#[derive(Clone, Debug, Default)]
+pub struct DirectCodec;
+
+async fn read_bounded<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io.take(MAX_TRANSMIT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() > MAX_TRANSMIT_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "direct message too large",
+        ));
+    }
+    Ok(bytes)
+}
+
+impl request_response::Codec for DirectCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_bounded(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_bounded(io).await.map(|_| ())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&request).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.close().await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    direct: request_response::Behaviour<DirectCodec>,
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// What the network is started with.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    pub market_topic: String,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+}
+
+/// The gossipsub topic of a market.
+pub fn topic_name(market: &dharti_protocol::types::MarketId) -> String {
+    format!("/dharti/{market}/1")
+}
+
+fn gossipsub_behaviour(topic: &IdentTopic) -> anyhow::Result<gossipsub::Behaviour> {
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .max_transmit_size(MAX_TRANSMIT_BYTES)
+        .message_id_fn(|message: &gossipsub::Message| {
+            MessageId::from(Sha256::digest(&message.data).to_vec())
+        })
+        .heartbeat_interval(Duration::from_secs(1))
+        // Small markets: a mesh of up to 6 (gossipsub's default degree) but
+        // content with 2, so that a few nodes on one LAN form one.
+        .mesh_n_low(2)
+        .mesh_outbound_min(1)
+        .build()
+        .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+    let mut gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
+            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    let mut params = gossipsub::PeerScoreParams::default();
+    params.topics.insert(
+        topic.hash(),
+        gossipsub::TopicScoreParams {
+            topic_weight: 1.0,
+            // Each message a peer sent that we rejected costs it
+            // -100 × count², decaying by half every few seconds.
+            invalid_message_deliveries_weight: -100.0,
+            invalid_message_deliveries_decay: 0.5,
+            ..gossipsub::TopicScoreParams::default()
+        },
+    );
+    gossipsub
+        .with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+        .map_err(|e| anyhow::anyhow!("gossipsub peer score: {e}"))?;
+    gossipsub
+        .subscribe(topic)
+        .context("subscribe to the market topic")?;
+    Ok(gossipsub)
+}
+
+/// Builds the swarm, starts listening and dialling, and returns the task's
+/// handles; `run` drives it until `shutdown`.
+pub struct Network {
+    swarm: Swarm<Behaviour>,
+    topic: TopicHash,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    metrics: Metrics,
+    libp2p_metrics: libp2p::metrics::Metrics,
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    listening: Vec<Multiaddr>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network").finish_non_exhaustive()
+    }
+}
+
+pub fn start(
+    keypair: libp2p::identity::Keypair,
+    config: &NetworkConfig,
+    registry: &mut Registry,
+    metrics: Metrics,
+) -> anyhow::Result<(Network, mpsc::Sender<Command>, mpsc::Receiver<Event>)> {
+    let topic = IdentTopic::new(config.market_topic.clone());
+    let libp2p_metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
+    let mdns_on = config.mdns;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_connections))
+        .with_max_pending_outgoing(Some(config.max_connections));
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_quic()
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer_id = key.public().to_peer_id();
+                let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+                kad.set_mode(Some(kad::Mode::Server));
+                let mdns = if mdns_on {
+                    Some(mdns::tokio::Behaviour::new(
+                        mdns::Config::default(),
+                        peer_id,
+                    )?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(limits),
+                    gossipsub: gossipsub_behaviour(&topic).map_err(|e| e.to_string())?,
+                    direct: request_response::Behaviour::with_codec(
+                        DirectCodec,
+                        [(
+                            StreamProtocol::new("/dharti/direct/1"),
+                            ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/dharti/1".into(),
+                        key.public(),
+                    )),
+                    kad,
+                    mdns: mdns.into(),
+                })
+            },
+        )?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    for address in &config.listen {
+        swarm
+            .listen_on(address.clone())
+            .with_context(|| format!("network.listen: cannot listen on {address}"))?;
+    }
+    for address in &config.bootstrap {
+        if let Some(Protocol::P2p(peer)) = address.iter().last() {
+            swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, address.clone());
+        }
+        if let Err(e) = swarm.dial(address.clone()) {
+            tracing::warn!(%address, "network.dial: {e}");
+        }
+    }
+    let (command_tx, commands) = mpsc::channel(CHANNEL_CAPACITY);
+    let (events, event_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let network = Network {
+        swarm,
+        topic: IdentTopic::new(config.market_topic.clone()).hash(),
+        commands,
+        events,
+        metrics,
+        libp2p_metrics,
+        addresses: HashMap::new(),
+        listening: Vec::new(),
+    };
+    Ok((network, command_tx, event_rx))
+}
+
+impl Network {
+    /// Drives the swarm until `shutdown` is cancelled or the command
+    /// channel closes.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut bootstrap = tokio::time::interval(BOOTSTRAP_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
+                _ = bootstrap.tick() => {
+                    // Fails harmlessly while the routing table is empty.
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::Publish(bytes) => {
+                match behaviour.gossipsub.publish(self.topic.clone(), bytes) {
+                    Ok(_) => {
+                        self.metrics.gossip_published.inc();
+                    }
+                    Err(e) => {
+                        // No peers yet, or a duplicate: reconciliation and
+                        // the node's own asks repair what this loses.
+                        tracing::debug!("network.publish: {e}");
+                        self.metrics.gossip_publish_failures.inc();
+                    }
+                };
+            }
+            Command::Send { peer, bytes } => {
+                behaviour.direct.send_request(&peer, bytes);
+                self.metrics.direct_sent.inc();
+            }
+            Command::Validated {
+                id,
+                source,
+                acceptance,
+            } => {
+                behaviour
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Peers(reply) => {
+                let subscribed: std::collections::HashSet<PeerId> = behaviour
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&self.topic))
+                    .map(|(p, _)| *p)
+                    .collect();
+                let peers = self
+                    .swarm
+                    .connected_peers()
+                    .map(|peer| PeerInfo {
+                        peer_id: peer.to_string(),
+                        addresses: self
+                            .addresses
+                            .get(peer)
+                            .map(|a| a.iter().map(ToString::to_string).collect())
+                            .unwrap_or_default(),
+                        score: self.swarm.behaviour().gossipsub.peer_score(peer),
+                        subscribed: subscribed.contains(peer),
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.listening.clone());
+            }
+            Command::Dial(address) => {
+                if let Err(e) = self.swarm.dial(address.clone()) {
+                    tracing::warn!(%address, "network.dial: {e}");
+                }
+            }
+        }
+    }
+
+    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        self.libp2p_metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
+                self.libp2p_metrics.record(&event);
+                if let gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                } = event
+                {
+                    self.metrics.gossip_received.inc();
+                    let _ = self
+                        .events
+                        .send(Event::Gossip {
+                            id: message_id,
+                            source: propagation_source,
+                            data: message.data,
+                        })
+                        .await;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(event)) => match event {
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                } => {
+                    let _ = self.swarm.behaviour_mut().direct.send_response(channel, ());
+                    self.metrics.direct_received.inc();
+                    let _ = self
+                        .events
+                        .send(Event::Direct {
+                            peer,
+                            data: request,
+                        })
+                        .await;
+                }
+                request_response::Event::OutboundFailure { peer, error, .. } => {
+                    tracing::debug!(%peer, "network.direct: {error}");
+                    self.metrics.direct_failures.inc();
+                }
+                _ => {}
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
+                self.libp2p_metrics.record(&event);
+                if let identify::Event::Received { peer_id, info, .. } = event {
+                    for address in info.listen_addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, address);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                self.libp2p_metrics.record(&event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, address) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, address.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(address);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                self.addresses
+                    .entry(peer_id)
+                    .or_default()
+                    .push(endpoint.get_remote_address().clone());
+                if num_established.get() == 1 {
+                    self.metrics.peers.inc();
+                    let _ = self.events.send(Event::PeerUp(peer_id)).await;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.addresses.remove(&peer_id);
+                self.metrics.peers.dec();
+                let _ = self.events.send(Event::PeerDown(peer_id)).await;
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "network.listen");
+                self.listening.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listening.retain(|a| *a != address);
+            }
+            _ => {}
+        }
+    }
+}
