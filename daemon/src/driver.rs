@@ -695,7 +695,11 @@ impl Driver {
                     market: self.market_name.clone(),
                     interval_s: clock.interval_s,
                     gate_lead_s: clock.gate_lead_s,
-                    open_intervals: (next.0..=next.0 + self.config.rules.max_intervals_ahead)
+                    // Open: gate not closed, and at most `max_intervals_ahead`
+                    // past the interval being delivered (offer validation's rule).
+                    open_intervals: (next.0
+                        ..=clock.interval_at(now / 1_000).0
+                            + self.config.rules.max_intervals_ahead)
                         .collect(),
                     indicative_price_micro_per_kwh: price.price_micro_per_kwh,
                     feed_in_micro_per_kwh: tariff.feed_in_micro_per_kwh,

@@ -1,0 +1,303 @@
+//! End-to-end: real `dharti` processes on 127.0.0.1 with port 0, real
+//! libp2p, real files. Each test cleans up its processes and directories.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn dharti() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dharti"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dharti-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[test]
+fn five_daemons_finalize_identical_results_and_trade() {
+    let out = temp_dir("demo");
+    let stdout = ok(dharti()
+        .args([
+            "demo",
+            "--nodes",
+            "5",
+            "--interval-s",
+            "10",
+            "--intervals",
+            "3",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("dharti demo runs"));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json"))
+            .expect("JSON");
+    assert_eq!(summary["nodes"], 5, "{stdout}");
+    assert_eq!(summary["finalized"], 3, "{stdout}");
+    assert_eq!(summary["agreement_rate"], 1.0, "{stdout}");
+    let hashes = summary["per_node_result_hashes"]
+        .as_array()
+        .expect("per node");
+    assert_eq!(hashes.len(), 5);
+    for node in hashes {
+        assert!(node.as_object().expect("map").len() >= 3, "{summary}");
+    }
+    // Every node holds the same hash for every interval the first holds.
+    let first = hashes[0].as_object().unwrap();
+    for (interval, hash) in first {
+        for node in hashes {
+            assert_eq!(&node[interval], hash, "interval {interval}: {summary}");
+        }
+    }
+    // Sunny quarter-hours: the PV households sell to the others.
+    assert!(summary["trades"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary["volume_wh"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["api_urls"].as_array().unwrap().len(), 5);
+    // Every daemon was stopped: nothing listens on their API ports any more.
+    for url in summary["api_urls"].as_array().unwrap() {
+        let host = url.as_str().unwrap().trim_start_matches("http://");
+        assert!(
+            std::net::TcpStream::connect(host).is_err(),
+            "{host} still answers"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// One daemon in its own market (the only member).
+struct Solo {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Solo {
+    fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    fn start(&mut self) -> serde_json::Value {
+        let _ = std::fs::remove_file(self.dir.join("run.json"));
+        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
+        self.child = Some(
+            dharti()
+                .args(["run", "--config"])
+                .arg(self.config())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("dharti run starts"),
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(bytes) = std::fs::read(self.dir.join("run.json"))
+                && let Ok(info) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            {
+                return info;
+            }
+            assert!(
+                Instant::now() < until,
+                "the daemon did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Solo {
+    fn drop(&mut self) {
+        self.kill_9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    dharti::client::request(url, method, path, token, (!body.is_empty()).then_some(body))
+        .expect("the daemon answers")
+}
+
+fn solo(name: &str) -> Solo {
+    let dir = temp_dir(name);
+    ok(dharti()
+        .args([
+            "init",
+            "--market",
+            "e2e-solo",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interval = \"15m\"", "interval = \"10s\"")
+        .replace("gate_lead = \"60s\"", "gate_lead = \"2s\"")
+        .replace("reconcile_window = \"20s\"", "reconcile_window = \"2s\"")
+        .replace("mdns = true", "mdns = false");
+    std::fs::write(&config, text).unwrap();
+    Solo { dir, child: None }
+}
+
+fn wait_final(url: &str, after: Option<u64>) -> u64 {
+    let until = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, body) = http(url, "GET", "/api/v1/status", None, "");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(n) = status["last_final_interval"].as_u64()
+            && after.is_none_or(|a| n > a)
+        {
+            return n;
+        }
+        assert!(Instant::now() < until, "no final interval: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn writes_need_the_token_and_acknowledged_offers_survive_kill_9() {
+    let mut node = solo("solo");
+    let info = node.start();
+    let url = info["api_url"].as_str().unwrap().to_string();
+    let token = std::fs::read_to_string(node.dir.join("api.token")).unwrap();
+    let token = token.trim();
+
+    let (code, body) = http(&url, "GET", "/api/v1/status", None, "");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["market"], "e2e-solo");
+    assert!(status["did"].as_str().unwrap().starts_with("did:key:z6Mk"));
+    assert_eq!(status["peer_id"], info["peer_id"]);
+
+    let (_, body) = http(&url, "GET", "/api/v1/market", None, "");
+    let market: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let open = market["open_intervals"].as_array().unwrap();
+    // Far enough ahead to still be open after the restart below.
+    let interval = open[open.len() - 1].as_u64().unwrap();
+    let offer = format!(
+        r#"{{"interval": {interval}, "side": "bid", "energy_wh": 700, "price_micro_per_kwh": 250000}}"#
+    );
+    assert_eq!(http(&url, "POST", "/api/v1/offers", None, &offer).0, 401);
+    assert_eq!(
+        http(
+            &url,
+            "POST",
+            "/api/v1/offers",
+            Some("wrong-token-wrong-token-wrong-token"),
+            &offer
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            &url,
+            "DELETE",
+            &format!("/api/v1/offers?interval={interval}&side=bid"),
+            None,
+            ""
+        )
+        .0,
+        401
+    );
+    let (code, body) = http(&url, "POST", "/api/v1/offers", Some(token), &offer);
+    assert_eq!(code, 201, "{body}");
+    let placed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (code, body) = http(
+        &url,
+        "POST",
+        "/api/v1/offers",
+        Some(token),
+        r#"{"side": "hold", "energy_wh": 1, "price_micro_per_kwh": 1}"#,
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("bid"), "the error says what to write: {body}");
+
+    let (_, metrics) = http(&url, "GET", "/metrics", None, "");
+    assert!(
+        metrics.contains("dharti_api_unauthorized_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dharti_offers_submitted_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("libp2p_"),
+        "libp2p's metrics share the registry"
+    );
+    let (_, openapi) = http(&url, "GET", "/api/v1/openapi.json", None, "");
+    let openapi: serde_json::Value = serde_json::from_str(&openapi).unwrap();
+    assert!(openapi["paths"]["/api/v1/offers"]["post"].is_object());
+
+    // A one-member market finalizes on its own; its history is readable.
+    let final_interval = wait_final(&url, None);
+    let (code, body) = http(
+        &url,
+        "GET",
+        &format!("/api/v1/intervals/{final_interval}"),
+        None,
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = http(&url, "GET", "/api/v1/intervals/1", None, "");
+    assert_eq!(code, 404);
+
+    // kill -9, restart: the acknowledged offer is still there, and the
+    // node goes on finalizing.
+    node.kill_9();
+    let info = node.start();
+    let url = info["api_url"].as_str().unwrap().to_string();
+    let (_, body) = http(&url, "GET", "/api/v1/offers", None, "");
+    let offers: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        offers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["id"] == placed["id"]),
+        "offer {placed} lost after kill -9: {offers}\n{}",
+        node.log()
+    );
+    // A new offer for the same slot replaces it (a higher sequence number),
+    // rather than equivocating with the restored one.
+    let (code, body) = http(
+        &url,
+        "POST",
+        "/api/v1/offers",
+        Some(token),
+        &offer.replace("700", "800"),
+    );
+    assert_eq!(code, 201, "{body}");
+    let replaced: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(replaced["sequence"], 2);
+    wait_final(&url, Some(final_interval));
+}
