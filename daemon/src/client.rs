@@ -19,6 +19,18 @@ pub fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
+    let (status, bytes) = request_bytes(base, method, path, token, body)?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// [`request`] with the body as bytes (a snapshot, say).
+pub fn request_bytes(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let host = base
         .strip_prefix("http://")
         .with_context(|| format!("{base} is not an http:// URL"))?
@@ -45,11 +57,12 @@ pub fn request(
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         bail!("the daemon's answer has no header end");
     };
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let body = &raw[end + 4..];
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -62,20 +75,25 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, String)> {
     let body = if chunked {
         dechunk(body)?
     } else {
-        body.to_string()
+        body.to_vec()
     };
     Ok((status, body))
 }
 
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
+fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
     loop {
-        let (size, rest) = body.split_once("\r\n").context("bad chunk")?;
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let size = std::str::from_utf8(&body[..line_end]).context("bad chunk size")?;
         let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        let rest = &body[line_end + 2..];
         if size == 0 {
             return Ok(out);
         }
-        out.push_str(rest.get(..size).context("short chunk")?);
+        out.extend_from_slice(rest.get(..size).context("short chunk")?);
         body = rest.get(size + 2..).context("short chunk")?;
     }
 }
@@ -87,11 +105,11 @@ mod tests {
     #[test]
     fn plain_and_chunked_bodies() {
         let (s, b) = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((s, b.as_str()), (200, "{}"));
+        assert_eq!((s, b.as_slice()), (200, &b"{}"[..]));
         let (s, b) = parse_response(
             b"HTTP/1.1 401 Unauthorized\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
         )
         .unwrap();
-        assert_eq!((s, b.as_str()), (401, "abcde"));
+        assert_eq!((s, b.as_slice()), (401, &b"abcde"[..]));
     }
 }

@@ -57,6 +57,9 @@ pub enum Request {
         price_micro_per_kwh: u64,
         reply: oneshot::Sender<Result<OfferView, String>>,
     },
+    /// A snapshot of the history, taken between two writes (the market task
+    /// is the store's only writer), so it is consistent.
+    Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -714,6 +717,16 @@ impl Driver {
                         .map(|(_, o)| OfferView::of(o))
                         .collect(),
                 );
+            }
+            Request::Snapshot(reply) => {
+                let mut bytes = Vec::new();
+                let result = self
+                    .store
+                    .flush()
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| self.store.export(&mut bytes).map_err(|e| e.to_string()))
+                    .map(|_| bytes);
+                let _ = reply.send(result);
             }
             Request::Submit {
                 interval,

@@ -6,10 +6,12 @@
 //! - [`driver`]: the market task around `protocol::Node`, with storage;
 //! - [`api`]: the HTTP API and `/metrics`; [`metrics`]: what it counts;
 //! - [`config`], [`identity`], [`meter`]: the node's files and meter;
+//! - [`backup`]: backup and restore of a node;
 //! - [`demo`]: real daemons on this machine; [`simulate`]: the simulator;
 //! - [`client`]: the CLI's HTTP client; [`book`], [`bench`]: offline tools.
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod book;
 pub mod client;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use dharti::{bench, book, client, config, demo, identity, run, simulate};
+use dharti::{backup, bench, book, client, config, demo, identity, run, simulate};
 
 /// Dharti: a peer-to-peer energy market with no central server.
 ///
@@ -130,6 +130,26 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         intervals: u64,
     },
+    /// Copy the node's history (a consistent snapshot), config and keys to DIR.
+    ///
+    /// Works with the daemon running (it takes the snapshot between two
+    /// writes) or stopped. DIR must be new or empty; keys keep mode 0600.
+    Backup {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The new backup directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a node from a backup in a new directory (checked before writing).
+    Restore {
+        /// The backup directory (`dharti backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new node directory; start it with `dharti run --config DIR/config.toml`.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Run a whole market of simulated households in this one process.
     ///
     /// Every household runs the Dharti protocol node over the simulator's
@@ -218,6 +238,18 @@ fn main() -> ExitCode {
             );
         }),
         Command::Run { node } => daemon(&node.config),
+        Command::Backup { node, out } => backup::backup(&node.config, &out).map(|info| {
+            println!(
+                "backed up {} ({} bytes of history{}) to {}",
+                info.participant,
+                info.snapshot_bytes,
+                if info.live { ", from the running daemon" } else { "" },
+                out.display()
+            );
+        }),
+        Command::Restore { from, dir } => backup::restore(&from, &dir).map(|config| {
+            println!("restored; start it with `dharti run --config {}`", config.display());
+        }),
         Command::Offer {
             node,
             action,

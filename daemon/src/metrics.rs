@@ -132,3 +132,34 @@ impl Metrics {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_metrics_md_lists_every_metric() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.verdict("accept");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let doc = include_str!("../../docs/metrics.md");
+        let mut seen = 0;
+        for line in text.lines().filter(|l| l.starts_with("# TYPE dharti_")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            let kind = line.split_whitespace().nth(3).unwrap();
+            let exposed = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            assert!(
+                doc.contains(&format!("`{exposed}")),
+                "docs/metrics.md lacks {exposed}"
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 17);
+    }
+}

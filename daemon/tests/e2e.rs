@@ -301,3 +301,67 @@ fn writes_need_the_token_and_acknowledged_offers_survive_kill_9() {
     assert_eq!(replaced["sequence"], 2);
     wait_final(&url, Some(final_interval));
 }
+
+#[test]
+fn backup_then_restore_into_a_fresh_directory_gives_the_same_history() {
+    let mut node = solo("backup");
+    let info = node.start();
+    let url = info["api_url"].as_str().unwrap().to_string();
+    let token = std::fs::read_to_string(node.dir.join("api.token")).unwrap();
+    let offer = r#"{"side": "ask", "energy_wh": 500, "price_micro_per_kwh": 120000}"#;
+    let (code, body) = http(&url, "POST", "/api/v1/offers", Some(token.trim()), offer);
+    assert_eq!(code, 201, "{body}");
+    let first = wait_final(&url, None);
+    let last = wait_final(&url, Some(first));
+    let history: Vec<(u64, String)> = (first..=last)
+        .map(|n| {
+            (
+                n,
+                http(&url, "GET", &format!("/api/v1/intervals/{n}"), None, "").1,
+            )
+        })
+        .collect();
+
+    let backup_dir = temp_dir("backup-copy");
+    ok(dharti()
+        .args(["backup", "--config"])
+        .arg(node.config())
+        .arg("--out")
+        .arg(&backup_dir)
+        .output()
+        .unwrap());
+    let made: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backup_dir.join("backup.json")).unwrap()).unwrap();
+    assert_eq!(made["live"], true, "taken from the running daemon");
+    node.kill_9();
+
+    // Restoring over an existing node is refused; into a new directory works.
+    let refused = dharti()
+        .args(["restore", "--from"])
+        .arg(&backup_dir)
+        .arg("--dir")
+        .arg(&node.dir)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"));
+    let mut restored = Solo {
+        dir: temp_dir("restored"),
+        child: None,
+    };
+    ok(dharti()
+        .args(["restore", "--from"])
+        .arg(&backup_dir)
+        .arg("--dir")
+        .arg(&restored.dir)
+        .output()
+        .unwrap());
+    let info = restored.start();
+    let url = info["api_url"].as_str().unwrap().to_string();
+    for (n, before) in &history {
+        let (code, after) = http(&url, "GET", &format!("/api/v1/intervals/{n}"), None, "");
+        assert_eq!(code, 200, "interval {n}: {after}");
+        assert_eq!(&after, before, "interval {n} differs after restore");
+    }
+    let _ = std::fs::remove_dir_all(&backup_dir);
+}

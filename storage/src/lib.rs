@@ -58,6 +58,60 @@ const BINCODE: bincode::config::Configuration<
 
 const TREE: &str = "dharti-v1";
 
+/// First bytes of a snapshot ([`Store::export`]).
+pub const SNAPSHOT_MAGIC: &[u8; 16] = b"DHARTI-SNAPSHOT1";
+
+/// One stored key and its value, as a snapshot holds them.
+type Record<'a> = (&'a [u8], &'a [u8]);
+
+/// The records of a snapshot, after checking its magic, framing and digest.
+fn parse_snapshot(bytes: &[u8]) -> Result<Vec<Record<'_>>, ImportError> {
+    let body_len = bytes
+        .len()
+        .checked_sub(32)
+        .ok_or(ImportError::Invalid("too short"))?;
+    let (body, digest) = bytes.split_at(body_len);
+    if dharti_protocol::hash::sha256(body) != digest {
+        return Err(ImportError::Invalid(
+            "its digest does not match (damaged or cut short)",
+        ));
+    }
+    let mut rest = body
+        .strip_prefix(&SNAPSHOT_MAGIC[..])
+        .ok_or(ImportError::Invalid(
+            "it does not start with DHARTI-SNAPSHOT1",
+        ))?;
+    let mut records = Vec::new();
+    while let Some(key) = snapshot_part(&mut rest)? {
+        let value =
+            snapshot_part(&mut rest)?.ok_or(ImportError::Invalid("a key without a value"))?;
+        records.push((key, value));
+    }
+    if !rest.is_empty() {
+        return Err(ImportError::Invalid("bytes after the end marker"));
+    }
+    Ok(records)
+}
+
+/// The next length-prefixed part of a snapshot; `None` at the end marker.
+fn snapshot_part<'a>(rest: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ImportError> {
+    let (len, tail) = rest
+        .split_first_chunk::<4>()
+        .ok_or(ImportError::Invalid("a record is cut short"))?;
+    let len = u32::from_le_bytes(*len);
+    if len == u32::MAX {
+        *rest = tail;
+        return Ok(None);
+    }
+    let len = len as usize;
+    if tail.len() < len {
+        return Err(ImportError::Invalid("a record is cut short"));
+    }
+    let (part, tail) = tail.split_at(len);
+    *rest = tail;
+    Ok(Some(part))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
 enum Kind {
@@ -118,6 +172,28 @@ pub enum ReadError {
     Engine(#[source] EngineError),
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt { what: &'static str, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot read the store")]
+    Engine(#[source] EngineError),
+    #[error("cannot write the snapshot")]
+    Io(#[source] std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("the store to restore into is not empty; restore into a new directory")]
+    NotEmpty,
+    #[error("cannot read the snapshot")]
+    Io(#[source] std::io::Error),
+    #[error("the snapshot is not valid: {0}")]
+    Invalid(&'static str),
+    #[error("cannot write the restored store")]
+    Engine(#[source] EngineError),
 }
 
 fn engine_read(error: sled::Error) -> ReadError {
@@ -316,6 +392,64 @@ impl Store {
         self.db
             .flush()
             .map_err(|e| FlushError::Engine(EngineError(e)))
+    }
+
+    /// Writes every record to `out` as a snapshot (format: [`SNAPSHOT_MAGIC`],
+    /// then per record a u32 key length, the key, a u32 value length, the
+    /// value (lengths little-endian), then `u32::MAX` and the SHA-256 of all
+    /// bytes before it). It is consistent when nothing writes meanwhile: the
+    /// daemon exports from its market task, the store's only writer.
+    /// Returns the number of records.
+    pub fn export(&self, out: &mut impl std::io::Write) -> Result<u64, ExportError> {
+        let mut hasher = dharti_protocol::hash::Hasher::new(b"");
+        let mut write = |bytes: &[u8]| -> Result<(), ExportError> {
+            hasher.write(bytes);
+            out.write_all(bytes).map_err(ExportError::Io)
+        };
+        write(SNAPSHOT_MAGIC)?;
+        let mut records = 0u64;
+        for entry in self.tree.iter() {
+            let (key, value) = entry.map_err(|e| ExportError::Engine(EngineError(e)))?;
+            for part in [&key[..], &value[..]] {
+                let len = u32::try_from(part.len()).expect("sled keys and values are small");
+                write(&len.to_le_bytes())?;
+                write(part)?;
+            }
+            records += 1;
+        }
+        write(&u32::MAX.to_le_bytes())?;
+        let digest = hasher.finish();
+        out.write_all(&digest).map_err(ExportError::Io)?;
+        out.flush().map_err(ExportError::Io)?;
+        Ok(records)
+    }
+
+    /// Opens a new store at `path` and fills it from a snapshot made by
+    /// [`Store::export`], checked in full (format and digest) before
+    /// anything is written; flushed before it returns.
+    pub fn import(
+        path: impl AsRef<Path>,
+        input: &mut impl std::io::Read,
+    ) -> Result<Store, ImportError> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes).map_err(ImportError::Io)?;
+        let records = parse_snapshot(&bytes)?;
+        let store = Store::open(path)?;
+        if !store.tree.is_empty() {
+            return Err(ImportError::NotEmpty);
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in records {
+            batch.insert(key, value);
+        }
+        store
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| ImportError::Engine(EngineError(e)))?;
+        store
+            .flush()
+            .map_err(|FlushError::Engine(e)| ImportError::Engine(e))?;
+        Ok(store)
     }
 
     /// Flushes and closes the store.

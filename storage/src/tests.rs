@@ -150,6 +150,60 @@ fn every_record_kind_round_trips_and_survives_reopen() {
 }
 
 #[test]
+fn a_snapshot_restores_the_same_history_and_damage_is_refused() {
+    let dir = TempDir::new("snapshot-from");
+    let into = TempDir::new("snapshot-into");
+    let again = TempDir::new("snapshot-again");
+    let m = market(3);
+    let store = Store::open(&dir.0).unwrap();
+    let mut batch = WriteBatch::new();
+    for offer in offers() {
+        batch.put_offer(m, offer.clone());
+    }
+    batch.put_result(m, IntervalIndex(0), result(2));
+    batch.put_settlement(m, settlement(0, 17));
+    batch.put_meta(b"k", b"v");
+    store.apply(batch).unwrap();
+    let mut snapshot = Vec::new();
+    assert_eq!(
+        store.export(&mut snapshot).unwrap(),
+        offers().len() as u64 + 3
+    );
+    let restored = Store::import(&into.0, &mut snapshot.as_slice()).unwrap();
+    let mut second = Vec::new();
+    restored.export(&mut second).unwrap();
+    assert_eq!(
+        snapshot, second,
+        "the restored store exports the same bytes"
+    );
+    assert_eq!(
+        restored.offers(&m, IntervalIndex(0)).unwrap(),
+        store.offers(&m, IntervalIndex(0)).unwrap()
+    );
+    assert_eq!(
+        restored.result(&m, IntervalIndex(0)).unwrap(),
+        Some(result(2))
+    );
+    // Restoring over a store with data is refused.
+    assert!(matches!(
+        Store::import(&into.0, &mut snapshot.as_slice()),
+        Err(ImportError::NotEmpty | ImportError::Open(_))
+    ));
+    // A flipped byte or a cut-off end is refused before anything is written.
+    let mut flipped = snapshot.clone();
+    flipped[40] ^= 1;
+    assert!(matches!(
+        Store::import(&again.0, &mut flipped.as_slice()),
+        Err(ImportError::Invalid(_))
+    ));
+    let cut = &snapshot[..snapshot.len() - 10];
+    assert!(matches!(
+        Store::import(&again.0, &mut &cut[..]),
+        Err(ImportError::Invalid(_))
+    ));
+}
+
+#[test]
 fn markets_and_intervals_do_not_see_each_other() {
     let dir = TempDir::new("isolation");
     let store = Store::open(&dir.0).unwrap();
