@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::driver::{MarketView, OfferView, Request, Status};
+use crate::driver::{Arrival, MarketView, OfferView, Request, Status};
 use crate::metrics::Metrics;
 use crate::network::{Command, PeerInfo};
 
@@ -362,6 +362,14 @@ async fn peers(State(state): State<ApiState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/arrivals", responses((status = 200, body = Vec<Arrival>)))]
+async fn arrivals(State(state): State<ApiState>) -> Response {
+    match ask(&state, Request::Arrivals).await {
+        Ok(a) => Json(a).into_response(),
+        Err(r) => r,
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/backup",
     responses((status = 200, description = "a snapshot of the history (Store::export format)", content_type = "application/octet-stream"),
         (status = 401, body = ApiError)),
@@ -395,8 +403,8 @@ impl utoipa::Modify for BearerAuth {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Dharti node API", description = "One Dharti node's view of its market. Writes need the bearer token from the node's api.token file."),
-    paths(status, market, offers, post_offer, delete_offer, interval, trades, settlements, peers, backup),
-    components(schemas(Status, MarketView, OfferView, NewOffer, ApiError, IntervalView, TradeView, PeerInfo)),
+    paths(status, market, offers, post_offer, delete_offer, interval, trades, settlements, peers, arrivals, backup),
+    components(schemas(Status, MarketView, OfferView, NewOffer, ApiError, IntervalView, TradeView, PeerInfo, Arrival)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -432,6 +440,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/trades", get(trades))
         .route("/api/v1/settlements", get(settlements))
         .route("/api/v1/peers", get(peers))
+        .route("/api/v1/arrivals", get(arrivals))
         .route("/api/v1/backup", get(backup))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))

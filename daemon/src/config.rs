@@ -68,6 +68,9 @@ pub struct MarketSection {
     pub retail_micro_per_kwh: u64,
     pub grid_fee_micro_per_kwh: u64,
     pub quorum: f64,
+    /// Offers (first, replacements, cancels) one participant may send for
+    /// one interval; more void it.
+    pub max_offers_per_participant: u32,
     /// Members' participant ids (hex ed25519 public keys).
     pub members: Vec<String>,
 }
@@ -85,6 +88,7 @@ impl Default for MarketSection {
             retail_micro_per_kwh: 300_000,
             grid_fee_micro_per_kwh: 20_000,
             quorum: f64::from(DEFAULT_QUORUM_PPM) / 1e6,
+            max_offers_per_participant: DEFAULT_MAX_OFFERS_PER_PARTICIPANT,
             members: Vec::new(),
         }
     }
@@ -331,6 +335,10 @@ impl Config {
         let clock = IntervalClock::new(interval_ms / 1_000, gate_ms / 1_000)
             .map_err(|e| anyhow::anyhow!("market.interval / market.gate_lead: {e}"))?;
         ensure!(
+            (1..=256).contains(&m.max_offers_per_participant),
+            "market.max_offers_per_participant must be between 1 and 256"
+        );
+        ensure!(
             m.feed_in_micro_per_kwh <= m.retail_micro_per_kwh,
             "market.feed_in_micro_per_kwh must not exceed market.retail_micro_per_kwh"
         );
@@ -350,7 +358,7 @@ impl Config {
             // Agents here plan a few intervals ahead at most.
             max_intervals_ahead: 4,
             max_offer_energy_wh: DEFAULT_MAX_OFFER_ENERGY_WH,
-            max_offers_per_participant: DEFAULT_MAX_OFFERS_PER_PARTICIPANT,
+            max_offers_per_participant: m.max_offers_per_participant,
             tariffs: TariffSchedule::flat(Tariff::new(
                 m.feed_in_micro_per_kwh,
                 m.retail_micro_per_kwh,
@@ -427,6 +435,8 @@ retail_micro_per_kwh = 300000
 grid_fee_micro_per_kwh = 20000
 # A result is final when more than this share of the active members attests it.
 quorum = 0.666667
+# Offers (first, replacements, cancels) one member may send per interval; more void it.
+max_offers_per_participant = 16
 # Participant ids of the members (this node's is first); add your neighbours'.
 members = [
 {members}]

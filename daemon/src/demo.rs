@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub intervals: u64,
     pub out: PathBuf,
     pub data: Option<PathBuf>,
+    /// The market's `max_offers_per_participant` (at least 16).
+    pub max_offers: u32,
 }
 
 /// `summary.json`.
@@ -52,10 +54,10 @@ pub struct DemoSummary {
     pub interval_s: u64,
 }
 
-struct Daemon {
-    child: Child,
-    config: PathBuf,
-    info: Option<RunInfo>,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) config: PathBuf,
+    pub(crate) info: Option<RunInfo>,
 }
 
 fn timing(interval_s: u64) -> (u64, u64) {
@@ -65,7 +67,14 @@ fn timing(interval_s: u64) -> (u64, u64) {
     ((interval_s / 5).max(2), (interval_s / 7).max(2))
 }
 
-fn make_nodes(o: &DemoOptions, start_s: u64) -> anyhow::Result<Vec<PathBuf>> {
+/// Makes `o.nodes` nodes of one market under `o.out/nodes`; with `trade`,
+/// each gets a simulated meter and the agent (the demo), else neither (the
+/// mesh benchmark places offers itself).
+pub(crate) fn make_nodes(
+    o: &DemoOptions,
+    start_s: u64,
+    trade: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
     let root = o.out.join("nodes");
     if root.exists() {
         std::fs::remove_dir_all(&root)
@@ -121,7 +130,11 @@ fn make_nodes(o: &DemoOptions, start_s: u64) -> anyhow::Result<Vec<PathBuf>> {
                 "reconcile_window = \"20s\"",
                 &format!("reconcile_window = \"{window_s}s\""),
             )
-            .replace("mdns = true", "mdns = false");
+            .replace("mdns = true", "mdns = false")
+            .replace(
+                "max_offers_per_participant = 16",
+                &format!("max_offers_per_participant = {}", o.max_offers.max(16)),
+            );
         // Households differ: three in five have PV, sizes and limits vary.
         let pv_kwp = if i % 5 < 3 {
             4.0 + (i % 4) as f64 * 1.5
@@ -133,9 +146,18 @@ fn make_nodes(o: &DemoOptions, start_s: u64) -> anyhow::Result<Vec<PathBuf>> {
             data.display(),
             2_500 + (i % 5) * 700,
         );
-        text = text.replace("kind = \"none\"\n", &meter);
+        if trade {
+            text = text.replace("kind = \"none\"\n", &meter);
+        }
         text = text
-            .replace("enabled = false", "enabled = true")
+            .replace(
+                "enabled = false",
+                if trade {
+                    "enabled = true"
+                } else {
+                    "enabled = false"
+                },
+            )
             .replace(
                 "min_sell_price_micro_per_kwh = 100000",
                 &format!(
@@ -214,7 +236,7 @@ fn wait_info(d: &mut Daemon, until: Instant) -> anyhow::Result<RunInfo> {
     }
 }
 
-fn stop(daemons: &mut [Daemon]) {
+pub(crate) fn stop(daemons: &mut [Daemon]) {
     for d in daemons.iter() {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &d.child.id().to_string()])
@@ -232,7 +254,7 @@ fn stop(daemons: &mut [Daemon]) {
     }
 }
 
-fn get(url: &str, path: &str) -> Option<serde_json::Value> {
+pub(crate) fn get(url: &str, path: &str) -> Option<serde_json::Value> {
     let (status, body) = client::request(url, "GET", path, None, None).ok()?;
     (status == 200)
         .then(|| serde_json::from_str(&body).ok())
@@ -268,7 +290,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
     let interval_s = o.interval_s;
     // Meters replay from the first interval that starts after the nodes are up.
     let anchor_s = (start_s / interval_s + 1) * interval_s;
-    let configs = make_nodes(o, anchor_s)?;
+    let configs = make_nodes(o, anchor_s, true)?;
     println!(
         "dharti demo: {} daemons on 127.0.0.1, {}-second intervals; logs and data in {}",
         o.nodes,
@@ -294,15 +316,16 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn watch(
-    o: &DemoOptions,
+/// Starts a daemon per config, each dialling up to `dial` of those started
+/// before it, and waits until each listens.
+pub(crate) fn start_all(
     configs: &[PathBuf],
     daemons: &mut Vec<Daemon>,
-    stopping: &AtomicBool,
-) -> anyhow::Result<DemoSummary> {
+    dial: usize,
+) -> anyhow::Result<()> {
     let mut addresses: Vec<String> = Vec::new();
     for config in configs {
-        let first = addresses.len().saturating_sub(8);
+        let first = addresses.len().saturating_sub(dial);
         set_bootstrap(config, &addresses[first..])?;
         let child = spawn(config)?;
         daemons.push(Daemon {
@@ -317,6 +340,16 @@ fn watch(
         }
         d.info = Some(info);
     }
+    Ok(())
+}
+
+fn watch(
+    o: &DemoOptions,
+    configs: &[PathBuf],
+    daemons: &mut Vec<Daemon>,
+    stopping: &AtomicBool,
+) -> anyhow::Result<DemoSummary> {
+    start_all(configs, daemons, 8)?;
     let urls: Vec<String> = daemons
         .iter()
         .map(|d| {

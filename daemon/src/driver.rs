@@ -57,6 +57,9 @@ pub enum Request {
         price_micro_per_kwh: u64,
         reply: oneshot::Sender<Result<OfferView, String>>,
     },
+    /// When this node first accepted recent gossiped offers (for measuring
+    /// propagation): offer id and unix milliseconds.
+    Arrivals(oneshot::Sender<Vec<Arrival>>),
     /// A snapshot of the history, taken between two writes (the market task
     /// is the store's only writer), so it is consistent.
     Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
@@ -90,6 +93,15 @@ pub struct MarketView {
     pub feed_in_micro_per_kwh: u64,
     pub retail_micro_per_kwh: u64,
 }
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Arrival {
+    pub offer_id: String,
+    pub at_ms: u64,
+}
+
+/// Arrivals remembered (a ring): enough for a benchmark's few intervals.
+const MAX_ARRIVALS: usize = 16_384;
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct OfferView {
@@ -154,6 +166,7 @@ pub struct Driver {
     own_offers: BTreeMap<(IntervalIndex, Side), Arc<SignedOffer>>,
     recent: VecDeque<IntervalSummary>,
     last_final: Option<(IntervalIndex, [u8; 32])>,
+    arrivals: VecDeque<Arrival>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -208,6 +221,7 @@ impl Driver {
             own_offers: BTreeMap::new(),
             recent: VecDeque::new(),
             last_final: None,
+            arrivals: VecDeque::new(),
         }
     }
 
@@ -393,9 +407,25 @@ impl Driver {
                 let from = self.members_by_peer.get(&peer).copied().unwrap_or_default();
                 let out = self.node.handle(Input::Tick { now_ms: now_ms() });
                 self.carry_out(out.actions).await;
+                let offer_id = match &message {
+                    Message::Offer(o) if o.offer.participant != self.identity.participant => {
+                        Some(o.id)
+                    }
+                    _ => None,
+                };
                 let out = self.node.handle(Input::Message { from, message });
                 self.carry_out(out.actions).await;
-                out.verdict.unwrap_or(Verdict::Ignore)
+                let verdict = out.verdict.unwrap_or(Verdict::Ignore);
+                if let (Some(id), Verdict::Accept) = (offer_id, &verdict) {
+                    if self.arrivals.len() >= MAX_ARRIVALS {
+                        self.arrivals.pop_front();
+                    }
+                    self.arrivals.push_back(Arrival {
+                        offer_id: id.to_string(),
+                        at_ms: now_ms(),
+                    });
+                }
+                verdict
             }
         };
         match &verdict {
@@ -717,6 +747,9 @@ impl Driver {
                         .map(|(_, o)| OfferView::of(o))
                         .collect(),
                 );
+            }
+            Request::Arrivals(reply) => {
+                let _ = reply.send(self.arrivals.iter().cloned().collect());
             }
             Request::Snapshot(reply) => {
                 let mut bytes = Vec::new();

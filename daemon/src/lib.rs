@@ -7,7 +7,7 @@
 //! - [`api`]: the HTTP API and `/metrics`; [`metrics`]: what it counts;
 //! - [`config`], [`identity`], [`meter`]: the node's files and meter;
 //! - [`backup`]: backup and restore of a node;
-//! - [`demo`]: real daemons on this machine; [`simulate`]: the simulator;
+//! - [`demo`]: real daemons on this machine; [`mesh`]: their benchmark; [`simulate`]: the simulator;
 //! - [`client`]: the CLI's HTTP client; [`book`], [`bench`]: offline tools.
 
 pub mod api;
@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod identity;
+pub mod mesh;
 pub mod meter;
 pub mod metrics;
 pub mod network;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use dharti::{backup, bench, book, client, config, demo, identity, run, simulate};
+use dharti::{backup, bench, book, client, config, demo, identity, mesh, run, simulate};
 
 /// Dharti: a peer-to-peer energy market with no central server.
 ///
@@ -150,6 +150,9 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Benchmarks of the daemon.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run a whole market of simulated households in this one process.
     ///
     /// Every household runs the Dharti protocol node over the simulator's
@@ -165,6 +168,30 @@ enum Command {
         /// Seed instead of the scenario's own (same seed, same run).
         #[arg(long)]
         seed: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// N real daemons on loopback under offer load: propagation (p99 to all
+    /// nodes, against one gossip hop measured in the same run), agreement,
+    /// memory, idle CPU and disk writes per interval. One JSON line.
+    Mesh {
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
+        #[arg(long, default_value_t = 20)]
+        interval_s: u64,
+        /// Intervals under load.
+        #[arg(long, default_value_t = 5)]
+        intervals: u64,
+        /// Offers each node places per interval (50 nodes × 20 = 1,000).
+        #[arg(long, default_value_t = 20)]
+        offers_per_node: u64,
+        /// Seconds of idling measured after the load.
+        #[arg(long, default_value_t = 30)]
+        idle_s: u64,
+        #[arg(long, default_value = "out/bench-mesh")]
+        out: PathBuf,
     },
 }
 
@@ -215,7 +242,24 @@ fn main() -> ExitCode {
             intervals,
             out,
             data,
+            max_offers: 16,
         }),
+        Command::Bench(BenchCommand::Mesh {
+            nodes,
+            interval_s,
+            intervals,
+            offers_per_node,
+            idle_s,
+            out,
+        }) => mesh::run(&mesh::MeshOptions {
+            nodes,
+            interval_s,
+            intervals,
+            offers_per_node,
+            idle_s,
+            out,
+        })
+        .and_then(|report| print_json_line(&report)),
         Command::Init {
             dir,
             market,
