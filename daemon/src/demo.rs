@@ -35,6 +35,8 @@ pub struct DemoOptions {
     pub data: Option<PathBuf>,
     /// The market's `max_offers_per_participant` (at least 16).
     pub max_offers: u32,
+    /// Each node's `network.max_connections`.
+    pub max_connections: u32,
 }
 
 /// `summary.json`.
@@ -131,6 +133,10 @@ pub(crate) fn make_nodes(
                 &format!("reconcile_window = \"{window_s}s\""),
             )
             .replace("mdns = true", "mdns = false")
+            .replace(
+                "max_connections = 64",
+                &format!("max_connections = {}", o.max_connections),
+            )
             .replace(
                 "max_offers_per_participant = 16",
                 &format!("max_offers_per_participant = {}", o.max_offers.max(16)),

@@ -243,6 +243,7 @@ fn main() -> ExitCode {
             out,
             data,
             max_offers: 16,
+            max_connections: 64,
         }),
         Command::Bench(BenchCommand::Mesh {
             nodes,

@@ -3,7 +3,7 @@
 //!
 //! Nodes are made as for the demo (no meters or agents: the benchmark places
 //! the offers) and each dials up to five of those started before it, so a
-//! node has about ten peers. Then, for `--intervals` intervals, every node
+//! node has about ten peers (at most 12 connections). Then, for `--intervals` intervals, every node
 //! gets `--offers-per-node` offers per interval through its API, spread over
 //! the first half of the interval, for the interval after next, bids and
 //! asks, each replacing the node's previous one on that side (the market's
@@ -118,6 +118,8 @@ pub fn run(o: &MeshOptions) -> anyhow::Result<MeshReport> {
         out: o.out.clone(),
         data: None,
         max_offers: u32::try_from(o.offers_per_node).unwrap_or(u32::MAX),
+        // About ten peers each, as the target says.
+        max_connections: 12,
     };
     let configs = demo::make_nodes(&demo_options, now_ms() / 1_000, false)?;
     let mut daemons: Vec<Daemon> = Vec::new();
@@ -176,7 +178,11 @@ fn measure(o: &MeshOptions, daemons: &[Daemon]) -> anyhow::Result<MeshReport> {
             }
             let node = (j % o.nodes as u64) as usize;
             let round = j / o.nodes as u64;
-            let side = if round.is_multiple_of(2) { "bid" } else { "ask" };
+            let side = if round.is_multiple_of(2) {
+                "bid"
+            } else {
+                "ask"
+            };
             let body = format!(
                 r#"{{"interval": {interval}, "side": "{side}", "energy_wh": {}, "price_micro_per_kwh": {}}}"#,
                 100 + (j * 37) % 900,

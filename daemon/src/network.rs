@@ -198,7 +198,15 @@ fn gossipsub_behaviour(topic: &IdentTopic) -> anyhow::Result<gossipsub::Behaviou
     let mut gossipsub =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
             .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-    let mut params = gossipsub::PeerScoreParams::default();
+    let mut params = gossipsub::PeerScoreParams {
+        // Off: gossipsub's penalty for many peers behind one IP address
+        // guards open networks against Sybils, but a Dharti market admits
+        // members only (the node rejects everyone else's messages), and
+        // members may well share an address (a co-op server, one NAT, or
+        // a demo on loopback, where it silenced every peer past the tenth).
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
     params.topics.insert(
         topic.hash(),
         gossipsub::TopicScoreParams {
