@@ -56,10 +56,11 @@ pub struct DemoSummary {
     pub interval_s: u64,
 }
 
-pub(crate) struct Daemon {
-    pub(crate) child: Child,
-    pub(crate) config: PathBuf,
-    pub(crate) info: Option<RunInfo>,
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub config: PathBuf,
+    pub info: Option<RunInfo>,
 }
 
 fn timing(interval_s: u64) -> (u64, u64) {
@@ -72,10 +73,12 @@ fn timing(interval_s: u64) -> (u64, u64) {
 /// Makes `o.nodes` nodes of one market under `o.out/nodes`; with `trade`,
 /// each gets a simulated meter and the agent (the demo), else neither (the
 /// mesh benchmark places offers itself).
-pub(crate) fn make_nodes(
+/// `extra_members` join every node's member list (a test's own peer).
+pub fn make_nodes(
     o: &DemoOptions,
     start_s: u64,
     trade: bool,
+    extra_members: &[String],
 ) -> anyhow::Result<Vec<PathBuf>> {
     let root = o.out.join("nodes");
     if root.exists() {
@@ -96,19 +99,25 @@ pub(crate) fn make_nodes(
     }
     let members: Vec<String> = made
         .iter()
-        .map(|m| format!("\"{}\"", m.participant))
+        .map(|m| &m.participant)
+        .chain(extra_members)
+        .map(|p| format!("\"{p}\""))
         .collect();
     let (gate_s, window_s) = timing(o.interval_s);
     let data = o
         .data
         .clone()
         .unwrap_or_else(dharti_simulations::data::default_dir);
-    let data = std::fs::canonicalize(&data).with_context(|| {
-        format!(
-            "the load and weather data are not in {} (set --data or DHARTI_DATA)",
-            data.display()
-        )
-    })?;
+    let data = if !trade {
+        data
+    } else {
+        std::fs::canonicalize(&data).with_context(|| {
+            format!(
+                "the load and weather data are not in {} (set --data or DHARTI_DATA)",
+                data.display()
+            )
+        })?
+    };
     let anchor = rfc3339(start_s);
     for (i, m) in made.iter().enumerate() {
         let text = std::fs::read_to_string(&m.config)?;
@@ -212,10 +221,10 @@ fn set_bootstrap(config: &Path, peers: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(config: &Path) -> anyhow::Result<Child> {
+fn spawn(binary: &Path, config: &Path) -> anyhow::Result<Child> {
     let dir = config.parent().context("config has a directory")?;
     let log = std::fs::File::create(dir.join("daemon.log"))?;
-    std::process::Command::new(std::env::current_exe()?)
+    std::process::Command::new(binary)
         .args(["run", "--config"])
         .arg(config)
         .env("DHARTI_LOG", "info")
@@ -242,7 +251,7 @@ fn wait_info(d: &mut Daemon, until: Instant) -> anyhow::Result<RunInfo> {
     }
 }
 
-pub(crate) fn stop(daemons: &mut [Daemon]) {
+pub fn stop(daemons: &mut [Daemon]) {
     for d in daemons.iter() {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &d.child.id().to_string()])
@@ -296,7 +305,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
     let interval_s = o.interval_s;
     // Meters replay from the first interval that starts after the nodes are up.
     let anchor_s = (start_s / interval_s + 1) * interval_s;
-    let configs = make_nodes(o, anchor_s, true)?;
+    let configs = make_nodes(o, anchor_s, true, &[])?;
     println!(
         "dharti demo: {} daemons on 127.0.0.1, {}-second intervals; logs and data in {}",
         o.nodes,
@@ -324,7 +333,17 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
 
 /// Starts a daemon per config, each dialling up to `dial` of those started
 /// before it, and waits until each listens.
-pub(crate) fn start_all(
+pub fn start_all(
+    configs: &[PathBuf],
+    daemons: &mut Vec<Daemon>,
+    dial: usize,
+) -> anyhow::Result<()> {
+    start_all_with(&std::env::current_exe()?, configs, daemons, dial)
+}
+
+/// [`start_all`] with another `dharti` binary (tests run from their own).
+pub fn start_all_with(
+    binary: &Path,
     configs: &[PathBuf],
     daemons: &mut Vec<Daemon>,
     dial: usize,
@@ -333,7 +352,7 @@ pub(crate) fn start_all(
     for config in configs {
         let first = addresses.len().saturating_sub(dial);
         set_bootstrap(config, &addresses[first..])?;
-        let child = spawn(config)?;
+        let child = spawn(binary, config)?;
         daemons.push(Daemon {
             child,
             config: config.clone(),

@@ -121,7 +121,7 @@ pub fn run(o: &MeshOptions) -> anyhow::Result<MeshReport> {
         // About ten peers each, as the target says.
         max_connections: 12,
     };
-    let configs = demo::make_nodes(&demo_options, now_ms() / 1_000, false)?;
+    let configs = demo::make_nodes(&demo_options, now_ms() / 1_000, false, &[])?;
     let mut daemons: Vec<Daemon> = Vec::new();
     let result = demo::start_all(&configs, &mut daemons, 5).and_then(|()| measure(o, &daemons));
     demo::stop(&mut daemons);

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub direct_sent: Counter,
     pub direct_received: Counter,
     pub direct_failures: Counter,
+    pub direct_refused: Counter,
     /// Messages the node judged, by verdict.
     pub messages: Family<VerdictLabels, Counter>,
     /// Bytes that did not decode as a Dharti message.
@@ -70,6 +71,11 @@ impl Metrics {
             "direct_failures",
             "Direct messages that could not be delivered",
             m.direct_failures.clone(),
+        );
+        r.register(
+            "direct_refused",
+            "Direct messages from peers that were refused (oversized, cut short)",
+            m.direct_refused.clone(),
         );
         r.register(
             "messages",
@@ -160,6 +166,6 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 17);
+        assert_eq!(seen, 18);
     }
 }

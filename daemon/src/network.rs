@@ -96,9 +96,13 @@ pub struct PeerInfo {
     pub subscribed: bool,
 }
 
-/// One direct message per request; the response is empty.
+/// One direct message per request; the response is empty. A request too
+/// large or cut short never reaches the node, and libp2p reports nothing
+/// for it, so the codec counts it (`dharti_direct_refused_total`).
 #[derive(Clone, Debug, Default)]
-pub struct DirectCodec;
+pub struct DirectCodec {
+    refused: prometheus_client::metrics::counter::Counter,
+}
 
 async fn read_bounded<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
@@ -123,7 +127,11 @@ impl request_response::Codec for DirectCodec {
     where
         T: futures::AsyncRead + Unpin + Send,
     {
-        read_bounded(io).await
+        let request = read_bounded(io).await;
+        if request.is_err() {
+            self.refused.inc();
+        }
+        request
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
@@ -211,10 +219,23 @@ fn gossipsub_behaviour(topic: &IdentTopic) -> anyhow::Result<gossipsub::Behaviou
         topic.hash(),
         gossipsub::TopicScoreParams {
             topic_weight: 1.0,
-            // Each message a peer sent that we rejected costs it
-            // -100 × count², decaying by half every few seconds.
+            // P1, time in the mesh: a little credit, at most +36 after an hour.
+            time_in_mesh_weight: 0.01,
+            time_in_mesh_quantum: Duration::from_secs(1),
+            time_in_mesh_cap: 3_600.0,
+            // P2, first deliveries: at most +50.
+            first_message_deliveries_weight: 1.0,
+            first_message_deliveries_decay: 0.9,
+            first_message_deliveries_cap: 50.0,
+            // P3 and P3b off: a market is quiet between intervals and bursty
+            // at them, so a delivery quota would punish honest peers.
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            // P4, invalid messages: each message a peer sent that we rejected
+            // costs it -100 × count² (three put it below -80: graylisted),
+            // decaying by 1 % a second, a minute to halve.
             invalid_message_deliveries_weight: -100.0,
-            invalid_message_deliveries_decay: 0.5,
+            invalid_message_deliveries_decay: 0.99,
             ..gossipsub::TopicScoreParams::default()
         },
     );
@@ -255,6 +276,7 @@ pub fn start(
     let topic = IdentTopic::new(config.market_topic.clone());
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
     let mdns_on = config.mdns;
+    let refused = metrics.direct_refused.clone();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer))
@@ -286,7 +308,9 @@ pub fn start(
                     limits: connection_limits::Behaviour::new(limits),
                     gossipsub: gossipsub_behaviour(&topic).map_err(|e| e.to_string())?,
                     direct: request_response::Behaviour::with_codec(
-                        DirectCodec,
+                        DirectCodec {
+                            refused: refused.clone(),
+                        },
                         [(
                             StreamProtocol::new("/dharti/direct/1"),
                             ProtocolSupport::Full,
@@ -460,6 +484,10 @@ impl Network {
                             data: request,
                         })
                         .await;
+                }
+                request_response::Event::InboundFailure { peer, error, .. } => {
+                    // Timed out or dropped before the response: nothing to do.
+                    tracing::debug!(%peer, "network.direct inbound: {error}");
                 }
                 request_response::Event::OutboundFailure { peer, error, .. } => {
                     tracing::debug!(%peer, "network.direct: {error}");

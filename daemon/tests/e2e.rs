@@ -365,3 +365,251 @@ fn backup_then_restore_into_a_fresh_directory_gives_the_same_history() {
     }
     let _ = std::fs::remove_dir_all(&backup_dir);
 }
+
+/// The value of a metric line (`name value` or `name{labels} value`).
+fn metric(text: &str, name: &str) -> f64 {
+    metric_text(text, name).parse().unwrap_or(0.0)
+}
+
+/// A counter's value.
+fn count(text: &str, name: &str) -> u64 {
+    metric_text(text, name).parse().unwrap_or(0)
+}
+
+fn metric_text<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("")
+}
+
+#[test]
+fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
+    use dharti::identity::Identity;
+    use dharti::network::{self, Command as NetCommand, Event, NetworkConfig};
+    use dharti_protocol::node::Message;
+    use dharti_protocol::offer::Offer;
+    use dharti_protocol::types::{IntervalIndex, MarketId, ParticipantId, Side};
+
+    let out = temp_dir("hostile");
+    let hostile = Identity::generate().unwrap();
+    let options = dharti::demo::DemoOptions {
+        nodes: 3,
+        interval_s: 10,
+        intervals: 0,
+        out: out.clone(),
+        data: None,
+        max_offers: 16,
+        max_connections: 64,
+    };
+    // The hostile peer is even a member: its messages fail on their own
+    // merits (bytes, signatures), not only on membership.
+    let configs =
+        dharti::demo::make_nodes(&options, 0, false, &[hostile.participant.to_string()]).unwrap();
+    let mut daemons = Vec::new();
+    dharti::demo::start_all_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_dharti")),
+        &configs,
+        &mut daemons,
+        8,
+    )
+    .unwrap();
+    let urls: Vec<String> = daemons
+        .iter()
+        .map(|d| d.info.as_ref().unwrap().api_url.clone())
+        .collect();
+    let victim = daemons[0].info.as_ref().unwrap();
+    let target: libp2p::Multiaddr = format!(
+        "{}/p2p/{}",
+        victim.listen.iter().find(|a| a.contains("/tcp/")).unwrap(),
+        victim.peer_id
+    )
+    .parse()
+    .unwrap();
+    let victim_peer: libp2p::PeerId = victim.peer_id.parse().unwrap();
+    let market = MarketId::from_name("dharti-demo");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let before_final: Vec<u64> = urls
+        .iter()
+        .map(|u| {
+            let (_, m) = http(u, "GET", "/metrics", None, "");
+            count(&m, "dharti_intervals_finalized_total")
+        })
+        .collect();
+    runtime.block_on(async {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let hostile_metrics = dharti::metrics::Metrics::default();
+        let (net, commands, mut events) = network::start(
+            hostile.keypair.clone(),
+            &NetworkConfig {
+                market_topic: network::topic_name(&market),
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: vec![target],
+                mdns: false,
+                max_connections: 8,
+                max_connections_per_peer: 1,
+            },
+            &mut registry,
+            hostile_metrics.clone(),
+        )
+        .unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(net.run(stop.clone()));
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+                Ok(Some(Event::PeerUp(p))) if p == victim_peer => break,
+                Ok(Some(_)) => {}
+                other => panic!("the hostile peer did not connect: {other:?}"),
+            }
+        }
+        // Publish once we know the victim is on the topic (gossipsub sends
+        // to subscribed peers only).
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            commands.send(NetCommand::Peers(tx)).await.unwrap();
+            let peers = rx.await.unwrap();
+            if peers
+                .iter()
+                .any(|p| p.peer_id == victim_peer.to_string() && p.subscribed)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the victim never subscribed: {peers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let now_s = dharti::driver::now_ms() / 1_000;
+        let interval = IntervalIndex(now_s / 10 + 3);
+        let offer = |participant: ParticipantId| Offer {
+            chain_id: 73_799,
+            market,
+            interval,
+            side: Side::Ask,
+            energy_wh: 100,
+            price_micro_per_kwh: 100_000,
+            participant,
+            sequence: 1,
+        };
+        // Garbage, a signature that does not verify, an offer in a
+        // member's name signed with our key, and a direct message larger
+        // than any message may be.
+        let mut forged = offer(hostile.participant).sign(&hostile.signing);
+        forged.signature[0] ^= 1;
+        let victim_id = ParticipantId(
+            hex::decode(&daemons[0].info.as_ref().unwrap().participant)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        let mut impostor = offer(hostile.participant).sign(&hostile.signing);
+        impostor.offer = offer(victim_id);
+        let forged = Message::Offer(std::sync::Arc::new(forged)).encode();
+        let impostor = Message::Offer(std::sync::Arc::new(impostor)).encode();
+        // Gossip: the first rejection already graylists us (score below
+        // -80), so the victim may ignore what follows; direct messages are
+        // judged one by one whatever our score.
+        for bytes in [
+            b"\x07 not a dharti message at all".to_vec(),
+            forged.clone(),
+            impostor.clone(),
+        ] {
+            commands.send(NetCommand::Publish(bytes)).await.unwrap();
+        }
+        for bytes in [forged, impostor] {
+            commands
+                .send(NetCommand::Send {
+                    peer: victim_peer,
+                    bytes,
+                })
+                .await
+                .unwrap();
+        }
+        commands
+            .send(NetCommand::Send {
+                peer: victim_peer,
+                bytes: vec![0xAB; 100_000],
+            })
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(15);
+        let metrics = loop {
+            let (_, metrics) = http(&urls[0], "GET", "/metrics", None, "");
+            let done = metric(&metrics, "dharti_messages_total{verdict=\"reject\"}") >= 3.0
+                && metric(&metrics, "dharti_direct_refused_total") >= 1.0;
+            if done || Instant::now() > until {
+                break metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            metric(&metrics, "dharti_messages_total{verdict=\"reject\"}") >= 3.0,
+            "{metrics}"
+        );
+        assert!(
+            metric(&metrics, "dharti_malformed_messages_total") >= 1.0,
+            "{metrics}"
+        );
+        assert!(
+            metric(&metrics, "dharti_direct_refused_total") >= 1.0,
+            "hostile's failed sends {}: {metrics}",
+            hostile_metrics.direct_failures.get()
+        );
+        let (_, peers) = http(&urls[0], "GET", "/api/v1/peers", None, "");
+        let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+        let me = hostile.peer_id.to_string();
+        let score = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer_id"] == me)
+            .and_then(|p| p["score"].as_f64())
+            .unwrap_or_else(|| panic!("the hostile peer is not listed: {peers}"));
+        assert!(score < -80.0, "graylisted, score {score}");
+        stop.cancel();
+        let _ = task.await;
+    });
+
+    // The honest nodes go on: two more intervals final everywhere, alike.
+    let until = Instant::now() + Duration::from_secs(40);
+    loop {
+        let finals: Vec<u64> = urls
+            .iter()
+            .map(|u| {
+                let (_, m) = http(u, "GET", "/metrics", None, "");
+                count(&m, "dharti_intervals_finalized_total")
+            })
+            .collect();
+        if finals.iter().zip(&before_final).all(|(a, b)| *a >= b + 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the honest nodes stalled: {finals:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, status) = http(&urls[0], "GET", "/api/v1/status", None, "");
+    let last = serde_json::from_str::<serde_json::Value>(&status).unwrap()["last_final_interval"]
+        .as_u64()
+        .unwrap();
+    let hashes: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            http(
+                u,
+                "GET",
+                &format!("/api/v1/intervals/{}", last - 1),
+                None,
+                "",
+            )
+            .1
+        })
+        .collect();
+    assert!(hashes.iter().all(|h| h == &hashes[0]), "{hashes:?}");
+    dharti::demo::stop(&mut daemons);
+    let _ = std::fs::remove_dir_all(&out);
+}
