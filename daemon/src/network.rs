@@ -49,8 +49,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections with no traffic are kept this long (gossipsub's heartbeat
 /// keeps mesh connections busy anyway).
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often Kademlia looks for more peers.
+/// How often Kademlia may look for more peers...
 const BOOTSTRAP_EVERY: Duration = Duration::from_secs(60);
+/// ...which it does only while the node has fewer peers than this: enough
+/// for gossipsub's mesh (6) with room to spare. Looking while well
+/// connected only fills connection slots, and a market's early nodes that
+/// fill theirs with each other can leave later ones outside (seen with 50
+/// daemons and 12 slots each: 13 nodes formed their own island).
+const WANT_PEERS: usize = 8;
 
 /// What the rest of the daemon asks of the network.
 #[derive(Debug)]
@@ -294,7 +300,16 @@ pub fn start(
         .with_behaviour(
             |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let peer_id = key.public().to_peer_id();
-                let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+                // Dharti's own DHT protocol (no mixing with IPFS's), and no
+                // automatic bootstraps: the task looks for peers itself, and
+                // only when it has too few (`WANT_PEERS`).
+                let mut kad_config = kad::Config::new(StreamProtocol::new("/dharti/kad/1"));
+                kad_config.set_periodic_bootstrap_interval(None);
+                let mut kad = kad::Behaviour::with_config(
+                    peer_id,
+                    kad::store::MemoryStore::new(peer_id),
+                    kad_config,
+                );
                 kad.set_mode(Some(kad::Mode::Server));
                 let mdns = if mdns_on {
                     Some(mdns::tokio::Behaviour::new(
@@ -373,8 +388,10 @@ impl Network {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
                 _ = bootstrap.tick() => {
-                    // Fails harmlessly while the routing table is empty.
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    if self.swarm.connected_peers().count() < WANT_PEERS {
+                        // Fails harmlessly while the routing table is empty.
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
                 }
             }
         }
