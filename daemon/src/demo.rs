@@ -63,6 +63,19 @@ pub struct Daemon {
     pub info: Option<RunInfo>,
 }
 
+/// The API URLs of started daemons, in order.
+pub fn api_urls(daemons: &[Daemon]) -> Vec<String> {
+    daemons
+        .iter()
+        .map(|d| {
+            d.info
+                .as_ref()
+                .map(|i| i.api_url.clone())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 fn timing(interval_s: u64) -> (u64, u64) {
     // Gate lead and reconciliation window: a fifth and a seventh of the
     // interval (at least 2 s each), the defaults' proportions for a 15-min
@@ -375,15 +388,7 @@ fn watch(
     stopping: &AtomicBool,
 ) -> anyhow::Result<DemoSummary> {
     start_all(configs, daemons, 8)?;
-    let urls: Vec<String> = daemons
-        .iter()
-        .map(|d| {
-            d.info
-                .as_ref()
-                .map(|i| i.api_url.clone())
-                .unwrap_or_default()
-        })
-        .collect();
+    let urls = api_urls(daemons);
     println!(
         "\n{:>10}  {:>12}  {:>10}  {:>9}  result",
         "interval", "price ct/kWh", "volume Wh", "agreement"

@@ -15,7 +15,7 @@
 //! The API reaches it through a bounded channel of [`Request`]s with
 //! one-shot replies; reads of history go to the store directly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -158,11 +158,11 @@ pub struct Driver {
     agent: Option<AgentSettings>,
     soc_wh: u64,
     planned: BTreeMap<IntervalIndex, Planned>,
-    reported: BTreeMap<IntervalIndex, ()>,
+    reported: BTreeSet<IntervalIndex>,
     /// Members' peer ids, to name the sender of a message.
     members_by_peer: HashMap<PeerId, ParticipantId>,
     peer_of: HashMap<ParticipantId, PeerId>,
-    connected: HashMap<PeerId, ()>,
+    connected: HashSet<PeerId>,
     own_offers: BTreeMap<(IntervalIndex, Side), Arc<SignedOffer>>,
     recent: VecDeque<IntervalSummary>,
     last_final: Option<(IntervalIndex, [u8; 32])>,
@@ -214,10 +214,10 @@ impl Driver {
             agent,
             soc_wh,
             planned: BTreeMap::new(),
-            reported: BTreeMap::new(),
+            reported: BTreeSet::new(),
             members_by_peer,
             peer_of,
-            connected: HashMap::new(),
+            connected: HashSet::new(),
             own_offers: BTreeMap::new(),
             recent: VecDeque::new(),
             last_final: None,
@@ -228,10 +228,7 @@ impl Driver {
     /// Agent settings from the config's `[agent]` section (whose sizes the
     /// config check keeps non-negative and small: whole Wh fit).
     #[allow(clippy::cast_possible_truncation)]
-    pub fn agent_settings(
-        config: &crate::config::Config,
-        interval_s: u64,
-    ) -> Option<AgentSettings> {
+    pub fn agent_settings(config: &crate::config::Config) -> Option<AgentSettings> {
         let a = &config.agent;
         if !a.enabled {
             return None;
@@ -250,7 +247,6 @@ impl Driver {
                 efficiency_ppm: 900_000,
             }
         });
-        let _ = interval_s;
         Some(AgentSettings {
             min_sell_price_micro_per_kwh: a.min_sell_price_micro_per_kwh,
             max_buy_price_micro_per_kwh: a.max_buy_price_micro_per_kwh,
@@ -380,7 +376,7 @@ impl Driver {
                 self.judge(peer, &data).await;
             }
             Event::PeerUp(peer) => {
-                self.connected.insert(peer, ());
+                self.connected.insert(peer);
                 if let Some(member) = self.members_by_peer.get(&peer) {
                     self.node.handle(Input::PeerUp(*member));
                 }
@@ -612,10 +608,10 @@ impl Driver {
         }
         // Intervals that ended: sign and gossip the meter's reading.
         let ended = IntervalIndex(clock.interval_at(now / 1_000).0.saturating_sub(1));
-        if !self.reported.contains_key(&ended)
+        if !self.reported.contains(&ended)
             && let Some(reading) = self.meter.reading(ended)
         {
-            self.reported.insert(ended, ());
+            self.reported.insert(ended);
             while self.reported.len() > 16 {
                 self.reported.pop_first();
             }
@@ -695,7 +691,7 @@ impl Driver {
                 let clock = self.config.rules.clock;
                 let member_peers = self
                     .connected
-                    .keys()
+                    .iter()
                     .filter(|p| self.members_by_peer.contains_key(p))
                     .count();
                 let _ = reply.send(Status {

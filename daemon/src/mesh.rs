@@ -140,15 +140,7 @@ fn token(d: &Daemon) -> anyhow::Result<String> {
 }
 
 fn measure(o: &MeshOptions, daemons: &[Daemon]) -> anyhow::Result<MeshReport> {
-    let urls: Vec<String> = daemons
-        .iter()
-        .map(|d| {
-            d.info
-                .as_ref()
-                .map(|i| i.api_url.clone())
-                .unwrap_or_default()
-        })
-        .collect();
+    let urls = demo::api_urls(daemons);
     let tokens: Vec<String> = daemons.iter().map(token).collect::<anyhow::Result<_>>()?;
     let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
     // Let the mesh form (gossipsub grafts on its 1 s heartbeat).

@@ -119,7 +119,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the history in {}", data_dir.display()))?,
     );
     let meter = Meter::from_config(&config, node_config.rules.clock)?;
-    let agent = Driver::agent_settings(&config, node_config.rules.clock.interval_s);
+    let agent = Driver::agent_settings(&config);
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
