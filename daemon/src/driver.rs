@@ -561,6 +561,8 @@ impl Driver {
         let now = now_ms();
         let clock = self.config.rules.clock;
         let next = clock.next_open(now / 1_000);
+        // Own offers are listed for open intervals only: forget the rest.
+        self.own_offers.retain(|(interval, _), _| *interval >= next);
         let gate_ms = clock.gate_closure_s(next) * 1_000;
         let lead_ms = PLAN_LEAD_MS.min(clock.interval_s * 1_000 / 2);
         if let Some(settings) = self.agent
