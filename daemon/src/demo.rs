@@ -236,6 +236,8 @@ fn set_bootstrap(config: &Path, peers: &[String]) -> anyhow::Result<()> {
 
 fn spawn(binary: &Path, config: &Path) -> anyhow::Result<Child> {
     let dir = config.parent().context("config has a directory")?;
+    // A daemon killed with -9 leaves its run.json: not this one's address.
+    let _ = std::fs::remove_file(run::run_info_path(config));
     let log = std::fs::File::create(dir.join("daemon.log"))?;
     std::process::Command::new(binary)
         .args(["run", "--config"])

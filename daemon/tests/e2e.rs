@@ -613,3 +613,85 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
     dharti::demo::stop(&mut daemons);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Interval → result hash, for every interval `url`'s node holds from `from` on.
+fn hashes_from(url: &str, from: u64) -> std::collections::BTreeMap<u64, String> {
+    let (_, status) = http(url, "GET", "/api/v1/status", None, "");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let Some(last) = status["last_final_interval"].as_u64() else {
+        return Default::default();
+    };
+    (from..=last)
+        .filter_map(|n| {
+            let (code, body) = http(url, "GET", &format!("/api/v1/intervals/{n}"), None, "");
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (code == 200)
+                .then(|| Some((n, v["result"]["result_hash"].as_str()?.to_string())))
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
+    let out = temp_dir("kill9");
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_dharti"));
+    let options = dharti::demo::DemoOptions {
+        nodes: 5,
+        interval_s: 10,
+        intervals: 0,
+        out: out.clone(),
+        data: None,
+        max_offers: 16,
+        max_connections: 64,
+    };
+    let anchor = dharti::driver::now_ms() / 1_000 / 10 * 10;
+    let configs = dharti::demo::make_nodes(&options, anchor, true, &[]).unwrap();
+    let mut daemons = Vec::new();
+    dharti::demo::start_all_with(binary, &configs, &mut daemons, 8).unwrap();
+    let urls = dharti::demo::api_urls(&daemons);
+    let first = wait_final(&urls[4], None);
+    wait_final(&urls[4], Some(first));
+    // Mid-interval: 5 s into a 10-s interval.
+    let now = dharti::driver::now_ms();
+    std::thread::sleep(Duration::from_millis((15_000 - now % 10_000) % 10_000));
+    let before = hashes_from(&urls[4], first);
+    daemons[4].child.kill().unwrap();
+    daemons[4].child.wait().unwrap();
+    // One interval passes without it.
+    std::thread::sleep(Duration::from_secs(10));
+    let mut again = Vec::new();
+    dharti::demo::start_all_with(binary, &configs[4..], &mut again, 0).unwrap();
+    let url = dharti::demo::api_urls(&again)[0].clone();
+    let (_, status) = http(&url, "GET", "/api/v1/status", None, "");
+    let restarted_at =
+        serde_json::from_str::<serde_json::Value>(&status).unwrap()["last_final_interval"]
+            .as_u64()
+            .unwrap_or(0);
+    // It rejoins: two more intervals final on it.
+    let rejoined = wait_final(&url, Some(restarted_at));
+    wait_final(&url, Some(rejoined));
+    let after = hashes_from(&url, first);
+    let reference = hashes_from(&urls[0], first);
+    for (n, hash) in &before {
+        assert_eq!(
+            after.get(n),
+            Some(hash),
+            "interval {n} changed across the restart"
+        );
+    }
+    for (n, hash) in &after {
+        assert_eq!(
+            reference.get(n),
+            Some(hash),
+            "interval {n}: the restarted node disagrees"
+        );
+    }
+    assert!(
+        after.keys().any(|n| *n > restarted_at),
+        "no interval final after the restart: {after:?}"
+    );
+    daemons.extend(again);
+    dharti::demo::stop(&mut daemons);
+    let _ = std::fs::remove_dir_all(&out);
+}
