@@ -13,7 +13,9 @@
 //!   number) and published again.
 //!
 //! The API reaches it through a bounded channel of [`Request`]s with
-//! one-shot replies; reads of history go to the store directly.
+//! one-shot replies; reads of history go to the store directly. It never
+//! waits on the network task (which waits on it when its event channel is
+//! full): commands that do not fit are dropped and counted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -363,14 +365,11 @@ impl Driver {
                     Verdict::Ignore => MessageAcceptance::Ignore,
                     Verdict::Reject(_) => MessageAcceptance::Reject,
                 };
-                let _ = self
-                    .net
-                    .send(Command::Validated {
-                        id,
-                        source,
-                        acceptance,
-                    })
-                    .await;
+                self.to_network(Command::Validated {
+                    id,
+                    source,
+                    acceptance,
+                });
             }
             Event::Direct { peer, data } => {
                 self.judge(peer, &data).await;
@@ -436,7 +435,17 @@ impl Driver {
     }
 
     async fn publish(&self, message: &Message) {
-        let _ = self.net.send(Command::Publish(message.encode())).await;
+        self.to_network(Command::Publish(message.encode()));
+    }
+
+    /// Hands a command to the network task without waiting. The network
+    /// task waits on us when our event channel is full, so waiting on it
+    /// here could deadlock both; a command dropped under overload is
+    /// counted and repaired by the protocol (reconciliation, asks again).
+    fn to_network(&self, command: Command) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.net.try_send(command) {
+            self.metrics.commands_dropped.inc();
+        }
     }
 
     async fn carry_out(&mut self, actions: Vec<Action>) {
@@ -445,13 +454,10 @@ impl Driver {
                 Action::Publish(message) => self.publish(&message).await,
                 Action::Send { to, message } => {
                     if let Some(peer) = self.peer_of.get(&to) {
-                        let _ = self
-                            .net
-                            .send(Command::Send {
-                                peer: *peer,
-                                bytes: message.encode(),
-                            })
-                            .await;
+                        self.to_network(Command::Send {
+                            peer: *peer,
+                            bytes: message.encode(),
+                        });
                     }
                 }
                 Action::Finalized(f) => {

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub storage_errors: Counter,
     pub storage_flushes: Counter,
     pub api_unauthorized: Counter,
+    pub commands_dropped: Counter,
 }
 
 impl Metrics {
@@ -127,6 +128,11 @@ impl Metrics {
             "API writes refused for a missing or wrong token",
             m.api_unauthorized.clone(),
         );
+        r.register(
+            "network_commands_dropped",
+            "Commands to the network task dropped because its queue was full",
+            m.commands_dropped.clone(),
+        );
         m
     }
 
@@ -166,6 +172,6 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 18);
+        assert_eq!(seen, 19);
     }
 }
