@@ -311,7 +311,18 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
             .build()?;
         std::thread::spawn(move || {
             runtime.block_on(async {
-                let _ = tokio::signal::ctrl_c().await;
+                // SIGTERM too: the demo then stops its daemons itself.
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
             });
             stopping.store(true, Ordering::SeqCst);
         });

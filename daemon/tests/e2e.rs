@@ -77,6 +77,16 @@ fn five_daemons_finalize_identical_results_and_trade() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// Daemons started by a test, stopped (SIGTERM, then SIGKILL) when it ends,
+/// also when it fails.
+struct Cluster(Vec<dharti::demo::Daemon>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        dharti::demo::stop(&mut self.0);
+    }
+}
+
 /// One daemon in its own market (the only member).
 struct Solo {
     dir: PathBuf,
@@ -406,19 +416,17 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
     // merits (bytes, signatures), not only on membership.
     let configs =
         dharti::demo::make_nodes(&options, 0, false, &[hostile.participant.to_string()]).unwrap();
-    let mut daemons = Vec::new();
+    let mut daemons = Cluster(Vec::new());
     dharti::demo::start_all_with(
         std::path::Path::new(env!("CARGO_BIN_EXE_dharti")),
         &configs,
-        &mut daemons,
+        &mut daemons.0,
         8,
     )
     .unwrap();
-    let urls: Vec<String> = daemons
-        .iter()
-        .map(|d| d.info.as_ref().unwrap().api_url.clone())
-        .collect();
-    let victim = daemons[0].info.as_ref().unwrap();
+    let daemons = daemons;
+    let urls = dharti::demo::api_urls(&daemons.0);
+    let victim = daemons.0[0].info.as_ref().unwrap();
     let target: libp2p::Multiaddr = format!(
         "{}/p2p/{}",
         victim.listen.iter().find(|a| a.contains("/tcp/")).unwrap(),
@@ -500,7 +508,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
         let mut forged = offer(hostile.participant).sign(&hostile.signing);
         forged.signature[0] ^= 1;
         let victim_id = ParticipantId(
-            hex::decode(&daemons[0].info.as_ref().unwrap().participant)
+            hex::decode(&daemons.0[0].info.as_ref().unwrap().participant)
                 .unwrap()
                 .try_into()
                 .unwrap(),
@@ -610,7 +618,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
         })
         .collect();
     assert!(hashes.iter().all(|h| h == &hashes[0]), "{hashes:?}");
-    dharti::demo::stop(&mut daemons);
+    drop(daemons);
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -647,22 +655,22 @@ fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
     };
     let anchor = dharti::driver::now_ms() / 1_000 / 10 * 10;
     let configs = dharti::demo::make_nodes(&options, anchor, true, &[]).unwrap();
-    let mut daemons = Vec::new();
-    dharti::demo::start_all_with(binary, &configs, &mut daemons, 8).unwrap();
-    let urls = dharti::demo::api_urls(&daemons);
+    let mut daemons = Cluster(Vec::new());
+    dharti::demo::start_all_with(binary, &configs, &mut daemons.0, 8).unwrap();
+    let urls = dharti::demo::api_urls(&daemons.0);
     let first = wait_final(&urls[4], None);
     wait_final(&urls[4], Some(first));
     // Mid-interval: 5 s into a 10-s interval.
     let now = dharti::driver::now_ms();
     std::thread::sleep(Duration::from_millis((15_000 - now % 10_000) % 10_000));
     let before = hashes_from(&urls[4], first);
-    daemons[4].child.kill().unwrap();
-    daemons[4].child.wait().unwrap();
+    let mut dead = daemons.0.remove(4);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
     // One interval passes without it.
     std::thread::sleep(Duration::from_secs(10));
-    let mut again = Vec::new();
-    dharti::demo::start_all_with(binary, &configs[4..], &mut again, 0).unwrap();
-    let url = dharti::demo::api_urls(&again)[0].clone();
+    dharti::demo::start_all_with(binary, &configs[4..], &mut daemons.0, 0).unwrap();
+    let url = dharti::demo::api_urls(&daemons.0)[4].clone();
     let (_, status) = http(&url, "GET", "/api/v1/status", None, "");
     let restarted_at =
         serde_json::from_str::<serde_json::Value>(&status).unwrap()["last_final_interval"]
@@ -691,7 +699,6 @@ fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
         after.keys().any(|n| *n > restarted_at),
         "no interval final after the restart: {after:?}"
     );
-    daemons.extend(again);
-    dharti::demo::stop(&mut daemons);
+    drop(daemons);
     let _ = std::fs::remove_dir_all(&out);
 }
