@@ -323,6 +323,7 @@ impl Driver {
         }
         let mut second = tokio::time::interval(Duration::from_secs(1));
         second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut api_open = true;
         loop {
             let wake = self
                 .node
@@ -336,11 +337,11 @@ impl Driver {
                     Some(event) => self.on_network(event).await,
                     None => break,
                 },
-                request = requests.recv() => {
-                    if let Some(request) = request {
-                        self.on_request(request).await;
-                    }
-                }
+                request = requests.recv(), if api_open => match request {
+                    Some(request) => self.on_request(request).await,
+                    // The API is gone; go on serving the market without it.
+                    None => api_open = false,
+                },
                 () = tokio::time::sleep(wake) => self.tick().await,
                 _ = second.tick() => {
                     self.tick().await;
