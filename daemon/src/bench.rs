@@ -9,7 +9,7 @@
 //! - `ingest_offers_per_s`: decode + validate + verify signed offers on one
 //!   core (signatures checked in batches). Baseline `raw_verify_per_s`: plain
 //!   ed25519-dalek `verify` of the same messages one by one, keys pre-parsed.
-//!   Ingestion is measured on at most [`INGEST_SAMPLE`] offers: the rate per
+//!   Ingestion is measured on at most `INGEST_SAMPLE` offers: the rate per
 //!   offer does not depend on the book size, and signing a million offers
 //!   would dominate the run.
 //!

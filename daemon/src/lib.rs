@@ -8,7 +8,7 @@
 //! - [`config`], [`identity`], [`meter`]: the node's files and meter;
 //! - [`backup`]: backup and restore of a node;
 //! - [`demo`]: real daemons on this machine; [`mesh`]: their benchmark; [`simulate`]: the simulator;
-//! - [`client`]: the CLI's HTTP client; [`book`], [`bench`]: offline tools.
+//! - [`client`]: the CLI's HTTP client; [`book`], [`mod@bench`]: offline tools.
 
 pub mod api;
 pub mod backup;
