@@ -74,7 +74,6 @@ pub enum Command {
     },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
-    Dial(Multiaddr),
 }
 
 /// What the network tells the rest of the daemon.
@@ -451,11 +450,6 @@ impl Network {
             }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.listening.clone());
-            }
-            Command::Dial(address) => {
-                if let Err(e) = self.swarm.dial(address.clone()) {
-                    tracing::warn!(%address, "network.dial: {e}");
-                }
             }
         }
     }
