@@ -332,7 +332,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
     // Meters replay from the first interval that starts after the nodes are up.
     let anchor_s = (start_s / interval_s + 1) * interval_s;
     let configs = make_nodes(o, anchor_s, true, &[])?;
-    println!(
+    crate::say!(
         "dharti demo: {} daemons on 127.0.0.1, {}-second intervals; logs and data in {}",
         o.nodes,
         o.interval_s,
@@ -345,7 +345,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&o.out)?;
     let path = o.out.join("summary.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)?;
-    println!(
+    crate::say!(
         "\n{} of {} intervals final, agreement {:.0} %, {} trades, {:.2} kWh traded; all daemons stopped",
         summary.finalized,
         summary.intervals,
@@ -353,7 +353,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
         summary.trades,
         summary.volume_wh as f64 / 1_000.0
     );
-    println!("summary: {}", path.display());
+    crate::say!("summary: {}", path.display());
     Ok(())
 }
 
@@ -402,9 +402,12 @@ fn watch(
 ) -> anyhow::Result<DemoSummary> {
     start_all(configs, daemons, 8)?;
     let urls = api_urls(daemons);
-    println!(
+    crate::say!(
         "\n{:>10}  {:>12}  {:>10}  {:>9}  result",
-        "interval", "price ct/kWh", "volume Wh", "agreement"
+        "interval",
+        "price ct/kWh",
+        "volume Wh",
+        "agreement"
     );
     let mut hashes: Vec<BTreeMap<u64, String>> = vec![BTreeMap::new(); urls.len()];
     let mut results: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
@@ -450,7 +453,7 @@ fn watch(
             let price = r["clearing_price_micro_per_kwh"]
                 .as_u64()
                 .map_or("-".to_string(), |p| format!("{:.2}", p as f64 / 10_000.0));
-            println!(
+            crate::say!(
                 "{n:>10}  {price:>12}  {:>10}  {:>5}/{:<3}  {}",
                 r["volume_wh"].as_u64().unwrap_or(0),
                 agree,

@@ -10,6 +10,16 @@
 //! - [`demo`]: real daemons on this machine; [`mesh`]: their benchmark; [`simulate`]: the simulator;
 //! - [`client`]: the CLI's HTTP client; [`book`], [`mod@bench`]: offline tools.
 
+/// `println!` that does not panic when standard output is closed (piped
+/// into `head`, say): the line is dropped instead.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod api;
 pub mod backup;
 pub mod bench;

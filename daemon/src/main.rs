@@ -228,7 +228,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Simulate { out, data, seed } => simulate::run(&out, data, seed).map(|story| {
-            print!("{story}");
+            dharti::say!("{}", story.trim_end());
         }),
         Command::Demo {
             nodes,
@@ -273,18 +273,18 @@ fn main() -> ExitCode {
             listen,
         })
         .map(|made| {
-            println!("made {}", made.config.display());
-            println!("participant {}", made.participant);
-            println!("peer id     {}", made.peer_id);
-            println!("did         {}", made.did);
-            println!(
+            dharti::say!("made {}", made.config.display());
+            dharti::say!("participant {}", made.participant);
+            dharti::say!("peer id     {}", made.peer_id);
+            dharti::say!("did         {}", made.did);
+            dharti::say!(
                 "share the participant id with the other members; start with `dharti run --config {}`",
                 made.config.display()
             );
         }),
         Command::Run { node } => daemon(&node.config),
         Command::Backup { node, out } => backup::backup(&node.config, &out).map(|info| {
-            println!(
+            dharti::say!(
                 "backed up {} ({} bytes of history{}) to {}",
                 info.participant,
                 info.snapshot_bytes,
@@ -293,7 +293,7 @@ fn main() -> ExitCode {
             );
         }),
         Command::Restore { from, dir } => backup::restore(&from, &dir).map(|config| {
-            println!("restored; start it with `dharti run --config {}`", config.display());
+            dharti::say!("restored; start it with `dharti run --config {}`", config.display());
         }),
         Command::Offer {
             node,
@@ -405,7 +405,7 @@ fn offer(
     if !(200..300).contains(&status) {
         bail!("the daemon refused ({status}): {answer}");
     }
-    println!("{answer}");
+    dharti::say!("{answer}");
     Ok(())
 }
 
@@ -417,12 +417,14 @@ fn history(config: &Path, intervals: u64) -> anyhow::Result<()> {
     }
     let status: serde_json::Value = serde_json::from_str(&body)?;
     let Some(last) = status["last_final_interval"].as_u64() else {
-        println!("no final interval yet");
+        dharti::say!("no final interval yet");
         return Ok(());
     };
-    println!(
+    dharti::say!(
         "{:>12}  {:>10}  {:>12}  result hash",
-        "interval", "volume Wh", "price µ/kWh"
+        "interval",
+        "volume Wh",
+        "price µ/kWh"
     );
     for n in (last.saturating_sub(intervals.saturating_sub(1))..=last).rev() {
         let (code, body) = client::request(
@@ -437,7 +439,7 @@ fn history(config: &Path, intervals: u64) -> anyhow::Result<()> {
         }
         let v: serde_json::Value = serde_json::from_str(&body)?;
         let r = &v["result"];
-        println!(
+        dharti::say!(
             "{n:>12}  {:>10}  {:>12}  {}",
             r["volume_wh"],
             r["clearing_price_micro_per_kwh"],
