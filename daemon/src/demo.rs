@@ -131,7 +131,7 @@ pub fn make_nodes(
             )
         })?
     };
-    let anchor = rfc3339(start_s);
+    let anchor = dharti_simulations::time::format_rfc3339(start_s);
     for (i, m) in made.iter().enumerate() {
         let text = std::fs::read_to_string(&m.config)?;
         let first = text
@@ -205,19 +205,6 @@ pub fn make_nodes(
         Config::load(&m.config)?;
     }
     Ok(made.into_iter().map(|m| m.config).collect())
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` of a unix time.
-fn rfc3339(t: u64) -> String {
-    let days = i64::try_from(t / 86_400).unwrap_or(0);
-    let (y, m, d) = dharti_simulations::time::civil_from_days(days);
-    let s = t % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3_600,
-        s % 3_600 / 60,
-        s % 60
-    )
 }
 
 fn set_bootstrap(config: &Path, peers: &[String]) -> anyhow::Result<()> {

@@ -284,7 +284,7 @@ impl Driver {
                 });
                 if out.verdict == Some(Verdict::Accept) {
                     self.remember_own(&offer);
-                    self.publish(&Message::Offer(offer)).await;
+                    self.publish(&Message::Offer(offer));
                     restored += 1;
                 }
             }
@@ -435,7 +435,7 @@ impl Driver {
         verdict
     }
 
-    async fn publish(&self, message: &Message) {
+    fn publish(&self, message: &Message) {
         self.to_network(Command::Publish(message.encode()));
     }
 
@@ -452,7 +452,7 @@ impl Driver {
     async fn carry_out(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Publish(message) => self.publish(&message).await,
+                Action::Publish(message) => self.publish(&message),
                 Action::Send { to, message } => {
                     if let Some(peer) = self.peer_of.get(&to) {
                         self.to_network(Command::Send {

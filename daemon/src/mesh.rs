@@ -98,11 +98,7 @@ fn written(pid: u32) -> u64 {
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    dharti_simulations::report::percentile(sorted, p).unwrap_or(0)
 }
 
 fn median_f(mut v: Vec<f64>) -> f64 {

@@ -177,17 +177,32 @@ fn solo(name: &str) -> Solo {
     Solo { dir, child: None }
 }
 
+/// The node's latest final interval, if any.
+fn last_final(url: &str) -> Option<u64> {
+    let (_, body) = http(url, "GET", "/api/v1/status", None, "");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["last_final_interval"].as_u64()
+}
+
+/// How many intervals each node has seen become final.
+fn finalized_counts(urls: &[String]) -> Vec<u64> {
+    urls.iter()
+        .map(|u| {
+            let (_, m) = http(u, "GET", "/metrics", None, "");
+            count(&m, "dharti_intervals_finalized_total")
+        })
+        .collect()
+}
+
 fn wait_final(url: &str, after: Option<u64>) -> u64 {
     let until = Instant::now() + Duration::from_secs(40);
     loop {
-        let (_, body) = http(url, "GET", "/api/v1/status", None, "");
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if let Some(n) = status["last_final_interval"].as_u64()
+        if let Some(n) = last_final(url)
             && after.is_none_or(|a| n > a)
         {
             return n;
         }
-        assert!(Instant::now() < until, "no final interval: {status}");
+        assert!(Instant::now() < until, "no final interval after {after:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -438,13 +453,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
     let market = MarketId::from_name("dharti-demo");
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let before_final: Vec<u64> = urls
-        .iter()
-        .map(|u| {
-            let (_, m) = http(u, "GET", "/metrics", None, "");
-            count(&m, "dharti_intervals_finalized_total")
-        })
-        .collect();
+    let before_final = finalized_counts(&urls);
     runtime.block_on(async {
         let mut registry = prometheus_client::registry::Registry::default();
         let hostile_metrics = dharti::metrics::Metrics::default();
@@ -584,13 +593,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
     // The honest nodes go on: two more intervals final everywhere, alike.
     let until = Instant::now() + Duration::from_secs(40);
     loop {
-        let finals: Vec<u64> = urls
-            .iter()
-            .map(|u| {
-                let (_, m) = http(u, "GET", "/metrics", None, "");
-                count(&m, "dharti_intervals_finalized_total")
-            })
-            .collect();
+        let finals = finalized_counts(&urls);
         if finals.iter().zip(&before_final).all(|(a, b)| *a >= b + 2) {
             break;
         }
@@ -600,10 +603,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (_, status) = http(&urls[0], "GET", "/api/v1/status", None, "");
-    let last = serde_json::from_str::<serde_json::Value>(&status).unwrap()["last_final_interval"]
-        .as_u64()
-        .unwrap();
+    let last = last_final(&urls[0]).unwrap();
     let hashes: Vec<String> = urls
         .iter()
         .map(|u| {
@@ -624,9 +624,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
 
 /// Interval → result hash, for every interval `url`'s node holds from `from` on.
 fn hashes_from(url: &str, from: u64) -> std::collections::BTreeMap<u64, String> {
-    let (_, status) = http(url, "GET", "/api/v1/status", None, "");
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let Some(last) = status["last_final_interval"].as_u64() else {
+    let Some(last) = last_final(url) else {
         return Default::default();
     };
     (from..=last)
@@ -671,11 +669,7 @@ fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
     std::thread::sleep(Duration::from_secs(10));
     dharti::demo::start_all_with(binary, &configs[4..], &mut daemons.0, 0).unwrap();
     let url = dharti::demo::api_urls(&daemons.0)[4].clone();
-    let (_, status) = http(&url, "GET", "/api/v1/status", None, "");
-    let restarted_at =
-        serde_json::from_str::<serde_json::Value>(&status).unwrap()["last_final_interval"]
-            .as_u64()
-            .unwrap_or(0);
+    let restarted_at = last_final(&url).unwrap_or(0);
     // It rejoins: two more intervals final on it.
     let rejoined = wait_final(&url, Some(restarted_at));
     wait_final(&url, Some(rejoined));

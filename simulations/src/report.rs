@@ -40,7 +40,8 @@ pub struct Summary {
     pub household_intervals_per_s: f64,
 }
 
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+/// The `p` quantile (nearest rank) of sorted values; `None` for none.
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }

@@ -33,6 +33,19 @@ pub fn weekday(days: i64) -> u32 {
     u32::try_from((days + 3).rem_euclid(7)).expect("0..7")
 }
 
+/// "YYYY-MM-DDTHH:MM:SSZ" of unix seconds; [`parse_rfc3339`] reads it back.
+pub fn format_rfc3339(t: u64) -> String {
+    let days = i64::try_from(t / 86_400).expect("a unix time");
+    let (y, m, d) = civil_from_days(days);
+    let s = t % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3_600,
+        s % 3_600 / 60,
+        s % 60
+    )
+}
+
 /// Parses "YYYY-MM-DDTHH:MM:SSZ" into unix seconds.
 pub fn parse_rfc3339(text: &str) -> anyhow::Result<u64> {
     let b = text.as_bytes();
@@ -90,5 +103,13 @@ mod tests {
         assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
         assert!(parse_rfc3339("2025-02-30T00:00:00Z").is_err());
         assert!(parse_rfc3339("2025-06-02 00:00").is_err());
+    }
+
+    #[test]
+    fn formatting_reads_back() {
+        assert_eq!(format_rfc3339(1_748_822_400), "2025-06-02T00:00:00Z");
+        for t in [0, 951_782_399, 1_795_507_920, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&format_rfc3339(t)).unwrap(), t);
+        }
     }
 }
