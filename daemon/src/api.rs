@@ -231,6 +231,8 @@ pub struct IntervalView {
     /// The final clearing result (trades, price, result hash), if any.
     #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
+    /// Offers in the final set once the interval is final; before that,
+    /// the offers this node holds for it.
     pub offers: usize,
     #[schema(value_type = Object)]
     pub settlement: Option<serde_json::Value>,
@@ -248,8 +250,13 @@ async fn interval(State(state): State<ApiState>, Path(n): Path<u64>) -> Response
         Ok(r) => r,
         Err(e) => return read_error(e),
     };
-    let offers = match state.store.offers(&state.market, i) {
-        Ok(o) => o.len(),
+    // The final set once there is one; before that, what the node holds.
+    let offers = match state.store.final_set(&state.market, i) {
+        Ok(Some((proof, _))) => proof.offer_ids.len(),
+        Ok(None) => match state.store.offers(&state.market, i) {
+            Ok(o) => o.len(),
+            Err(e) => return read_error(e),
+        },
         Err(e) => return read_error(e),
     };
     let settlement = match state.store.settlement(&state.market, i) {

@@ -23,11 +23,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use dharti_protocol::agent::{self, AgentSettings, Battery, IntervalForecast, Plan};
-use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Verdict};
+use dharti_protocol::node::{
+    Action, Input, Message, Node, NodeConfig, SignedAttestation, Verdict, attestation_messages,
+    set_chunks,
+};
 use dharti_protocol::offer::SignedOffer;
 use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
 use dharti_protocol::types::{IntervalIndex, ParticipantId, Side};
-use dharti_storage::{Store, WriteBatch};
+use dharti_storage::{FinalityProof, Store, WriteBatch};
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use serde::Serialize;
@@ -169,6 +172,8 @@ pub struct Driver {
     recent: VecDeque<IntervalSummary>,
     last_final: Option<(IntervalIndex, [u8; 32])>,
     arrivals: VecDeque<Arrival>,
+    /// Missed intervals the node had given up when last looked at.
+    abandoned: u64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -224,6 +229,7 @@ impl Driver {
             recent: VecDeque::new(),
             last_final: None,
             arrivals: VecDeque::new(),
+            abandoned: 0,
         }
     }
 
@@ -321,6 +327,24 @@ impl Driver {
                 tracing::error!("driver.restore: {e:#}");
             }
         }
+        // History ends at the last stored result: ask peers for the rest
+        // (a fresh node starts its history now).
+        match self.store.last_result_interval(&self.market_id()) {
+            Ok(Some(last)) => {
+                let from = IntervalIndex(last.0 + 1);
+                let out = self.node.handle(Input::CatchUp { from });
+                let (pending, _) = self.node.catch_up_progress();
+                if pending > 0 {
+                    tracing::info!(from = from.0, intervals = pending, "driver.catch_up");
+                }
+                self.carry_out(out.actions).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.storage_errors.inc();
+                tracing::error!("driver.catch_up: {e:#}");
+            }
+        }
         let mut second = tokio::time::interval(Duration::from_secs(1));
         second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut api_open = true;
@@ -356,6 +380,17 @@ impl Driver {
     async fn tick(&mut self) {
         let out = self.node.handle(Input::Tick { now_ms: now_ms() });
         self.carry_out(out.actions).await;
+        let (_, abandoned) = self.node.catch_up_progress();
+        if abandoned > self.abandoned {
+            tracing::warn!(
+                intervals = abandoned - self.abandoned,
+                "driver.catch_up: gave up missed intervals (no usable proof from peers)"
+            );
+            self.metrics
+                .catch_up_abandoned
+                .inc_by(abandoned - self.abandoned);
+            self.abandoned = abandoned;
+        }
     }
 
     async fn on_network(&mut self, event: Event) {
@@ -409,9 +444,22 @@ impl Driver {
                     }
                     _ => None,
                 };
+                let from_storage = match &message {
+                    Message::WantFinal { interval } => Some((*interval, None)),
+                    Message::FetchSet { interval, set_root } => Some((*interval, Some(*set_root))),
+                    _ => None,
+                };
                 let out = self.node.handle(Input::Message { from, message });
                 self.carry_out(out.actions).await;
-                let verdict = out.verdict.unwrap_or(Verdict::Ignore);
+                let mut verdict = out.verdict.unwrap_or(Verdict::Ignore);
+                // An ask for a final interval the node no longer holds in
+                // memory is answered from storage.
+                if let (Verdict::Ignore, Some((interval, set_root))) = (&verdict, from_storage)
+                    && self.node.final_attestations(interval).is_none()
+                    && self.serve_from_storage(peer, interval, set_root)
+                {
+                    verdict = Verdict::Accept;
+                }
                 if let (Some(id), Verdict::Accept) = (offer_id, &verdict) {
                     if self.arrivals.len() >= MAX_ARRIVALS {
                         self.arrivals.pop_front();
@@ -433,6 +481,45 @@ impl Driver {
             }
         }
         verdict
+    }
+
+    /// Sends a peer that missed `interval` the stored proof (no
+    /// `set_root`) or the stored final set (its root); whether it did.
+    fn serve_from_storage(
+        &self,
+        peer: PeerId,
+        interval: IntervalIndex,
+        set_root: Option<dharti_protocol::hash::Hash32>,
+    ) -> bool {
+        let (proof, offers) = match self.store.final_set(&self.market_id(), interval) {
+            Ok(Some(found)) => found,
+            Ok(None) => return false,
+            Err(e) => {
+                self.metrics.storage_errors.inc();
+                tracing::error!(interval = interval.0, "driver.serve: {e:#}");
+                return false;
+            }
+        };
+        let messages = match set_root {
+            None => {
+                let attestations: Vec<Arc<SignedAttestation>> =
+                    proof.attestations.into_iter().map(Arc::new).collect();
+                attestation_messages(interval, &attestations)
+            }
+            Some(root) if root == proof.set_root => {
+                let offers: Vec<Arc<SignedOffer>> = offers.into_iter().map(Arc::new).collect();
+                set_chunks(interval, root, &offers)
+            }
+            Some(_) => return false,
+        };
+        for message in messages {
+            self.to_network(Command::Send {
+                peer,
+                bytes: message.encode(),
+            });
+        }
+        self.metrics.catch_up_served.inc();
+        true
     }
 
     fn publish(&self, message: &Message) {
@@ -464,11 +551,34 @@ impl Driver {
                 Action::Finalized(f) => {
                     let mut batch = WriteBatch::new();
                     let offers = self.node.final_offers(f.interval).unwrap_or_default();
+                    let proof = FinalityProof {
+                        set_root: f.set_root,
+                        offer_ids: offers.iter().map(|o| o.id).collect(),
+                        attestations: self
+                            .node
+                            .final_attestations(f.interval)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|a| (**a).clone())
+                            .collect(),
+                    };
                     for offer in offers {
                         batch.put_offer(self.market_id(), (*offer).clone());
                     }
                     batch.put_result(self.market_id(), f.interval, (*f.result).clone());
+                    batch.put_proof(self.market_id(), f.interval, proof);
                     self.write(batch);
+                    if f.caught_up {
+                        // History only: the node took no part in it, and
+                        // the battery and the price have moved on.
+                        self.metrics.intervals_caught_up.inc();
+                        tracing::info!(
+                            interval = f.interval.0,
+                            volume_wh = f.result.volume_wh,
+                            "driver.caught_up"
+                        );
+                        continue;
+                    }
                     self.metrics.intervals_finalized.inc();
                     self.metrics
                         .last_final_interval
@@ -779,5 +889,158 @@ impl Driver {
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dharti_protocol::node::Attestation;
+    use dharti_protocol::offer::Offer;
+
+    use super::*;
+
+    /// A driver of member `a` whose store holds interval 5's final set of
+    /// two offers and its proof; the other member is `b`.
+    fn driver_with_history(dir: &std::path::Path) -> (Driver, mpsc::Receiver<Command>, Identity) {
+        let a = Identity::from_secret([1; 32]).unwrap();
+        let b = Identity::from_secret([2; 32]).unwrap();
+        let text = crate::config::template(
+            "catch-up-tests",
+            &[a.participant, b.participant],
+            "127.0.0.1:0",
+            &[],
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+        let config = crate::config::Config::load(&dir.join("config.toml")).unwrap();
+        let node_config = config.node_config().unwrap();
+        let rules = &node_config.rules;
+        let store = Store::open(dir.join("data")).unwrap();
+        let interval = IntervalIndex(5);
+        let offers: Vec<SignedOffer> = [(&a, Side::Ask), (&b, Side::Bid)]
+            .into_iter()
+            .map(|(who, side)| {
+                Offer {
+                    chain_id: rules.chain_id,
+                    market: rules.market_id,
+                    interval,
+                    side,
+                    energy_wh: 500,
+                    price_micro_per_kwh: 150_000,
+                    participant: who.participant,
+                    sequence: 1,
+                }
+                .sign(&who.signing)
+            })
+            .collect();
+        let attestations = [&a, &b]
+            .into_iter()
+            .map(|who| {
+                Attestation {
+                    chain_id: rules.chain_id,
+                    market: rules.market_id,
+                    interval,
+                    set_root: [7; 32],
+                    result_root: [8; 32],
+                    attester: who.participant,
+                }
+                .sign(&who.signing)
+            })
+            .collect();
+        let mut batch = WriteBatch::new();
+        for offer in &offers {
+            batch.put_offer(rules.market_id, offer.clone());
+        }
+        batch.put_proof(
+            rules.market_id,
+            interval,
+            FinalityProof {
+                set_root: [7; 32],
+                offer_ids: offers.iter().map(|o| o.id).collect(),
+                attestations,
+            },
+        );
+        store.apply(batch).unwrap();
+        let (net, commands) = mpsc::channel(64);
+        let driver = Driver::new(
+            node_config,
+            Identity::from_secret([1; 32]).unwrap(),
+            "catch-up-tests".into(),
+            Arc::new(store),
+            net,
+            Metrics::default(),
+            Meter::None,
+            None,
+        );
+        (driver, commands, b)
+    }
+
+    /// What the driver sent `peer` directly, decoded.
+    fn sent_to(commands: &mut mpsc::Receiver<Command>, peer: PeerId) -> Vec<Message> {
+        let mut sent = Vec::new();
+        while let Ok(command) = commands.try_recv() {
+            if let Command::Send { peer: to, bytes } = command
+                && to == peer
+            {
+                sent.push(Message::decode(&bytes).unwrap());
+            }
+        }
+        sent
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_missed_an_old_interval_is_served_from_storage() {
+        let dir = std::env::temp_dir().join(format!("dharti-driver-serve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut driver, mut commands, b) = driver_with_history(&dir);
+        let out = driver.node.handle(Input::Tick { now_ms: now_ms() });
+        driver.carry_out(out.actions).await;
+        let interval = IntervalIndex(5);
+        let ask = |message: Message| Event::Direct {
+            peer: b.peer_id,
+            data: message.encode(),
+        };
+        driver
+            .on_network(ask(Message::WantFinal { interval }))
+            .await;
+        let sent = sent_to(&mut commands, b.peer_id);
+        let [Message::Attestations { attestations, .. }] = sent.as_slice() else {
+            panic!("expected the stored proof: {sent:?}");
+        };
+        assert_eq!(attestations.len(), 2);
+        driver
+            .on_network(ask(Message::FetchSet {
+                interval,
+                set_root: [7; 32],
+            }))
+            .await;
+        let sent = sent_to(&mut commands, b.peer_id);
+        let [Message::SetChunk(chunk)] = sent.as_slice() else {
+            panic!("expected the stored set: {sent:?}");
+        };
+        assert_eq!((chunk.index, chunk.total, chunk.offers.len()), (0, 1, 2));
+        // Another root, an interval never stored, or a non-member: nothing.
+        driver
+            .on_network(ask(Message::FetchSet {
+                interval,
+                set_root: [9; 32],
+            }))
+            .await;
+        driver
+            .on_network(ask(Message::WantFinal {
+                interval: IntervalIndex(6),
+            }))
+            .await;
+        assert!(sent_to(&mut commands, b.peer_id).is_empty());
+        let stranger = Identity::from_secret([3; 32]).unwrap();
+        driver
+            .on_network(Event::Direct {
+                peer: stranger.peer_id,
+                data: Message::WantFinal { interval }.encode(),
+            })
+            .await;
+        assert!(sent_to(&mut commands, stranger.peer_id).is_empty());
+        assert_eq!(driver.metrics.catch_up_served.get(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub malformed: Counter,
     pub intervals_finalized: Counter,
     pub intervals_settled: Counter,
+    pub intervals_caught_up: Counter,
+    pub catch_up_abandoned: Counter,
+    pub catch_up_served: Counter,
     pub last_final_interval: Gauge,
     pub offers_submitted: Counter,
     pub offers_refused: Counter,
@@ -97,6 +100,21 @@ impl Metrics {
             "intervals_settled",
             "Intervals this node settled",
             m.intervals_settled.clone(),
+        );
+        r.register(
+            "intervals_caught_up",
+            "Intervals missed while down and finalized afterwards from peers' proofs",
+            m.intervals_caught_up.clone(),
+        );
+        r.register(
+            "catch_up_abandoned",
+            "Missed intervals given up: no peer sent a usable proof in time",
+            m.catch_up_abandoned.clone(),
+        );
+        r.register(
+            "catch_up_served",
+            "Proofs and sets of final intervals sent from storage to peers catching up",
+            m.catch_up_served.clone(),
         );
         r.register(
             "last_final_interval",
@@ -172,6 +190,11 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 19);
+        // And nothing documented that the daemon does not have.
+        let documented = doc
+            .lines()
+            .filter(|l| l.starts_with("| `dharti_"))
+            .count();
+        assert_eq!(seen, documented);
     }
 }

@@ -665,8 +665,8 @@ fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
     let mut dead = daemons.0.remove(4);
     dead.child.kill().unwrap();
     dead.child.wait().unwrap();
-    // One interval passes without it.
-    std::thread::sleep(Duration::from_secs(10));
+    // Two intervals pass without it.
+    std::thread::sleep(Duration::from_secs(20));
     dharti::demo::start_all_with(binary, &configs[4..], &mut daemons.0, 0).unwrap();
     let url = dharti::demo::api_urls(&daemons.0)[4].clone();
     let restarted_at = last_final(&url).unwrap_or(0);
@@ -692,6 +692,24 @@ fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
     assert!(
         after.keys().any(|n| *n > restarted_at),
         "no interval final after the restart: {after:?}"
+    );
+    // It caught up what it missed: no gap in its history.
+    let last = *after.keys().next_back().unwrap();
+    let missing: Vec<&u64> = reference
+        .keys()
+        .filter(|n| **n <= last && !after.contains_key(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "intervals missing after catch-up: {missing:?}\n{}",
+        std::fs::read_to_string(daemons.0[4].config.with_file_name("daemon.log"))
+            .unwrap_or_default()
+    );
+    let (_, metrics) = http(&url, "GET", "/metrics", None, "");
+    assert!(
+        count(&metrics, "dharti_intervals_caught_up_total") >= 2,
+        "{}",
+        metric_text(&metrics, "dharti_intervals_caught_up")
     );
     drop(daemons);
     let _ = std::fs::remove_dir_all(&out);

@@ -22,6 +22,7 @@
 //! | 3 settlement | kind, market, interval | schema byte, bincode `IntervalSettlement` |
 //! | 4 meter reading | kind, market, interval, participant (32) | schema byte, bincode `MeterReading` |
 //! | 5 metadata | kind, key bytes | schema byte, value bytes |
+//! | 6 finality proof | kind, market, interval | schema byte, bincode `FinalityProof` |
 //!
 //! Values start with a schema byte ([`SCHEMA_VERSION`]) so the format can
 //! evolve; a value that does not decode is reported as corrupt, never a panic.
@@ -30,14 +31,28 @@ use std::fmt;
 use std::path::Path;
 
 use dharti_protocol::clearing::ClearingResult;
+use dharti_protocol::hash::Hash32;
+use dharti_protocol::node::SignedAttestation;
 use dharti_protocol::offer::SignedOffer;
 use dharti_protocol::settlement::{IntervalSettlement, MeterReading};
 use dharti_protocol::types::{IntervalIndex, MarketId, OfferId, ParticipantId};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// The result of one interval as stored.
 pub type StoredResult = ClearingResult<OfferId, ParticipantId>;
+
+/// What makes a stored result final, kept so that the node can hand it to
+/// a peer that missed the interval: the quorum's signed attestations, and
+/// which stored offers form the final set (the node's own offers that did
+/// not make it into the set are stored too).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalityProof {
+    pub set_root: Hash32,
+    /// The final set's offer ids, in set order.
+    pub offer_ids: Vec<OfferId>,
+    pub attestations: Vec<SignedAttestation>,
+}
 
 /// First byte of every stored value. Bump it when an encoding changes, and
 /// teach the reader the old one.
@@ -121,6 +136,7 @@ enum Kind {
     Settlement = 3,
     MeterReading = 4,
     Meta = 5,
+    Proof = 6,
 }
 
 /// An error of the storage engine itself (I/O, corruption it detected).
@@ -279,6 +295,7 @@ pub struct WriteBatch {
     settlements: Vec<(MarketId, IntervalSettlement)>,
     readings: Vec<(MarketId, MeterReading)>,
     meta: Vec<(Vec<u8>, Vec<u8>)>,
+    proofs: Vec<(MarketId, IntervalIndex, FinalityProof)>,
 }
 
 impl WriteBatch {
@@ -294,6 +311,11 @@ impl WriteBatch {
     /// Stores the final result of an interval (replacing any earlier one).
     pub fn put_result(&mut self, market: MarketId, interval: IntervalIndex, result: StoredResult) {
         self.results.push((market, interval, result));
+    }
+
+    /// Stores what made an interval final (replacing any earlier proof).
+    pub fn put_proof(&mut self, market: MarketId, interval: IntervalIndex, proof: FinalityProof) {
+        self.proofs.push((market, interval, proof));
     }
 
     /// Stores an interval's settlement (replacing any earlier one).
@@ -317,6 +339,7 @@ impl WriteBatch {
             && self.settlements.is_empty()
             && self.readings.is_empty()
             && self.meta.is_empty()
+            && self.proofs.is_empty()
     }
 
     fn into_sled(self) -> Result<sled::Batch, WriteError> {
@@ -332,6 +355,12 @@ impl WriteBatch {
             batch.insert(
                 key(Kind::Result, &market, interval),
                 encode("result", &result)?,
+            );
+        }
+        for (market, interval, proof) in self.proofs {
+            batch.insert(
+                key(Kind::Proof, &market, interval),
+                encode("finality proof", &proof)?,
             );
         }
         for (market, settlement) in self.settlements {
@@ -497,6 +526,36 @@ impl Store {
             .get(key(Kind::Result, market, interval))
             .map_err(engine_read)?;
         value.map(|v| decode("result", &v)).transpose()
+    }
+
+    /// What made `interval` final, if stored, with its final set's offers
+    /// in set order. An offer the proof names but the store lacks is
+    /// reported as corruption.
+    pub fn final_set(
+        &self,
+        market: &MarketId,
+        interval: IntervalIndex,
+    ) -> Result<Option<(FinalityProof, Vec<SignedOffer>)>, ReadError> {
+        let Some(value) = self
+            .tree
+            .get(key(Kind::Proof, market, interval))
+            .map_err(engine_read)?
+        else {
+            return Ok(None);
+        };
+        let proof: FinalityProof = decode("finality proof", &value)?;
+        let offers = proof
+            .offer_ids
+            .iter()
+            .map(|id| {
+                self.offer(market, interval, id)?
+                    .ok_or_else(|| ReadError::Corrupt {
+                        what: "finality proof",
+                        reason: format!("offer {id} of the final set is not stored"),
+                    })
+            })
+            .collect::<Result<Vec<SignedOffer>, ReadError>>()?;
+        Ok(Some((proof, offers)))
     }
 
     /// The latest interval with a stored result: where catching up starts.

@@ -458,3 +458,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_finality_proof_names_its_set_and_a_missing_offer_is_corruption() {
+    use dharti_protocol::node::Attestation;
+    let dir = TempDir::new("proof");
+    let store = Store::open(&dir.0).unwrap();
+    let m = market(0);
+    let interval = IntervalIndex(0);
+    let in_set: Vec<SignedOffer> = offers()
+        .iter()
+        .filter(|o| o.offer.market == m && o.offer.interval == interval)
+        .cloned()
+        .collect();
+    assert!(in_set.len() >= 2);
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let attestation = Attestation {
+        chain_id: 73_799,
+        market: m,
+        interval,
+        set_root: [3; 32],
+        result_root: [4; 32],
+        attester: ParticipantId(key.verifying_key().to_bytes()),
+    }
+    .sign(&key);
+    // The set is all but the last stored offer (an own offer outside it).
+    let proof = FinalityProof {
+        set_root: [3; 32],
+        offer_ids: in_set[..in_set.len() - 1].iter().map(|o| o.id).collect(),
+        attestations: vec![attestation],
+    };
+    assert_eq!(store.final_set(&m, interval).unwrap(), None);
+    let mut batch = WriteBatch::new();
+    for offer in &in_set {
+        batch.put_offer(m, offer.clone());
+    }
+    batch.put_proof(m, interval, proof.clone());
+    store.apply(batch).unwrap();
+    let (read, set) = store.final_set(&m, interval).unwrap().unwrap();
+    assert_eq!(read, proof);
+    assert_eq!(set, in_set[..in_set.len() - 1]);
+    assert!(read.attestations[0].verify().is_ok());
+    // A proof naming an offer the store lacks is reported, not papered over.
+    let mut bad = proof;
+    bad.offer_ids.push(OfferId([0xee; 32]));
+    let mut batch = WriteBatch::new();
+    batch.put_proof(m, interval, bad);
+    store.apply(batch).unwrap();
+    assert!(matches!(
+        store.final_set(&m, interval),
+        Err(ReadError::Corrupt { .. })
+    ));
+}

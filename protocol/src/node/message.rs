@@ -277,6 +277,58 @@ pub enum Message {
         interval: IntervalIndex,
         reports: Vec<Arc<SignedMeterReport>>,
     },
+    /// "Send me the proof that `interval` is final", from a node that missed
+    /// it (it was down). Answered with the quorum's `Attestations`; the
+    /// asker then fetches the set (`FetchSet`) from an attester, checks it
+    /// against the roots and clears it itself. Peers that no longer hold the
+    /// interval in memory answer from storage.
+    WantFinal {
+        interval: IntervalIndex,
+    },
+}
+
+/// The `SetChunk` messages that carry `offers` (an interval's final set, in
+/// set order) to a node that asked for it: at least one, even for an empty
+/// set.
+pub fn set_chunks(
+    interval: IntervalIndex,
+    set_root: Hash32,
+    offers: &[Arc<SignedOffer>],
+) -> Vec<Message> {
+    let chunks: Vec<&[Arc<SignedOffer>]> = if offers.is_empty() {
+        vec![&[]]
+    } else {
+        offers.chunks(MAX_OFFERS_PER_MESSAGE).collect()
+    };
+    let total = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(index, chunk)| {
+            Message::SetChunk(SetChunk {
+                interval,
+                set_root,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                total,
+                offers: chunk.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// The `Attestations` messages that carry a quorum's attestations of
+/// `interval`, within the per-message cap.
+pub fn attestation_messages(
+    interval: IntervalIndex,
+    attestations: &[Arc<SignedAttestation>],
+) -> Vec<Message> {
+    attestations
+        .chunks(MAX_ATTESTATIONS_PER_MESSAGE)
+        .map(|chunk| Message::Attestations {
+            interval,
+            attestations: chunk.to_vec(),
+        })
+        .collect()
 }
 
 /// Why bytes are not a message.

@@ -44,6 +44,7 @@ pub use message::{
     ATTESTATION_BODY_LEN, Attestation, MAX_ATTESTATIONS_PER_MESSAGE, MAX_MESSAGE_BYTES,
     MAX_OFFERS_PER_MESSAGE, MAX_REPORTS_PER_MESSAGE, MAX_WANTED_IDS, METER_REPORT_BODY_LEN,
     Message, MessageError, MeterReport, SetChunk, SignedAttestation, SignedMeterReport,
+    attestation_messages, set_chunks,
 };
 
 /// How a market agrees, on top of its [`MarketRules`].
@@ -182,6 +183,18 @@ const REPORT_ASKS: u32 = 2;
 /// (`crate::settlement`), which charges its whole contract to it. A node
 /// with every trader's report settles at once.
 const SETTLE_AFTER_MS: u64 = 30_000;
+/// Most missed intervals a node catches up ([`Input::CatchUp`]): a day of
+/// quarter-hours. Older history stays with the peers.
+pub const MAX_CATCH_UP_INTERVALS: u64 = 96;
+/// Missed intervals asked for at once (the oldest first)...
+const CATCH_UP_IN_FLIGHT: usize = 4;
+/// ...each asked again of other peers this often while no quorum's proof
+/// has come...
+const CATCH_UP_ASK_MS: u64 = 3_000;
+/// ...and given up this long after the first ask.
+const CATCH_UP_PATIENCE_MS: u64 = 60_000;
+/// Round numbers of catch-up asks, for choosing peers.
+const CATCH_UP_ROUND_BASE: u32 = 3_000;
 /// Missing traders asked directly for their own report, at most (each
 /// answers with its own; the bound keeps one ask from fanning out widely).
 const MAX_TRADERS_ASKED: usize = 16;
@@ -236,6 +249,16 @@ pub enum Input {
     },
     PeerUp(ParticipantId),
     PeerDown(ParticipantId),
+    /// The shell's history ends before `from` (a restart, or a new node
+    /// that wants recent history): ask peers for every interval from `from`
+    /// up to the first this node takes part in, at most
+    /// [`MAX_CATCH_UP_INTERVALS`] of them (the most recent), and finalize
+    /// each with the same proof a live interval needs: a quorum's
+    /// attestations and a set that clears to their roots. Give it after
+    /// the first tick.
+    CatchUp {
+        from: IntervalIndex,
+    },
 }
 
 /// What a node asks its shell to do.
@@ -267,18 +290,21 @@ pub struct Settled {
 /// A final interval.
 /// The final offer set itself is not copied into it (a simulator of a
 /// thousand nodes would copy every set a thousand times): a shell that
-/// persists it asks [`Node::final_offers`] while it handles this action.
+/// persists it asks [`Node::final_offers`] (and the quorum's attestations,
+/// [`Node::final_attestations`]) while it handles this action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finalized {
     pub interval: IntervalIndex,
     pub set_root: Hash32,
     pub result: Arc<IntervalResult>,
-    /// The members whose attestations made the quorum.
-    pub attesters: Vec<ParticipantId>,
     /// Milliseconds from gate closure to finality.
     pub finality_ms: u64,
     /// Whether this node had to fetch the quorum's set.
     pub fetched: bool,
+    /// Whether the interval was missed while the node was down and caught
+    /// up afterwards ([`Input::CatchUp`]): the node took no part in it, and
+    /// it is not settled here.
+    pub caught_up: bool,
 }
 
 /// The result of one input.
@@ -370,9 +396,21 @@ impl Activity {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Missed while the node was down: it asks peers for the quorum's proof
+    /// and set, and takes no part itself.
+    CatchingUp,
     Reconciling,
     Attested,
     Final,
+}
+
+/// Asking peers for a missed interval ([`Phase::CatchingUp`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct CatchUp {
+    /// When the node first asked; it gives up [`CATCH_UP_PATIENCE_MS`] later.
+    started_ms: Option<u64>,
+    asked_at_ms: u64,
+    asks: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -413,6 +451,8 @@ struct IntervalState {
     /// How often the node asked peers for missing reports; whether it settled.
     report_asks: u32,
     settled: bool,
+    /// Set while the interval is caught up, and after.
+    catch_up: Option<CatchUp>,
 }
 
 impl IntervalState {
@@ -446,6 +486,7 @@ impl IntervalState {
             reported_traders: 0,
             report_asks: 0,
             settled: false,
+            catch_up: None,
         }
     }
 }
@@ -468,6 +509,8 @@ pub struct Node {
     activity: Activity,
     /// Members needed for a quorum, from `activity`.
     threshold: usize,
+    /// Missed intervals given up (no peer had a usable proof in time).
+    catch_up_abandoned: u64,
     shared: Shared,
 }
 
@@ -499,6 +542,7 @@ impl Node {
             sequences: BTreeMap::new(),
             activity: Activity::default(),
             threshold: 0,
+            catch_up_abandoned: 0,
             shared,
         };
         node.update_threshold();
@@ -582,6 +626,7 @@ impl Node {
                 }
                 out.verdict = Some(verdict);
             }
+            Input::CatchUp { from } => self.start_catch_up(from, &mut out),
             Input::PeerUp(peer) => {
                 if self.shared.members.contains_key(&peer) && peer != self.me {
                     self.peers.insert(peer);
@@ -731,6 +776,7 @@ impl Node {
                     .collect();
                 first_reject(verdicts)
             }
+            Message::WantFinal { interval } => self.on_want_final(from, interval, out),
         }
     }
 
@@ -1031,15 +1077,45 @@ impl Node {
         if matches!(verdict, Verdict::Reject(_)) {
             return verdict;
         }
-        let Some(state) = self.intervals.get(&interval) else {
+        let Some(quorum) = self.final_attestations(interval) else {
             return verdict;
         };
-        if state.phase != Phase::Final {
-            return verdict;
+        for message in attestation_messages(interval, &quorum) {
+            out.actions.push(Action::Send { to: from, message });
         }
-        let Some((set_root, result_root, _)) = &state.own else {
-            return verdict;
+        Verdict::Accept
+    }
+
+    /// A peer that missed `interval` asks for the proof that it is final.
+    /// A node that holds it final answers with the quorum's attestations;
+    /// one that does not ignores the ask (its shell may answer from storage).
+    fn on_want_final(
+        &mut self,
+        from: ParticipantId,
+        interval: IntervalIndex,
+        out: &mut Output,
+    ) -> Verdict {
+        let Some(quorum) = self.final_attestations(interval) else {
+            return Verdict::Ignore;
         };
+        for message in attestation_messages(interval, &quorum) {
+            out.actions.push(Action::Send { to: from, message });
+        }
+        Verdict::Accept
+    }
+
+    /// The attestations of the quorum that made `interval` final, sorted by
+    /// attester, while the node holds it (to persist them with the result,
+    /// and to hand them to a peer).
+    pub fn final_attestations(
+        &self,
+        interval: IntervalIndex,
+    ) -> Option<Vec<Arc<SignedAttestation>>> {
+        let state = self.intervals.get(&interval)?;
+        if state.phase != Phase::Final {
+            return None;
+        }
+        let (set_root, result_root, _) = state.own.as_ref()?;
         let mut quorum: Vec<Arc<SignedAttestation>> = state
             .attestations
             .values()
@@ -1050,16 +1126,7 @@ impl Node {
             .cloned()
             .collect();
         quorum.sort_unstable_by_key(|a| a.attestation.attester);
-        for chunk in quorum.chunks(MAX_ATTESTATIONS_PER_MESSAGE) {
-            out.actions.push(Action::Send {
-                to: from,
-                message: Message::Attestations {
-                    interval,
-                    attestations: chunk.to_vec(),
-                },
-            });
-        }
-        Verdict::Accept
+        Some(quorum)
     }
 
     fn on_attestation(&mut self, signed: Arc<SignedAttestation>, out: &mut Output) -> Verdict {
@@ -1146,24 +1213,8 @@ impl Node {
             _ => return Verdict::Ignore,
         }
         let offers = self.pool.set_offers(interval);
-        let total =
-            u32::try_from(offers.len().div_ceil(MAX_OFFERS_PER_MESSAGE).max(1)).unwrap_or(u32::MAX);
-        let chunks: Vec<&[Arc<SignedOffer>]> = if offers.is_empty() {
-            vec![&[]]
-        } else {
-            offers.chunks(MAX_OFFERS_PER_MESSAGE).collect()
-        };
-        for (index, chunk) in chunks.into_iter().enumerate() {
-            out.actions.push(Action::Send {
-                to: from,
-                message: Message::SetChunk(SetChunk {
-                    interval,
-                    set_root,
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
-                    total,
-                    offers: chunk.to_vec(),
-                }),
-            });
+        for message in set_chunks(interval, set_root, &offers) {
+            out.actions.push(Action::Send { to: from, message });
         }
         Verdict::Accept
     }
@@ -1204,12 +1255,17 @@ impl Node {
         }
         self.pool.replace_interval(interval, fresh);
         let state = self.intervals.get_mut(&interval).expect("present");
-        let attested = state.own.is_some();
+        // A node catching up took no part: it does not attest.
+        let caught_up = state.phase == Phase::CatchingUp;
+        let attested = state.own.is_some() || caught_up;
         state.own = Some((root, result.result_hash, result.clone()));
         if !attested {
             self.attest(interval, root, result.result_hash, out);
         }
         self.finalize(interval, true, out);
+        if caught_up {
+            self.catch_up_round(out);
+        }
         Verdict::Accept
     }
 
@@ -1262,6 +1318,19 @@ impl Node {
             let gate = self.gate_ms(*interval);
             let mut due = |at: u64| next = next.min(at);
             match state.phase {
+                Phase::CatchingUp => {
+                    if let Some(CatchUp {
+                        started_ms: Some(started),
+                        asked_at_ms,
+                        ..
+                    }) = state.catch_up
+                    {
+                        if state.fetch.is_none() {
+                            due(asked_at_ms + CATCH_UP_ASK_MS);
+                        }
+                        due(started + CATCH_UP_PATIENCE_MS);
+                    }
+                }
                 Phase::Reconciling => {
                     // Rounds are due at quarters of the window, inside it.
                     let round = u64::from(state.rounds);
@@ -1369,6 +1438,7 @@ impl Node {
         for interval in stale {
             self.ask_next(interval, out);
         }
+        self.catch_up_round(out);
         let mut asks: Vec<(IntervalIndex, u32, Arc<SignedAttestation>)> = Vec::new();
         for (interval, state) in self.intervals.iter_mut() {
             if state.phase == Phase::Attested
@@ -1439,7 +1509,10 @@ impl Node {
         let old = std::mem::replace(&mut self.intervals, keep);
         let give_up = IntervalIndex(next.0.saturating_sub(MAX_PENDING_INTERVALS));
         for (interval, state) in old {
-            if state.phase != Phase::Final && interval >= give_up {
+            // Missed intervals are old by nature: they have their own patience.
+            if state.phase == Phase::CatchingUp
+                || (state.phase != Phase::Final && interval >= give_up)
+            {
                 self.intervals.insert(interval, state);
             }
         }
@@ -1564,6 +1637,90 @@ impl Node {
             .push(Action::Publish(Message::Attestation(signed)));
     }
 
+    /// [`Input::CatchUp`]: a state for each missed interval, then the
+    /// first asks.
+    fn start_catch_up(&mut self, from: IntervalIndex, out: &mut Output) {
+        let Some(first_live) = self.next_close else {
+            return;
+        };
+        let from = from.max(IntervalIndex(
+            first_live.0.saturating_sub(MAX_CATCH_UP_INTERVALS),
+        ));
+        let members = self.config.members.len();
+        for k in from.0..first_live.0 {
+            self.intervals.entry(IntervalIndex(k)).or_insert_with(|| {
+                let mut state = IntervalState::new(members);
+                state.phase = Phase::CatchingUp;
+                state.catch_up = Some(CatchUp::default());
+                state
+            });
+        }
+        self.catch_up_round(out);
+    }
+
+    /// Asks peers for the oldest few missed intervals that wait for a
+    /// quorum's proof; gives up those that waited too long.
+    fn catch_up_round(&mut self, out: &mut Output) {
+        let now_ms = self.now_ms;
+        let expired: Vec<IntervalIndex> = self
+            .intervals
+            .iter()
+            .filter(|(_, s)| {
+                s.phase == Phase::CatchingUp
+                    && s.catch_up
+                        .and_then(|c| c.started_ms)
+                        .is_some_and(|at| now_ms >= at + CATCH_UP_PATIENCE_MS)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for interval in expired {
+            self.intervals.remove(&interval);
+            self.catch_up_abandoned += 1;
+        }
+        let waiting: Vec<IntervalIndex> = self
+            .intervals
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::CatchingUp)
+            .map(|(i, _)| *i)
+            .take(CATCH_UP_IN_FLIGHT)
+            .collect();
+        for interval in waiting {
+            // The threshold may have changed since attestations came (live
+            // intervals have shown who is active).
+            self.check_finality(interval, out);
+            let Some(state) = self.intervals.get_mut(&interval) else {
+                continue;
+            };
+            if state.phase != Phase::CatchingUp || state.fetch.is_some() {
+                continue;
+            }
+            let catch_up = state.catch_up.get_or_insert_with(CatchUp::default);
+            if catch_up.asks > 0 && now_ms < catch_up.asked_at_ms + CATCH_UP_ASK_MS {
+                continue;
+            }
+            catch_up.started_ms.get_or_insert(now_ms);
+            catch_up.asked_at_ms = now_ms;
+            catch_up.asks += 1;
+            let round = CATCH_UP_ROUND_BASE + catch_up.asks;
+            for peer in self.reconcile_partners(interval, round) {
+                out.actions.push(Action::Send {
+                    to: peer,
+                    message: Message::WantFinal { interval },
+                });
+            }
+        }
+    }
+
+    /// Missed intervals still being caught up, and those given up so far.
+    pub fn catch_up_progress(&self) -> (usize, u64) {
+        let pending = self
+            .intervals
+            .values()
+            .filter(|s| s.phase == Phase::CatchingUp)
+            .count();
+        (pending, self.catch_up_abandoned)
+    }
+
     /// Members needed for a quorum now.
     fn threshold(&self) -> usize {
         self.threshold
@@ -1625,9 +1782,10 @@ impl Node {
         let Some(state) = self.intervals.get_mut(&interval) else {
             return;
         };
-        let Some((set_root, result_root, result)) = state.own.clone() else {
+        let Some((set_root, _, result)) = state.own.clone() else {
             return;
         };
+        let caught_up = state.phase == Phase::CatchingUp;
         state.phase = Phase::Final;
         state.fetch = None;
         let traders: IdMap<ParticipantId, ()> = result
@@ -1642,25 +1800,26 @@ impl Node {
             .filter(|p| matches!(state.reports.get(p), Some(Some(_))))
             .count();
         state.traders = traders;
-        let mut attesters: Vec<ParticipantId> = state
-            .groups
-            .get(&(set_root, result_root))
-            .cloned()
-            .unwrap_or_default();
-        attesters.sort_unstable();
-        self.activity.open(
-            interval,
-            state.attestations.values().map(|(place, _)| *place),
-            self.config.active_window.max(1),
-        );
-        self.update_threshold();
+        if caught_up {
+            // The node missed the interval's meter reports, and the
+            // interval is older than the activity window's newest: it
+            // neither settles it nor counts its attesters as recent.
+            state.settled = true;
+        } else {
+            self.activity.open(
+                interval,
+                state.attestations.values().map(|(place, _)| *place),
+                self.config.active_window.max(1),
+            );
+            self.update_threshold();
+        }
         out.actions.push(Action::Finalized(Box::new(Finalized {
             interval,
             set_root,
             result,
-            attesters,
             finality_ms: now_ms.saturating_sub(gate_ms),
             fetched,
+            caught_up,
         })));
         // Reports may have come first (a node that finalizes late).
         self.settle_if_complete(interval, out);

@@ -831,3 +831,111 @@ fn two_different_meter_reports_void_the_reporter() {
     });
     assert!(matches!(out.verdict, Some(Verdict::Reject(_))));
 }
+
+/// Node 6 is down (cut off) for three intervals, then comes back as a fresh
+/// node with the same key, as a restarted daemon does, and catches up.
+fn restart_after_missing_three(seed: u64) -> Net {
+    let cut = Faults {
+        offer_loss_pct: 0,
+        cut: Some((BTreeSet::from([6]), 0, 4 * INTERVAL_S * 1_000)),
+    };
+    let mut net = Net::new(7, seed, cut);
+    start(&mut net);
+    net.random_offers(3);
+    net.run(4 * INTERVAL_S * 1_000);
+    assert!(net.finals[6].is_empty(), "a cut-off node cannot finalize");
+    let config = net.nodes[6].config.clone();
+    let mut fresh = Node::new(config, key(6));
+    let now = net.nodes[0].now_ms;
+    fresh.handle(Input::Tick { now_ms: now });
+    let ids: Vec<ParticipantId> = net.nodes.iter().map(Node::id).collect();
+    for id in ids {
+        fresh.handle(Input::PeerUp(id));
+    }
+    net.nodes[6] = fresh;
+    net
+}
+
+#[test]
+fn a_restarted_node_catches_up_the_intervals_it_missed() {
+    let mut net = restart_after_missing_three(21);
+    let now = net.nodes[6].now_ms;
+    let out = net.nodes[6].handle(Input::CatchUp { from: FIRST });
+    assert!(
+        out.actions.iter().all(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::WantFinal { .. },
+                ..
+            }
+        )) && !out.actions.is_empty(),
+        "a catch-up starts by asking peers: {out:?}"
+    );
+    net.apply(now, 6, out);
+    net.run(5 * INTERVAL_S * 1_000);
+    net.assert_agreement(3);
+    for k in 0..3 {
+        let interval = IntervalIndex(FIRST.0 + k);
+        let f = &net.finals[6][&interval];
+        assert!(f.caught_up && f.fetched, "{interval:?} was not caught up");
+        assert_eq!(net.final_ids(6, interval), net.final_ids(0, interval));
+        // It took no part: no attestation of its own for the missed interval.
+        assert!(
+            !net.nodes[0]
+                .intervals
+                .get(&interval)
+                .is_some_and(|s| s.attestations.contains_key(&net.nodes[6].id()))
+        );
+    }
+    // Caught-up intervals are not settled by the node that missed their reports.
+    assert!((0..3).all(|k| !net.settled[6].contains_key(&IntervalIndex(FIRST.0 + k))));
+    assert_eq!(net.nodes[6].catch_up_progress(), (0, 0));
+}
+
+#[test]
+fn a_lone_member_cannot_feed_a_catching_up_node_a_history() {
+    let mut net = restart_after_missing_three(22);
+    let liar = 1;
+    let missed = net.nodes[6].next_close.expect("ticked").0 - FIRST.0;
+    // Nobody else answers: the node's asks go nowhere.
+    let out = net.nodes[6].handle(Input::CatchUp { from: FIRST });
+    assert!(!out.actions.is_empty());
+    // One member attests an empty set for FIRST and offers to serve it.
+    let empty = OfferPool::new();
+    let (set_root, result) = net.nodes[liar].clear_pool(&empty, FIRST);
+    let forged = Attestation {
+        chain_id: CHAIN_ID_VOLTA,
+        market: rules().market_id,
+        interval: FIRST,
+        set_root,
+        result_root: result.result_hash,
+        attester: net.nodes[liar].id(),
+    }
+    .sign(&key(liar));
+    let message = Message::Attestations {
+        interval: FIRST,
+        attestations: vec![Arc::new(forged)],
+    };
+    deliver(&mut net, liar, &[6], &message);
+    assert!(net.finals[6].is_empty(), "one attestation made a quorum");
+    // A set sent unasked is ignored.
+    for chunk in set_chunks(FIRST, set_root, &[]) {
+        deliver(&mut net, liar, &[6], &chunk);
+    }
+    assert!(net.finals[6].is_empty(), "an unasked set was adopted");
+    // With nobody answering, the node gives up in bounded time and keeps
+    // nothing of the missed intervals.
+    net.queue.clear();
+    let give_up = net.nodes[6].now_ms + CATCH_UP_PATIENCE_MS * 4;
+    for at in (net.nodes[6].now_ms..=give_up).step_by(1_000) {
+        let out = net.nodes[6].handle(Input::Tick { now_ms: at });
+        assert!(
+            out.actions
+                .iter()
+                .all(|a| !matches!(a, Action::Finalized(_)))
+        );
+    }
+    assert!(missed >= 3);
+    assert_eq!(net.nodes[6].catch_up_progress(), (0, missed));
+    assert!(net.finals[6].is_empty());
+}
