@@ -102,6 +102,7 @@ pub struct NetworkSection {
     pub mdns: bool,
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
+    pub target_peers: u32,
 }
 
 impl Default for NetworkSection {
@@ -114,7 +115,8 @@ impl Default for NetworkSection {
             bootstrap: Vec::new(),
             mdns: true,
             max_connections: 64,
-            max_connections_per_peer: 2,
+            max_connections_per_peer: 1,
+            target_peers: 12,
         }
     }
 }
@@ -449,7 +451,10 @@ bootstrap = []
 # Find members on the local network by mDNS.
 mdns = true
 max_connections = 64
-max_connections_per_peer = 2
+max_connections_per_peer = 1
+# Above this many peers, connections outside the gossip mesh are closed
+# (bootstrap peers stay); 0 keeps every connection.
+target_peers = 12
 
 [api]
 # Keep it on loopback unless a reverse proxy with TLS is in front.

@@ -29,7 +29,7 @@ use dharti_protocol::node::{
 };
 use dharti_protocol::offer::SignedOffer;
 use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
-use dharti_protocol::types::{IntervalIndex, ParticipantId, Side};
+use dharti_protocol::types::{IntervalIndex, OfferId, ParticipantId, Side};
 use dharti_storage::{FinalityProof, Store, WriteBatch};
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
@@ -171,7 +171,8 @@ pub struct Driver {
     own_offers: BTreeMap<(IntervalIndex, Side), Arc<SignedOffer>>,
     recent: VecDeque<IntervalSummary>,
     last_final: Option<(IntervalIndex, [u8; 32])>,
-    arrivals: VecDeque<Arrival>,
+    /// Offer id and unix ms; formatted only when asked for.
+    arrivals: VecDeque<(OfferId, u64)>,
     /// Missed intervals the node had given up when last looked at.
     abandoned: u64,
 }
@@ -464,10 +465,7 @@ impl Driver {
                     if self.arrivals.len() >= MAX_ARRIVALS {
                         self.arrivals.pop_front();
                     }
-                    self.arrivals.push_back(Arrival {
-                        offer_id: id.to_string(),
-                        at_ms: now_ms(),
-                    });
+                    self.arrivals.push_back((id, now_ms()));
                 }
                 verdict
             }
@@ -864,7 +862,15 @@ impl Driver {
                 );
             }
             Request::Arrivals(reply) => {
-                let _ = reply.send(self.arrivals.iter().cloned().collect());
+                let _ = reply.send(
+                    self.arrivals
+                        .iter()
+                        .map(|(id, at_ms)| Arrival {
+                            offer_id: id.to_string(),
+                            at_ms: *at_ms,
+                        })
+                        .collect(),
+                );
             }
             Request::Snapshot(reply) => {
                 let mut bytes = Vec::new();

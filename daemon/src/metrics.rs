@@ -20,6 +20,7 @@ pub struct VerdictLabels {
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub peers: Gauge,
+    pub peers_trimmed: Counter,
     pub gossip_published: Counter,
     pub gossip_publish_failures: Counter,
     pub gossip_received: Counter,
@@ -50,6 +51,11 @@ impl Metrics {
         let m = Metrics::default();
         let r = registry.sub_registry_with_prefix("dharti");
         r.register("peers", "Connected peers", m.peers.clone());
+        r.register(
+            "peers_trimmed",
+            "Connections closed because the node had more than network.target_peers",
+            m.peers_trimmed.clone(),
+        );
         r.register(
             "gossip_published",
             "Messages this node published on the market topic",
@@ -191,10 +197,7 @@ mod tests {
             seen += 1;
         }
         // And nothing documented that the daemon does not have.
-        let documented = doc
-            .lines()
-            .filter(|l| l.starts_with("| `dharti_"))
-            .count();
+        let documented = doc.lines().filter(|l| l.starts_with("| `dharti_")).count();
         assert_eq!(seen, documented);
     }
 }

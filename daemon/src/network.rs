@@ -15,7 +15,7 @@
 //! - **identify**, **Kademlia** (peer routing), **mDNS** (LAN discovery),
 //!   bootstrap peers from the config, TCP and QUIC, connection limits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ const BOOTSTRAP_EVERY: Duration = Duration::from_secs(60);
 /// fill theirs with each other can leave later ones outside (seen with 50
 /// daemons and 12 slots each: 13 nodes formed their own island).
 const WANT_PEERS: usize = 8;
+/// How often a node with more than `target_peers` peers closes the spare
+/// connections.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// What the rest of the daemon asks of the network.
 #[derive(Debug)]
@@ -186,6 +189,9 @@ pub struct NetworkConfig {
     pub mdns: bool,
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
+    /// Above this many peers, connections outside the gossip mesh are
+    /// closed (bootstrap peers stay); 0 keeps every connection.
+    pub target_peers: usize,
 }
 
 /// The gossipsub topic of a market.
@@ -202,6 +208,11 @@ fn gossipsub_behaviour(topic: &IdentTopic) -> anyhow::Result<gossipsub::Behaviou
             MessageId::from(Sha256::digest(&message.data).to_vec())
         })
         .heartbeat_interval(Duration::from_secs(1))
+        // Gossip repeats a message for three heartbeats; a copy that comes
+        // later than this is judged again and ignored by the node (it holds
+        // the offer), so a shorter memory than the default minute costs no
+        // correctness and saves a megabyte or two under load.
+        .duplicate_cache_time(Duration::from_secs(20))
         // Small markets: a mesh of up to 6 (gossipsub's default degree) but
         // content with 2, so that a few nodes on one LAN form one.
         .mesh_n_low(2)
@@ -264,6 +275,9 @@ pub struct Network {
     libp2p_metrics: libp2p::metrics::Metrics,
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     listening: Vec<Multiaddr>,
+    target_peers: usize,
+    /// Peers named in the config's bootstrap list: never trimmed.
+    bootstrap_peers: HashSet<PeerId>,
 }
 
 impl std::fmt::Debug for Network {
@@ -369,6 +383,15 @@ pub fn start(
         libp2p_metrics,
         addresses: HashMap::new(),
         listening: Vec::new(),
+        target_peers: config.target_peers,
+        bootstrap_peers: config
+            .bootstrap
+            .iter()
+            .filter_map(|a| match a.iter().last() {
+                Some(Protocol::P2p(peer)) => Some(peer),
+                _ => None,
+            })
+            .collect(),
     };
     Ok((network, command_tx, event_rx))
 }
@@ -378,6 +401,8 @@ impl Network {
     /// channel closes.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut bootstrap = tokio::time::interval(BOOTSTRAP_EVERY);
+        let mut trim = tokio::time::interval(TRIM_EVERY);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -392,6 +417,44 @@ impl Network {
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
                 }
+                _ = trim.tick() => self.trim_peers(),
+            }
+        }
+    }
+
+    /// Closes connections beyond `target_peers`: first those to peers
+    /// outside this node's gossip mesh and bootstrap list, in an order
+    /// that differs per node (so that two nodes do not both drop the
+    /// same third). Every connection costs memory (buffers, gossip state),
+    /// and a mesh of a dozen peers per node reaches everyone in a few hops;
+    /// the mesh itself is never cut, so trimming cannot split the market.
+    fn trim_peers(&mut self) {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if self.target_peers == 0 || connected.len() <= self.target_peers {
+            return;
+        }
+        let excess = connected.len() - self.target_peers;
+        let mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let me = *self.swarm.local_peer_id();
+        let mut spare: Vec<([u8; 32], PeerId)> = connected
+            .into_iter()
+            .filter(|p| !mesh.contains(p) && !self.bootstrap_peers.contains(p))
+            .map(|p| {
+                let mut seed = me.to_bytes();
+                seed.extend_from_slice(&p.to_bytes());
+                (dharti_protocol::hash::sha256(&seed), p)
+            })
+            .collect();
+        spare.sort_unstable();
+        for (_, peer) in spare.into_iter().take(excess) {
+            if self.swarm.disconnect_peer_id(peer).is_ok() {
+                self.metrics.peers_trimmed.inc();
             }
         }
     }

@@ -132,6 +132,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             mdns: config.network.mdns,
             max_connections: config.network.max_connections,
             max_connections_per_peer: config.network.max_connections_per_peer,
+            target_peers: config.network.target_peers as usize,
         },
         &mut registry,
         metrics.clone(),

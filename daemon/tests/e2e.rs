@@ -466,6 +466,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
                 mdns: false,
                 max_connections: 8,
                 max_connections_per_peer: 1,
+                target_peers: 0,
             },
             &mut registry,
             hostile_metrics.clone(),

@@ -59,9 +59,10 @@ pub struct FinalityProof {
 pub const SCHEMA_VERSION: u8 = 1;
 
 /// sled's page cache. Small on purpose: a daemon should stay within 25 MB
-/// resident (the mesh benchmark measures it), and the working set (the open
-/// intervals, the last final ones) is a few hundred kilobytes.
-const CACHE_CAPACITY_BYTES: u64 = 2 * 1024 * 1024;
+/// resident (the mesh benchmark measures it), the working set (the open
+/// intervals, the last final ones) is a few hundred kilobytes, and reads
+/// (the API, peers catching up) are rare.
+const CACHE_CAPACITY_BYTES: u64 = 1024 * 1024;
 
 /// The one bincode configuration used for every value: fixed-width
 /// little-endian integers, so a value's layout never depends on its numbers.
