@@ -489,26 +489,34 @@ impl Driver {
         interval: IntervalIndex,
         set_root: Option<dharti_protocol::hash::Hash32>,
     ) -> bool {
-        let (proof, offers) = match self.store.final_set(&self.market_id(), interval) {
-            Ok(Some(found)) => found,
+        let market = self.market_id();
+        // The proof alone answers `WantFinal`; only `FetchSet` reads offers.
+        let read = match set_root {
+            None => self.store.proof(&market, interval).map(|found| {
+                found.map(|proof| {
+                    let attestations: Vec<Arc<SignedAttestation>> =
+                        proof.attestations.into_iter().map(Arc::new).collect();
+                    attestation_messages(interval, &attestations)
+                })
+            }),
+            Some(root) => self.store.final_set(&market, interval).map(|found| {
+                found
+                    .filter(|(proof, _)| proof.set_root == root)
+                    .map(|(_, offers)| {
+                        let offers: Vec<Arc<SignedOffer>> =
+                            offers.into_iter().map(Arc::new).collect();
+                        set_chunks(interval, root, &offers)
+                    })
+            }),
+        };
+        let messages = match read {
+            Ok(Some(messages)) => messages,
             Ok(None) => return false,
             Err(e) => {
                 self.metrics.storage_errors.inc();
                 tracing::error!(interval = interval.0, "driver.serve: {e:#}");
                 return false;
             }
-        };
-        let messages = match set_root {
-            None => {
-                let attestations: Vec<Arc<SignedAttestation>> =
-                    proof.attestations.into_iter().map(Arc::new).collect();
-                attestation_messages(interval, &attestations)
-            }
-            Some(root) if root == proof.set_root => {
-                let offers: Vec<Arc<SignedOffer>> = offers.into_iter().map(Arc::new).collect();
-                set_chunks(interval, root, &offers)
-            }
-            Some(_) => return false,
         };
         for message in messages {
             self.to_network(Command::Send {

@@ -529,22 +529,29 @@ impl Store {
         value.map(|v| decode("result", &v)).transpose()
     }
 
-    /// What made `interval` final, if stored, with its final set's offers
-    /// in set order. An offer the proof names but the store lacks is
-    /// reported as corruption.
+    /// What made `interval` final, if stored.
+    pub fn proof(
+        &self,
+        market: &MarketId,
+        interval: IntervalIndex,
+    ) -> Result<Option<FinalityProof>, ReadError> {
+        let value = self
+            .tree
+            .get(key(Kind::Proof, market, interval))
+            .map_err(engine_read)?;
+        value.map(|v| decode("finality proof", &v)).transpose()
+    }
+
+    /// [`Store::proof`] with the final set's offers, in set order. An offer
+    /// the proof names but the store lacks is reported as corruption.
     pub fn final_set(
         &self,
         market: &MarketId,
         interval: IntervalIndex,
     ) -> Result<Option<(FinalityProof, Vec<SignedOffer>)>, ReadError> {
-        let Some(value) = self
-            .tree
-            .get(key(Kind::Proof, market, interval))
-            .map_err(engine_read)?
-        else {
+        let Some(proof) = self.proof(market, interval)? else {
             return Ok(None);
         };
-        let proof: FinalityProof = decode("finality proof", &value)?;
         let offers = proof
             .offer_ids
             .iter()
