@@ -522,11 +522,7 @@ impl Store {
         market: &MarketId,
         interval: IntervalIndex,
     ) -> Result<Option<StoredResult>, ReadError> {
-        let value = self
-            .tree
-            .get(key(Kind::Result, market, interval))
-            .map_err(engine_read)?;
-        value.map(|v| decode("result", &v)).transpose()
+        self.get(Kind::Result, "result", market, interval)
     }
 
     /// What made `interval` final, if stored.
@@ -535,11 +531,7 @@ impl Store {
         market: &MarketId,
         interval: IntervalIndex,
     ) -> Result<Option<FinalityProof>, ReadError> {
-        let value = self
-            .tree
-            .get(key(Kind::Proof, market, interval))
-            .map_err(engine_read)?;
-        value.map(|v| decode("finality proof", &v)).transpose()
+        self.get(Kind::Proof, "finality proof", market, interval)
     }
 
     /// [`Store::proof`] with the final set's offers, in set order. An offer
@@ -595,11 +587,22 @@ impl Store {
         market: &MarketId,
         interval: IntervalIndex,
     ) -> Result<Option<IntervalSettlement>, ReadError> {
+        self.get(Kind::Settlement, "settlement", market, interval)
+    }
+
+    /// The one bincode value of `kind` stored for `interval`, if any.
+    fn get<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        what: &'static str,
+        market: &MarketId,
+        interval: IntervalIndex,
+    ) -> Result<Option<T>, ReadError> {
         let value = self
             .tree
-            .get(key(Kind::Settlement, market, interval))
+            .get(key(kind, market, interval))
             .map_err(engine_read)?;
-        value.map(|v| decode("settlement", &v)).transpose()
+        value.map(|v| decode(what, &v)).transpose()
     }
 
     /// The meter readings stored for `interval`, by participant.
