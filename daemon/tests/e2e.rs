@@ -130,6 +130,14 @@ impl Solo {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Starts the daemon; its API URL and bearer token.
+    fn start_with_api(&mut self) -> (serde_json::Value, String, String) {
+        let info = self.start();
+        let url = info["api_url"].as_str().unwrap().to_string();
+        let token = std::fs::read_to_string(self.dir.join("api.token")).unwrap();
+        (info, url, token.trim().to_string())
+    }
+
     fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
@@ -210,10 +218,8 @@ fn wait_final(url: &str, after: Option<u64>) -> u64 {
 #[test]
 fn writes_need_the_token_and_acknowledged_offers_survive_kill_9() {
     let mut node = solo("solo");
-    let info = node.start();
-    let url = info["api_url"].as_str().unwrap().to_string();
-    let token = std::fs::read_to_string(node.dir.join("api.token")).unwrap();
-    let token = token.trim();
+    let (info, url, token) = node.start_with_api();
+    let token = token.as_str();
 
     let (code, body) = http(&url, "GET", "/api/v1/status", None, "");
     assert_eq!(code, 200, "{body}");
@@ -330,11 +336,9 @@ fn writes_need_the_token_and_acknowledged_offers_survive_kill_9() {
 #[test]
 fn backup_then_restore_into_a_fresh_directory_gives_the_same_history() {
     let mut node = solo("backup");
-    let info = node.start();
-    let url = info["api_url"].as_str().unwrap().to_string();
-    let token = std::fs::read_to_string(node.dir.join("api.token")).unwrap();
+    let (_, url, token) = node.start_with_api();
     let offer = r#"{"side": "ask", "energy_wh": 500, "price_micro_per_kwh": 120000}"#;
-    let (code, body) = http(&url, "POST", "/api/v1/offers", Some(token.trim()), offer);
+    let (code, body) = http(&url, "POST", "/api/v1/offers", Some(&token), offer);
     assert_eq!(code, 201, "{body}");
     let first = wait_final(&url, None);
     let last = wait_final(&url, Some(first));
@@ -418,15 +422,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
 
     let out = temp_dir("hostile");
     let hostile = Identity::generate().unwrap();
-    let options = dharti::demo::DemoOptions {
-        nodes: 3,
-        interval_s: 10,
-        intervals: 0,
-        out: out.clone(),
-        data: None,
-        max_offers: 16,
-        max_connections: 64,
-    };
+    let options = cluster_options(3, &out);
     // The hostile peer is even a member: its messages fail on their own
     // merits (bytes, signatures), not only on membership.
     let configs =
@@ -623,6 +619,19 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `nodes` daemons with 10-s intervals, run until stopped, data under `out`.
+fn cluster_options(nodes: usize, out: &std::path::Path) -> dharti::demo::DemoOptions {
+    dharti::demo::DemoOptions {
+        nodes,
+        interval_s: 10,
+        intervals: 0,
+        out: out.to_path_buf(),
+        data: None,
+        max_offers: 16,
+        max_connections: 64,
+    }
+}
+
 /// Interval → result hash, for every interval `url`'s node holds from `from` on.
 fn hashes_from(url: &str, from: u64) -> std::collections::BTreeMap<u64, String> {
     let Some(last) = last_final(url) else {
@@ -643,15 +652,7 @@ fn hashes_from(url: &str, from: u64) -> std::collections::BTreeMap<u64, String> 
 fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
     let out = temp_dir("kill9");
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_dharti"));
-    let options = dharti::demo::DemoOptions {
-        nodes: 5,
-        interval_s: 10,
-        intervals: 0,
-        out: out.clone(),
-        data: None,
-        max_offers: 16,
-        max_connections: 64,
-    };
+    let options = cluster_options(5, &out);
     let anchor = dharti::driver::now_ms() / 1_000 / 10 * 10;
     let configs = dharti::demo::make_nodes(&options, anchor, true, &[]).unwrap();
     let mut daemons = Cluster(Vec::new());
