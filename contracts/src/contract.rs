@@ -1,0 +1,112 @@
+//! Typed calls to deployed contracts, and deploying Dharti's three.
+
+use alloy::primitives::{Address, Bytes, U256};
+use alloy::sol_types::{SolCall, SolConstructor};
+
+use crate::bindings::{DemoEuro, EnergyCertificates, SettlementLedger};
+use crate::chain::{Chain, ChainError, Receipt};
+
+/// A deployed contract on a chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Contract<'a> {
+    pub chain: &'a Chain,
+    pub address: Address,
+}
+
+impl<'a> Contract<'a> {
+    pub fn new(chain: &'a Chain, address: Address) -> Self {
+        Contract { chain, address }
+    }
+
+    /// Calls a view and decodes its return value.
+    pub async fn view<C: SolCall>(&self, call: C) -> Result<C::Return, ChainError> {
+        let out = self
+            .chain
+            .call(self.address, call.abi_encode().into())
+            .await?;
+        C::abi_decode_returns(&out).map_err(|e| {
+            ChainError::Usage(format!("{} returned undecodable data: {e}", C::SIGNATURE))
+        })
+    }
+
+    /// Sends a transaction calling `call` from `from`.
+    pub async fn send<C: SolCall>(&self, from: Address, call: C) -> Result<Receipt, ChainError> {
+        self.send_value(from, call, U256::ZERO).await
+    }
+
+    pub async fn send_value<C: SolCall>(
+        &self,
+        from: Address,
+        call: C,
+        value: U256,
+    ) -> Result<Receipt, ChainError> {
+        self.chain
+            .send(from, Some(self.address), call.abi_encode().into(), value)
+            .await
+    }
+}
+
+/// Where Dharti's contracts live on one chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deployment {
+    pub ledger: Address,
+    pub certificates: Address,
+    /// The ERC-20 the ledger escrows besides native EWT.
+    pub token: Address,
+}
+
+/// Deploys a contract from creation code plus encoded constructor arguments.
+pub async fn deploy(
+    chain: &Chain,
+    from: Address,
+    code: &[u8],
+    args: Vec<u8>,
+) -> Result<(Address, u64), ChainError> {
+    let init: Bytes = [code, &args[..]].concat().into();
+    let receipt = chain.send(from, None, init, U256::ZERO).await?;
+    let address = receipt
+        .contract_address
+        .ok_or_else(|| ChainError::Usage("deployment receipt names no contract".into()))?;
+    Ok((address, receipt.gas_used))
+}
+
+/// Deploys the ledger and the certificates with `admin` as their admin.
+/// `token` is the ERC-20 to escrow; `None` deploys the demo euro, minted by
+/// `admin`, first.
+pub async fn deploy_all(
+    chain: &Chain,
+    admin: Address,
+    token: Option<Address>,
+) -> Result<Deployment, ChainError> {
+    let token = match token {
+        Some(token) => token,
+        None => {
+            deploy(chain, admin, &DemoEuro::BYTECODE, Vec::new())
+                .await?
+                .0
+        }
+    };
+    let (ledger, _) = deploy(
+        chain,
+        admin,
+        &SettlementLedger::BYTECODE,
+        SettlementLedger::constructorCall {
+            admin_: admin,
+            token_: token,
+        }
+        .abi_encode(),
+    )
+    .await?;
+    let (certificates, _) = deploy(
+        chain,
+        admin,
+        &EnergyCertificates::BYTECODE,
+        EnergyCertificates::constructorCall { admin_: admin }.abi_encode(),
+    )
+    .await?;
+    Ok(Deployment {
+        ledger,
+        certificates,
+        token,
+    })
+}

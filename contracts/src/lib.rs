@@ -1,0 +1,15 @@
+//! Dharti on the Energy Web Chain: the contracts' bindings, settlement
+//! batches and their Merkle trees, and the chain client with its two
+//! backends (JSON-RPC through alloy, or an embedded EVM).
+//!
+//! Only this crate knows the chain (DESIGN.md). docs/chain.md describes the
+//! contracts, what goes on chain and what does not.
+pub mod batch;
+pub mod bindings;
+pub mod chain;
+pub mod contract;
+pub mod merkle;
+
+pub use batch::{Approval, Batch, BatchError};
+pub use chain::{Chain, ChainError, Preset, Receipt};
+pub use contract::{Contract, Deployment, deploy_all};

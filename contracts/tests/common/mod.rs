@@ -1,0 +1,163 @@
+//! Chains for the contract tests: the embedded EVM always, and a real anvil
+//! from the project's node_modules (or PATH) when there is one.
+//! `./scripts/test` installs anvil and sets `DHARTI_REQUIRE_ANVIL=1`, so in
+//! CI every contract test runs against both.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use dharti_contracts::chain::LOCAL_CHAIN_ID;
+use dharti_contracts::{Chain, Preset};
+
+/// anvil's well-known development keys (mnemonic "test test … junk").
+pub const DEV_KEYS: [&str; 10] = [
+    "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+    "92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
+    "4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
+    "dbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
+    "2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
+];
+
+pub fn keys() -> Vec<PrivateKeySigner> {
+    DEV_KEYS
+        .iter()
+        .map(|k| k.parse().expect("a valid dev key"))
+        .collect()
+}
+
+/// A key no chain knows: signs, but is nobody's member.
+pub fn stranger() -> PrivateKeySigner {
+    "1111111111111111111111111111111111111111111111111111111111111111"
+        .parse()
+        .expect("a valid key")
+}
+
+pub fn anvil_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DHARTI_ANVIL") {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/.bin/anvil");
+    if local.exists() {
+        return Some(local);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("anvil"))
+        .find(|p| p.exists())
+}
+
+/// A running anvil, killed on drop.
+#[derive(Debug)]
+pub struct Anvil {
+    child: Child,
+    pub url: String,
+}
+
+impl Anvil {
+    pub fn start() -> Option<Anvil> {
+        let Some(bin) = anvil_path() else {
+            assert!(
+                std::env::var_os("DHARTI_REQUIRE_ANVIL").is_none(),
+                "DHARTI_REQUIRE_ANVIL is set but no anvil was found (npm install puts it in node_modules/.bin)"
+            );
+            eprintln!("anvil not found: running the embedded EVM only");
+            return None;
+        };
+        let mut child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", "0", "--chain-id"])
+            .arg(LOCAL_CHAIN_ID.to_string())
+            .args(["--hardfork", "london", "--gas-limit", "6000000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("anvil starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("anvil printed its address")
+                .expect("readable stdout");
+            if let Some(addr) = line.strip_prefix("Listening on ") {
+                break format!("http://{}", addr.trim());
+            }
+        };
+        // Keep draining so anvil never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(Anvil { child, url })
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One chain to run a test against, with native funds for every dev key.
+#[derive(Debug)]
+pub struct TestChain {
+    pub chain: Chain,
+    pub name: &'static str,
+    _anvil: Option<Anvil>,
+}
+
+pub async fn embedded() -> TestChain {
+    let chain = Chain::embedded();
+    fund(&chain).await;
+    TestChain {
+        chain,
+        name: "embedded",
+        _anvil: None,
+    }
+}
+
+pub async fn anvil() -> Option<TestChain> {
+    let anvil = Anvil::start()?;
+    let chain = Chain::rpc(
+        Preset::Anvil,
+        &anvil.url,
+        keys(),
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("anvil answers");
+    fund(&chain).await;
+    Some(TestChain {
+        chain,
+        name: "anvil",
+        _anvil: Some(anvil),
+    })
+}
+
+/// Every backend available here.
+pub async fn chains() -> Vec<TestChain> {
+    let mut all = vec![embedded().await];
+    all.extend(anvil().await);
+    all
+}
+
+async fn fund(chain: &Chain) {
+    for k in keys() {
+        chain
+            .set_balance(k.address(), U256::from(10u128.pow(24)))
+            .await
+            .expect("a development chain mints");
+    }
+}
+
+pub fn addresses(keys: &[PrivateKeySigner]) -> Vec<Address> {
+    keys.iter().map(|k| k.address()).collect()
+}
