@@ -24,6 +24,9 @@ const input = {
   settings: {
     evmVersion: "london",
     optimizer: { enabled: true, runs: 10000 },
+    // The IR pipeline: tighter code for the approval loop, and no "stack
+    // too deep" in it.
+    viaIR: true,
     metadata: { bytecodeHash: "none", appendCBOR: false },
     outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
   },

@@ -22,7 +22,7 @@ contract SettlementLedger {
 
     /// What members approve and the committer submits.
     struct BatchHeader {
-        bytes32 market;
+        uint32 market;
         uint64 number;
         uint64 firstInterval;
         uint64 lastInterval;
@@ -62,7 +62,7 @@ contract SettlementLedger {
     // ------------------------------------------------------------ constants
 
     bytes32 public constant BATCH_TYPEHASH = keccak256(
-        "BatchHeader(bytes32 market,uint64 number,uint64 firstInterval,uint64 lastInterval,bytes32 recordsRoot,bytes32 netRoot)"
+        "BatchHeader(uint32 market,uint64 number,uint64 firstInterval,uint64 lastInterval,bytes32 recordsRoot,bytes32 netRoot)"
     );
     bytes32 private constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
@@ -75,12 +75,16 @@ contract SettlementLedger {
     uint256 public constant MAX_MEMBERS = 1000;
     /// Upper half of the secp256k1 order: larger s values are malleable.
     uint256 private constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
+    /// Clears the y-parity bit of an EIP-2098 `vs`.
+    uint256 private constant HALF_ORDER_MASK = 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff;
 
     // ---------------------------------------------------------------- state
 
     address public admin;
     /// The one ERC-20 this ledger escrows besides native EWT (may be zero).
     IERC20 public immutable token;
+    uint256 private immutable deployChainId;
+    bytes32 private immutable deployDomain;
 
     /// Data contract holding the members' addresses, 20 bytes each, after
     /// one leading STOP byte. Packed with the count and the threshold so
@@ -92,11 +96,20 @@ contract SettlementLedger {
     mapping(address => uint256) private memberSlot;
     address[] private memberList;
 
-    mapping(bytes32 => Market) public markets;
-    /// keccak256(recordsRoot, netRoot) of each committed batch.
-    mapping(bytes32 => mapping(uint64 => bytes32)) public batchRoot;
+    /// Markets by their small on-chain index (1, 2, …): headers carry the
+    /// index, which costs less calldata than the 32-byte market id.
+    mapping(uint32 => Market) public markets;
+    mapping(bytes32 => uint32) public marketIndex;
+    uint32 public marketCount;
+    /// keccak256(recordsRoot, netRoot) of batch n at `_key(market, n + 1)`;
+    /// `_key(market, 0)` holds
+    /// a non-zero sentinel once the market is registered. So one SLOAD of
+    /// key n proves both "market registered" (n = 0) and "batch n - 1
+    /// committed" (n > 0), and no separate market lookup is paid per batch.
+    mapping(uint256 => bytes32) private roots;
+    bytes32 private constant REGISTERED = bytes32(uint256(1));
     /// One bit per batch: its net positions have been applied.
-    mapping(bytes32 => mapping(uint256 => uint256)) private settledBits;
+    mapping(uint256 => uint256) private settledBits;
 
     mapping(address => uint256) public nativeBalance;
     mapping(address => uint256) public tokenBalance;
@@ -107,18 +120,13 @@ contract SettlementLedger {
     event MemberAdded(address indexed member, uint256 index);
     event MemberRemoved(address indexed member);
     event ThresholdChanged(uint256 threshold);
-    event MarketRegistered(bytes32 indexed market, bool inToken, uint64 scale);
-    event BatchCommitted(
-        bytes32 indexed market,
-        uint64 indexed number,
-        uint64 firstInterval,
-        uint64 lastInterval,
-        bytes32 recordsRoot,
-        bytes32 netRoot,
-        address committer
-    );
-    event BatchSettled(bytes32 indexed market, uint64 indexed number, uint256 accounts);
-    event NetPositionApplied(bytes32 indexed market, uint64 indexed number, address indexed account, int256 amount);
+    event MarketRegistered(bytes32 indexed marketId, uint32 indexed market, bool inToken, uint64 scale);
+    /// The header (batch number, interval range, both roots) is in the
+    /// transaction's input; the event only points at it, because every
+    /// byte of it is paid for by every batch (`batchCount` gives the number).
+    event BatchCommitted(uint32 indexed market);
+    event BatchSettled(uint32 indexed market, uint64 indexed number, uint256 accounts);
+    event NetPositionApplied(uint32 indexed market, uint64 indexed number, address indexed account, int256 amount);
     event Deposited(address indexed account, bool inToken, uint256 amount);
     event Withdrawn(address indexed account, bool inToken, uint256 amount);
 
@@ -130,20 +138,20 @@ contract SettlementLedger {
     error NotMember(address member);
     error TooManyMembers();
     error BadThreshold(uint256 threshold, uint256 members);
-    error UnknownMarket(bytes32 market);
-    error MarketExists(bytes32 market);
+    error UnknownMarket(uint32 market);
+    error MarketExists(bytes32 marketId);
     error BadScale();
     error NoToken();
     error BadIntervalRange(uint64 firstInterval, uint64 lastInterval);
-    error AlreadyCommitted(bytes32 market, uint64 number);
-    error OutOfOrder(bytes32 market, uint64 number);
+    error AlreadyCommitted(uint32 market, uint64 number);
+    error OutOfOrder(uint32 market, uint64 number);
     error MalformedApprovals(uint256 length);
     error BelowQuorum(uint256 approvals, uint256 threshold);
     error ApproversNotAscending(uint256 position);
     error BadMemberIndex(uint256 index);
     error BadSignature(uint256 position);
-    error NotCommitted(bytes32 market, uint64 number);
-    error AlreadySettled(bytes32 market, uint64 number);
+    error NotCommitted(uint32 market, uint64 number);
+    error AlreadySettled(uint32 market, uint64 number);
     error RootMismatch();
     error AccountsNotAscending(uint256 position);
     error PositionsDoNotSumToZero(int256 sum);
@@ -156,6 +164,8 @@ contract SettlementLedger {
         if (admin_ == address(0)) revert ZeroAddress();
         admin = admin_;
         token = token_;
+        deployChainId = block.chainid;
+        deployDomain = _domain();
         emit AdminChanged(address(0), admin_);
     }
 
@@ -210,12 +220,21 @@ contract SettlementLedger {
         emit ThresholdChanged(next);
     }
 
-    function registerMarket(bytes32 market, bool inToken, uint64 scale) external onlyAdmin {
-        if (markets[market].registered) revert MarketExists(market);
+    /// Registers a market (`marketId`: the market's 32-byte id off chain)
+    /// and returns its index, which batch headers name.
+    function registerMarket(bytes32 marketId, bool inToken, uint64 scale)
+        external
+        onlyAdmin
+        returns (uint32 market)
+    {
+        if (marketIndex[marketId] != 0) revert MarketExists(marketId);
         if (scale == 0) revert BadScale();
         if (inToken && address(token) == address(0)) revert NoToken();
+        market = ++marketCount;
+        marketIndex[marketId] = market;
         markets[market] = Market({registered: true, inToken: inToken, scale: scale});
-        emit MarketRegistered(market, inToken, scale);
+        roots[_key(market, 0)] = REGISTERED;
+        emit MarketRegistered(marketId, market, inToken, scale);
     }
 
     // ------------------------------------------------------------- batches
@@ -224,60 +243,91 @@ contract SettlementLedger {
     /// index, bytes32 r, bytes32 vs) in strictly increasing member index,
     /// each an EIP-712 signature of `header` by that member.
     function commitBatch(BatchHeader calldata header, bytes calldata approvals) external {
-        bytes32 market = header.market;
+        uint32 market = header.market;
         uint64 number = header.number;
-        if (!markets[market].registered) revert UnknownMarket(market);
         if (header.lastInterval < header.firstInterval) {
             revert BadIntervalRange(header.firstInterval, header.lastInterval);
         }
-        if (batchRoot[market][number] != bytes32(0)) revert AlreadyCommitted(market, number);
-        if (number != 0 && batchRoot[market][number - 1] == bytes32(0)) revert OutOfOrder(market, number);
+        if (roots[_key(market, uint256(number) + 1)] != bytes32(0)) revert AlreadyCommitted(market, number);
+        if (roots[_key(market, number)] == bytes32(0)) {
+            if (!markets[market].registered) revert UnknownMarket(market);
+            revert OutOfOrder(market, number);
+        }
 
         _checkApprovals(hashBatch(header), approvals);
 
-        batchRoot[market][number] = keccak256(abi.encodePacked(header.recordsRoot, header.netRoot));
-        emit BatchCommitted(
-            market, number, header.firstInterval, header.lastInterval, header.recordsRoot, header.netRoot, msg.sender
-        );
+        roots[_key(market, uint256(number) + 1)] = keccak256(abi.encodePacked(header.recordsRoot, header.netRoot));
+        emit BatchCommitted(market);
     }
 
     /// Applies a committed batch's net positions to the escrow balances,
     /// all or nothing. Anyone may call it: the quorum approved the roots.
     /// `positions` must be in strictly increasing account order and hash to
     /// the batch's net-positions root; the amounts must sum to zero.
-    function settleBatch(bytes32 market, uint64 number, bytes32 recordsRoot, Position[] calldata positions)
+    function settleBatch(uint32 market, uint64 number, bytes32 recordsRoot, Position[] calldata positions)
         external
     {
-        bytes32 stored = batchRoot[market][number];
+        bytes32 stored = roots[_key(market, uint256(number) + 1)];
         if (stored == bytes32(0)) revert NotCommitted(market, number);
-        uint256 word = settledBits[market][number >> 8];
+        uint256 word = settledBits[_key(market, number >> 8)];
         uint256 bit = uint256(1) << (number & 0xff);
         if (word & bit != 0) revert AlreadySettled(market, number);
 
         if (keccak256(abi.encodePacked(recordsRoot, _netRoot(positions))) != stored) revert RootMismatch();
-        settledBits[market][number >> 8] = word | bit;
+        settledBits[_key(market, number >> 8)] = word | bit;
         _apply(market, number, positions);
         emit BatchSettled(market, number, positions.length);
     }
 
-    function isSettled(bytes32 market, uint64 number) external view returns (bool) {
-        return settledBits[market][number >> 8] & (uint256(1) << (number & 0xff)) != 0;
+    /// keccak256(recordsRoot, netRoot) of a committed batch; zero if none.
+    function batchRoot(uint32 market, uint64 number) external view returns (bytes32) {
+        return roots[_key(market, uint256(number) + 1)];
+    }
+
+    /// How many batches of `market` are committed (the next number to
+    /// commit). A view: an exponential then binary search over the roots.
+    function batchCount(uint32 market) external view returns (uint64) {
+        uint256 hi = 1;
+        while (roots[_key(market, hi)] != bytes32(0)) hi <<= 1;
+        uint256 lo = hi >> 1; // roots[lo] set (or lo == 0), roots[hi] empty
+        while (lo + 1 < hi) {
+            uint256 mid = (lo + hi) >> 1;
+            if (roots[_key(market, mid)] != bytes32(0)) lo = mid;
+            else hi = mid;
+        }
+        return uint64(lo);
+    }
+
+    function isSettled(uint32 market, uint64 number) external view returns (bool) {
+        return settledBits[_key(market, number >> 8)] & (uint256(1) << (number & 0xff)) != 0;
     }
 
     /// True if `record` is in the records tree of the anchored batch.
     /// `netRoot` is the batch's other root (from its BatchCommitted event).
     function verifyTrade(
-        bytes32 market,
+        uint32 market,
         uint64 number,
         TradeRecord calldata record,
         bytes32[] calldata proof,
         bytes32 netRoot
     ) external view returns (bool) {
-        bytes32 stored = batchRoot[market][number];
+        bytes32 stored = roots[_key(market, uint256(number) + 1)];
         if (stored == bytes32(0)) return false;
         bytes32 node = tradeLeaf(market, record);
-        for (uint256 i = 0; i < proof.length; i++) {
-            node = _hashPair(node, proof[i]);
+        assembly ("memory-safe") {
+            for { let i := 0 } lt(i, proof.length) { i := add(i, 1) } {
+                let sibling := calldataload(add(proof.offset, mul(i, 32)))
+                switch lt(sibling, node)
+                case 1 {
+                    mstore(0x00, sibling)
+                    mstore(0x20, node)
+                }
+                default {
+                    mstore(0x00, node)
+                    mstore(0x20, sibling)
+                }
+                node := keccak256(0x00, 0x40)
+            }
         }
         return keccak256(abi.encodePacked(node, netRoot)) == stored;
     }
@@ -318,7 +368,13 @@ contract SettlementLedger {
 
     // --------------------------------------------------------------- views
 
+    /// The EIP-712 domain: binds this chain and this contract. Recomputed
+    /// if the chain id ever differs from deployment (a fork).
     function domainSeparator() public view returns (bytes32) {
+        return block.chainid == deployChainId ? deployDomain : _domain();
+    }
+
+    function _domain() private view returns (bytes32) {
         return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
     }
 
@@ -350,7 +406,7 @@ contract SettlementLedger {
         return keccak256(bytes.concat(keccak256(abi.encode(account, amount))));
     }
 
-    function tradeLeaf(bytes32 market, TradeRecord calldata r) public pure returns (bytes32) {
+    function tradeLeaf(uint32 market, TradeRecord calldata r) public pure returns (bytes32) {
         return keccak256(bytes.concat(keccak256(abi.encode(market, r))));
     }
 
@@ -364,46 +420,52 @@ contract SettlementLedger {
 
         address data = membersData;
         uint256 size = uint256(memberCount) * 20;
-        bytes memory list = new bytes(size);
+        // 0: fine; 1: index not ascending; 2: index past the list; 3: bad signature.
+        uint256 failure;
+        uint256 failedAt;
+        // The whole loop in assembly: per approval it costs the calldata,
+        // the ecrecover precompile and little else. The member list and the
+        // precompile's input and output live past the free memory pointer,
+        // unallocated. Few live variables, so none is moved to memory.
         assembly ("memory-safe") {
-            extcodecopy(data, add(list, 32), 1, size)
-        }
-
-        uint256 last = type(uint256).max;
-        for (uint256 i = 0; i < count; i++) {
-            (uint256 index, address signer) = _recover(digest, approvals, i);
-            if (last != type(uint256).max && index <= last) revert ApproversNotAscending(i);
-            last = index;
-            if (index >= size / 20) revert BadMemberIndex(index);
-            address member;
-            assembly ("memory-safe") {
-                member := shr(96, mload(add(add(list, 32), mul(index, 20))))
+            let list := mload(0x40)
+            extcodecopy(data, list, 1, size)
+            let p := add(list, size)
+            mstore(p, digest)
+            let next := 0
+            let end := add(approvals.offset, approvals.length)
+            let out := add(p, 128)
+            for { let base := approvals.offset } lt(base, end) { base := add(base, 66) } {
+                let index := shr(240, calldataload(base))
+                let offset := mul(index, 20)
+                if or(lt(index, next), iszero(lt(offset, size))) {
+                    // 1: not ascending (position); 2: past the list (index).
+                    failure := add(1, iszero(lt(index, next)))
+                    failedAt := index
+                    if eq(failure, 1) { failedAt := div(sub(base, approvals.offset), 66) }
+                    break
+                }
+                let vs := calldataload(add(base, 34))
+                let s := and(vs, HALF_ORDER_MASK)
+                mstore(add(p, 32), add(shr(255, vs), 27))
+                mstore(add(p, 64), calldataload(add(base, 2)))
+                mstore(add(p, 96), s)
+                // The precompile writes nothing when recovery fails: the
+                // cleared output then matches no member (none is zero).
+                mstore(out, 0)
+                pop(staticcall(gas(), 1, p, 128, out, 32))
+                if iszero(and(iszero(gt(s, HALF_ORDER)), eq(mload(out), shr(96, mload(add(list, offset)))))) {
+                    failure := 3
+                    failedAt := div(sub(base, approvals.offset), 66)
+                    break
+                }
+                next := add(index, 1)
             }
-            if (signer == address(0) || signer != member) revert BadSignature(i);
         }
+        if (failure == 1) revert ApproversNotAscending(failedAt);
+        if (failure == 2) revert BadMemberIndex(failedAt);
+        if (failure == 3) revert BadSignature(failedAt);
     }
-
-    /// The member index and the signer of the `i`-th packed approval; a
-    /// zero signer if the signature is invalid or malleable.
-    function _recover(bytes32 digest, bytes calldata approvals, uint256 i)
-        private
-        pure
-        returns (uint256 index, address signer)
-    {
-        bytes32 r;
-        uint256 vs;
-        assembly ("memory-safe") {
-            let at := add(approvals.offset, mul(i, 66))
-            index := shr(240, calldataload(at))
-            r := calldataload(add(at, 2))
-            vs := calldataload(add(at, 34))
-        }
-        uint256 s = vs & HALF_ORDER_MASK;
-        if (s > HALF_ORDER) return (index, address(0));
-        signer = ecrecover(digest, uint8((vs >> 255) + 27), r, bytes32(s));
-    }
-
-    uint256 private constant HALF_ORDER_MASK = (uint256(1) << 255) - 1;
 
     /// Checks the positions (ascending accounts, zero sum) and returns
     /// their Merkle root.
@@ -423,7 +485,7 @@ contract SettlementLedger {
         return _root(leaves);
     }
 
-    function _apply(bytes32 market, uint64 number, Position[] calldata positions) private {
+    function _apply(uint32 market, uint64 number, Position[] calldata positions) private {
         Market memory m = markets[market];
         mapping(address => uint256) storage balance = m.inToken ? tokenBalance : nativeBalance;
         for (uint256 i = 0; i < positions.length; i++) {
@@ -462,6 +524,11 @@ contract SettlementLedger {
         if (pointer == address(0)) revert TooManyMembers();
         membersData = pointer;
         memberCount = uint16(n);
+    }
+
+    /// One storage key per (market, number): one hash, not two.
+    function _key(uint32 market, uint256 number) private pure returns (uint256) {
+        return (uint256(market) << 72) | number;
     }
 
     function _root(bytes32[] memory level) private pure returns (bytes32) {

@@ -33,11 +33,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Builds the batch. `net` holds each account's net position in the
+    /// Builds the batch for the market with on-chain index `market`. `net` holds each account's net position in the
     /// market's money units (positive: receives); zero positions are left
     /// out. The positions must sum to zero.
     pub fn new(
-        market: B256,
+        market: u32,
         number: u64,
         first_interval: u64,
         last_interval: u64,
@@ -106,7 +106,7 @@ pub fn signing_hash(header: &BatchHeader, chain_id: u64, ledger: Address) -> B25
     header.eip712_signing_hash(&domain(chain_id, ledger))
 }
 
-pub fn trade_leaf(market: B256, trade: &TradeRecord) -> B256 {
+pub fn trade_leaf(market: u32, trade: &TradeRecord) -> B256 {
     leaf(&(market, trade.clone()).abi_encode_params())
 }
 

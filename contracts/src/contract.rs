@@ -3,6 +3,8 @@
 use alloy::primitives::{Address, Bytes, U256};
 use alloy::sol_types::{SolCall, SolConstructor};
 
+use crate::batch::{Approval, Batch, pack_approvals};
+
 use crate::bindings::{DemoEuro, EnergyCertificates, SettlementLedger};
 use crate::chain::{Chain, ChainError, Receipt};
 
@@ -109,4 +111,19 @@ pub async fn deploy_all(
         certificates,
         token,
     })
+}
+
+/// Commits a batch with its approvals (packed in member order).
+pub async fn commit_batch(
+    chain: &Chain,
+    ledger: Address,
+    from: Address,
+    batch: &Batch,
+    approvals: &[Approval],
+) -> Result<Receipt, ChainError> {
+    let call = SettlementLedger::commitBatchCall {
+        header: batch.header.clone(),
+        approvals: pack_approvals(approvals),
+    };
+    Contract::new(chain, ledger).send(from, call).await
 }

@@ -5,6 +5,7 @@
 //! Only this crate knows the chain (DESIGN.md). docs/chain.md describes the
 //! contracts, what goes on chain and what does not.
 pub mod batch;
+pub mod bench;
 pub mod bindings;
 pub mod chain;
 pub mod contract;

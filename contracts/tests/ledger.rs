@@ -15,7 +15,9 @@ use dharti_contracts::bindings::SettlementLedger::{self, BatchHeader, TradeRecor
 use dharti_contracts::merkle::root_from_proof;
 use dharti_contracts::{Batch, Chain, ChainError, Contract, Deployment, deploy_all};
 
-const MARKET: B256 = B256::repeat_byte(0x4d);
+const MARKET_ID: B256 = B256::repeat_byte(0x4d);
+/// The ledger numbers markets from 1 in registration order.
+const MARKET: u32 = 1;
 /// Native EWT: 10^12 wei per micro-unit, so 1 EWT stands for 1 euro.
 const NATIVE_SCALE: u64 = 1_000_000_000_000;
 
@@ -50,7 +52,7 @@ impl<'a> Fixture<'a> {
             .send(
                 admin,
                 SettlementLedger::registerMarketCall {
-                    market: MARKET,
+                    marketId: MARKET_ID,
                     inToken: false,
                     scale: NATIVE_SCALE,
                 },
@@ -218,7 +220,10 @@ async fn a_quorum_approved_batch_is_anchored_settled_and_its_trades_prove() {
         .expect("seven approvals commit");
         let stored = f
             .ledger
-            .view(SettlementLedger::batchRootCall { _0: MARKET, _1: 0 })
+            .view(SettlementLedger::batchRootCall {
+                market: MARKET,
+                number: 0,
+            })
             .await
             .expect("view");
         assert_ne!(stored, B256::ZERO);
@@ -339,6 +344,29 @@ async fn commit_reverts_on_bad_duplicate_missing_or_replayed_approvals() {
             tc.name
         );
 
+        // A malleable twin (s' = n - s, parity flipped) of a valid signature.
+        let valid = Approval::sign(&f.keys[6], 6, digest);
+        let n = U256::from_str_radix(
+            "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+            16,
+        )
+        .expect("the secp256k1 order");
+        let vs = U256::from_be_slice(&valid.signature[32..]);
+        let s: U256 = vs & ((U256::from(1) << 255usize) - U256::from(1));
+        let parity: U256 = vs >> 255usize;
+        let twin_vs: U256 = (n - s) | ((U256::from(1) - parity) << 255usize);
+        let mut twin = valid;
+        twin.signature[32..].copy_from_slice(&twin_vs.to_be_bytes::<32>());
+        let mut malleable: Vec<Approval> = quorum[..6]
+            .iter()
+            .map(|&i| Approval::sign(&f.keys[i], u16::try_from(i).expect("small"), digest))
+            .collect();
+        malleable.push(twin);
+        assert_eq!(
+            revert_name(f.commit(h, pack_approvals(&malleable)).await),
+            "BadSignature"
+        );
+
         // Malformed packing and an index past the member list.
         let mut short = f.approvals(h, &quorum).to_vec();
         short.pop();
@@ -381,7 +409,7 @@ async fn commit_reverts_on_bad_duplicate_missing_or_replayed_approvals() {
 
         // Unknown market and an empty interval range.
         let mut unknown = h.clone();
-        unknown.market = B256::repeat_byte(1);
+        unknown.market = 2;
         assert_eq!(
             revert_name(f.commit(&unknown, f.approvals(&unknown, &quorum)).await),
             "UnknownMarket"
@@ -396,7 +424,10 @@ async fn commit_reverts_on_bad_duplicate_missing_or_replayed_approvals() {
         // Nothing above was anchored.
         let stored = f
             .ledger
-            .view(SettlementLedger::batchRootCall { _0: MARKET, _1: 0 })
+            .view(SettlementLedger::batchRootCall {
+                market: MARKET,
+                number: 0,
+            })
             .await
             .expect("view");
         assert_eq!(stored, B256::ZERO, "{}", tc.name);

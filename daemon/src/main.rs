@@ -153,6 +153,9 @@ enum Command {
     /// Benchmarks of the daemon.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The settlement chain (Energy Web Chain, Volta, anvil or the embedded EVM).
+    #[command(subcommand)]
+    Chain(ChainCommand),
     /// Run a whole market of simulated households in this one process.
     ///
     /// Every household runs the Dharti protocol node over the simulator's
@@ -192,6 +195,20 @@ enum BenchCommand {
         idle_s: u64,
         #[arg(long, default_value = "out/bench-mesh")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChainCommand {
+    /// What anchoring costs: commits and settles one batch of N trades with
+    /// Q approvals on the embedded EVM and prints one JSON line (gas per
+    /// batch, per trade, per participant's settlement, per proof check).
+    BenchGas {
+        #[arg(long, default_value_t = 1000)]
+        trades: usize,
+        /// Members approving the batch (all of them: threshold = Q).
+        #[arg(long, default_value_t = 10)]
+        approvers: usize,
     },
 }
 
@@ -261,6 +278,9 @@ fn main() -> ExitCode {
             out,
         })
         .and_then(|report| print_json_line(&report)),
+        Command::Chain(ChainCommand::BenchGas { trades, approvers }) => small_runtime()
+            .and_then(|rt| Ok(rt.block_on(dharti_contracts::bench::run(trades, approvers))?))
+            .and_then(|report| print_json_line(&report)),
         Command::Init {
             dir,
             market,
@@ -348,6 +368,14 @@ fn daemon(config: &Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(run::run(config))
+}
+
+/// A one-thread runtime for commands that talk to a chain once and exit.
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// GETs `path` from the node's API and prints the JSON.
