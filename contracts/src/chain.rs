@@ -14,23 +14,17 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, B256, Bytes, Log, U256, keccak256};
+use alloy::primitives::{Address, B256, Bytes, Log, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolInterface;
-use revm::context::result::{ExecutionResult, Output};
-use revm::context::{Context, TxEnv};
-use revm::database::{CacheDB, EmptyDB};
-use revm::primitives::hardfork::SpecId;
-use revm::state::AccountInfo;
-use revm::{ExecuteCommitEvm, ExecuteEvm, MainBuilder, MainContext};
 
 use crate::bindings::{DemoEuro, EnergyCertificates, SettlementLedger};
+use crate::embedded::EmbeddedChain;
 
 /// Gas limit of an Energy Web Chain block; the embedded chain uses the same.
 pub const EWC_BLOCK_GAS_LIMIT: u64 = 6_000_000;
@@ -128,7 +122,7 @@ pub enum ChainError {
 }
 
 impl ChainError {
-    fn reverted(data: Bytes) -> Self {
+    pub(crate) fn reverted(data: Bytes) -> Self {
         ChainError::Reverted {
             reason: describe_revert(&data),
             data,
@@ -181,7 +175,7 @@ pub struct Chain {
 }
 
 enum Backend {
-    Embedded(Box<Mutex<Embedded>>),
+    Embedded(EmbeddedChain),
     Rpc(Box<Rpc>),
 }
 
@@ -200,7 +194,7 @@ impl Chain {
         Chain {
             preset: Preset::Embedded,
             chain_id: LOCAL_CHAIN_ID,
-            backend: Backend::Embedded(Box::new(Mutex::new(Embedded::new()))),
+            backend: Backend::Embedded(EmbeddedChain::new()),
         }
     }
 
@@ -213,11 +207,7 @@ impl Chain {
         confirmations: u64,
         timeout: Duration,
     ) -> Result<Self, ChainError> {
-        if preset == Preset::Embedded {
-            return Err(ChainError::Usage(
-                "the embedded preset has no RPC URL".into(),
-            ));
-        }
+        // `embedded` over RPC is a `dharti chain node` (the demo runs one).
         let parsed = url
             .parse()
             .map_err(|e| ChainError::Usage(format!("chain RPC URL {url:?} is not a URL: {e}")))?;
@@ -279,7 +269,7 @@ impl Chain {
         value: U256,
     ) -> Result<Receipt, ChainError> {
         match &self.backend {
-            Backend::Embedded(evm) => lock(evm).send(from, to, input, value),
+            Backend::Embedded(evm) => evm.send(from, to, input, value),
             Backend::Rpc(rpc) => rpc.send(from, to, input, value).await,
         }
     }
@@ -287,21 +277,21 @@ impl Chain {
     /// Runs a call against the latest state without changing it.
     pub async fn call(&self, to: Address, input: Bytes) -> Result<Bytes, ChainError> {
         match &self.backend {
-            Backend::Embedded(evm) => lock(evm).call(to, input),
+            Backend::Embedded(evm) => evm.call(Address::ZERO, Some(to), input, U256::ZERO),
             Backend::Rpc(rpc) => rpc.call(to, input).await,
         }
     }
 
     pub async fn balance(&self, account: Address) -> Result<U256, ChainError> {
         match &self.backend {
-            Backend::Embedded(evm) => Ok(lock(evm).balance(account)),
+            Backend::Embedded(evm) => Ok(evm.balance(account)),
             Backend::Rpc(rpc) => rpc.with_timeout(rpc.provider.get_balance(account)).await,
         }
     }
 
     pub async fn block_number(&self) -> Result<u64, ChainError> {
         match &self.backend {
-            Backend::Embedded(evm) => Ok(lock(evm).block),
+            Backend::Embedded(evm) => Ok(evm.block_number()),
             Backend::Rpc(rpc) => rpc.with_timeout(rpc.provider.get_block_number()).await,
         }
     }
@@ -311,11 +301,11 @@ impl Chain {
     pub async fn set_balance(&self, account: Address, amount: U256) -> Result<(), ChainError> {
         match &self.backend {
             Backend::Embedded(evm) => {
-                lock(evm).set_balance(account, amount);
+                evm.set_balance(account, amount);
                 Ok(())
             }
             Backend::Rpc(rpc) => {
-                if self.preset != Preset::Anvil {
+                if !matches!(self.preset, Preset::Anvil | Preset::Embedded) {
                     return Err(ChainError::Usage(format!(
                         "cannot mint native balance on {}",
                         self.preset
@@ -329,146 +319,6 @@ impl Chain {
                 .map(|_| ())
             }
         }
-    }
-}
-
-fn lock(evm: &Mutex<Embedded>) -> std::sync::MutexGuard<'_, Embedded> {
-    // A panic inside revm would leave nothing half-written we rely on.
-    evm.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-type Evm = revm::MainnetEvm<revm::handler::MainnetContext<CacheDB<EmptyDB>>>;
-
-struct Embedded {
-    evm: Evm,
-    block: u64,
-    timestamp: u64,
-}
-
-impl Embedded {
-    const GENESIS_TIMESTAMP: u64 = 1_735_689_600; // 2025-01-01T00:00:00Z
-    const BLOCK_TIME_S: u64 = 5; // EWC's block time
-
-    fn new() -> Self {
-        let evm = Context::mainnet()
-            .modify_cfg_chained(|cfg| {
-                cfg.set_spec_and_mainnet_gas_params(SpecId::LONDON);
-                cfg.chain_id = LOCAL_CHAIN_ID;
-                // Nonces are the sender's business on a real chain; here every
-                // transaction is mined at once, in order.
-                cfg.disable_nonce_check = true;
-            })
-            .modify_block_chained(|b| {
-                b.number = U256::ZERO;
-                b.timestamp = U256::from(Self::GENESIS_TIMESTAMP);
-                b.basefee = 0;
-                b.gas_limit = EWC_BLOCK_GAS_LIMIT;
-            })
-            .with_db(CacheDB::<EmptyDB>::default())
-            .build_mainnet();
-        Embedded {
-            evm,
-            block: 0,
-            timestamp: Self::GENESIS_TIMESTAMP,
-        }
-    }
-
-    fn tx(&self, from: Address, to: Option<Address>, input: Bytes, value: U256, gas: u64) -> TxEnv {
-        let builder = TxEnv::builder()
-            .caller(from)
-            .data(input)
-            .value(value)
-            .gas_limit(gas)
-            .gas_price(0)
-            .nonce(0)
-            .chain_id(Some(LOCAL_CHAIN_ID));
-        let builder = match to {
-            Some(to) => builder.call(to),
-            None => builder.create(),
-        };
-        builder.build().expect("a complete transaction environment")
-    }
-
-    fn send(
-        &mut self,
-        from: Address,
-        to: Option<Address>,
-        input: Bytes,
-        value: U256,
-    ) -> Result<Receipt, ChainError> {
-        self.block += 1;
-        self.timestamp += Self::BLOCK_TIME_S;
-        self.evm.ctx.block.number = U256::from(self.block);
-        self.evm.ctx.block.timestamp = U256::from(self.timestamp);
-        let tx_hash =
-            keccak256([&self.block.to_be_bytes()[..], from.as_slice(), &input[..]].concat());
-        let tx = self.tx(from, to, input, value, EWC_BLOCK_GAS_LIMIT);
-        let result = self
-            .evm
-            .transact_commit(tx)
-            .map_err(|e| ChainError::Rejected(e.to_string()))?;
-        let gas_used = result.tx_gas_used();
-        match result {
-            ExecutionResult::Success { logs, output, .. } => Ok(Receipt {
-                tx_hash,
-                block_number: self.block,
-                gas_used,
-                logs,
-                contract_address: match output {
-                    Output::Create(_, address) => address,
-                    Output::Call(_) => None,
-                },
-            }),
-            ExecutionResult::Revert { output, .. } => Err(ChainError::reverted(output)),
-            ExecutionResult::Halt { reason, .. } => Err(ChainError::Reverted {
-                reason: format!("halted: {reason:?}"),
-                data: Bytes::new(),
-            }),
-        }
-    }
-
-    fn call(&mut self, to: Address, input: Bytes) -> Result<Bytes, ChainError> {
-        let tx = self.tx(
-            Address::ZERO,
-            Some(to),
-            input,
-            U256::ZERO,
-            EWC_BLOCK_GAS_LIMIT,
-        );
-        let outcome = self
-            .evm
-            .transact(tx)
-            .map_err(|e| ChainError::Rejected(e.to_string()))?;
-        match outcome.result {
-            ExecutionResult::Success { output, .. } => Ok(output.into_data()),
-            ExecutionResult::Revert { output, .. } => Err(ChainError::reverted(output)),
-            ExecutionResult::Halt { reason, .. } => Err(ChainError::Reverted {
-                reason: format!("halted: {reason:?}"),
-                data: Bytes::new(),
-            }),
-        }
-    }
-
-    fn balance(&mut self, account: Address) -> U256 {
-        self.evm
-            .ctx
-            .journaled_state
-            .database
-            .load_account(account)
-            .map(|a| a.info.balance)
-            .unwrap_or_default()
-    }
-
-    fn set_balance(&mut self, account: Address, amount: U256) {
-        let db = &mut self.evm.ctx.journaled_state.database;
-        // insert_account_info marks the account as existing; writing the
-        // balance of a loaded-but-absent account would be ignored.
-        let mut info: AccountInfo = match db.load_account(account) {
-            Ok(existing) => existing.info.clone(),
-            Err(never) => match never {},
-        };
-        info.balance = amount;
-        db.insert_account_info(account, info);
     }
 }
 
@@ -526,7 +376,12 @@ impl Rpc {
         let nonce = self
             .with_timeout(self.provider.get_transaction_count(from).pending())
             .await?;
-        let tx = Self::request(Some(from), to, input.clone(), value).with_nonce(nonce);
+        // A legacy gas price: EWC and Volta price gas that way, and it spares
+        // the fee-history round trips of EIP-1559 estimation.
+        let gas_price = self.with_timeout(self.provider.get_gas_price()).await?;
+        let tx = Self::request(Some(from), to, input.clone(), value)
+            .with_nonce(nonce)
+            .with_gas_price(gas_price);
         let pending = tokio::time::timeout(self.timeout, self.provider.send_transaction(tx))
             .await
             .map_err(|_| {
@@ -537,14 +392,7 @@ impl Rpc {
             })?
             .map_err(|e| classify(&self.url, e))?;
         let tx_hash = *pending.tx_hash();
-        let receipt = pending
-            .with_required_confirmations(self.confirmations.max(1))
-            .with_timeout(Some(self.timeout))
-            .get_receipt()
-            .await
-            .map_err(|e| {
-                ChainError::Unavailable(format!("{}: waiting for {tx_hash}: {e}", self.url))
-            })?;
+        let receipt = self.wait_for(tx_hash).await?;
         if !receipt.status() {
             // Mined but reverted (the estimate passed, the state moved on).
             // Replaying it as a call names the reason.
@@ -565,6 +413,40 @@ impl Rpc {
             logs: receipt.logs().iter().map(|l| l.inner.clone()).collect(),
             contract_address: receipt.contract_address,
         })
+    }
+
+    /// Polls for the receipt, then for `confirmations` blocks on top of it
+    /// (counting its own), within the timeout. Plain polling of two methods
+    /// every node serves, no filters or subscriptions.
+    async fn wait_for(
+        &self,
+        tx_hash: B256,
+    ) -> Result<alloy::rpc::types::TransactionReceipt, ChainError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let poll = if self.url.contains("127.0.0.1") || self.url.contains("localhost") {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(2)
+        };
+        loop {
+            let receipt = self
+                .with_timeout(self.provider.get_transaction_receipt(tx_hash))
+                .await?;
+            if let Some(receipt) = receipt {
+                let mined_in = receipt.block_number.unwrap_or_default();
+                let head = self.with_timeout(self.provider.get_block_number()).await?;
+                if head + 1 >= mined_in + self.confirmations.max(1) {
+                    return Ok(receipt);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ChainError::Unavailable(format!(
+                    "{}: {tx_hash} not confirmed ({} confirmations) within {:?}",
+                    self.url, self.confirmations, self.timeout
+                )));
+            }
+            tokio::time::sleep(poll).await;
+        }
     }
 
     async fn call(&self, to: Address, input: Bytes) -> Result<Bytes, ChainError> {

@@ -9,7 +9,9 @@ pub mod bench;
 pub mod bindings;
 pub mod chain;
 pub mod contract;
+pub mod embedded;
 pub mod merkle;
+pub mod rpc_node;
 
 pub use batch::{Approval, Batch, BatchError};
 pub use chain::{Chain, ChainError, Preset, Receipt};

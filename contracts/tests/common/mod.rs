@@ -142,9 +142,34 @@ pub async fn anvil() -> Option<TestChain> {
     })
 }
 
+/// The embedded chain served over JSON-RPC (`dharti chain node`), as the
+/// demo's daemons reach it.
+pub async fn embedded_node() -> TestChain {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let url = format!("http://{}", listener.local_addr().expect("bound"));
+    let chain = dharti_contracts::embedded::EmbeddedChain::new();
+    tokio::spawn(dharti_contracts::rpc_node::serve(
+        listener,
+        chain,
+        Duration::from_millis(200),
+        std::future::pending(),
+    ));
+    let chain = Chain::rpc(Preset::Embedded, &url, keys(), 1, Duration::from_secs(30))
+        .await
+        .expect("the node answers");
+    fund(&chain).await;
+    TestChain {
+        chain,
+        name: "embedded-node",
+        _anvil: None,
+    }
+}
+
 /// Every backend available here.
 pub async fn chains() -> Vec<TestChain> {
-    let mut all = vec![embedded().await];
+    let mut all = vec![embedded().await, embedded_node().await];
     all.extend(anvil().await);
     all
 }
