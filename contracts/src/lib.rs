@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod merkle;
 pub mod rpc_node;
 
+pub use alloy;
 pub use batch::{Approval, Batch, BatchError};
 pub use chain::{Chain, ChainError, Preset, Receipt};
 pub use contract::{Contract, Deployment, deploy_all};

@@ -32,6 +32,7 @@ pub struct Config {
     pub api: ApiSection,
     pub meter: MeterSection,
     pub agent: AgentSection,
+    pub chain: ChainSection,
     /// The directory of the file, for relative paths (not a key).
     #[serde(skip)]
     pub base: PathBuf,
@@ -184,6 +185,64 @@ pub struct AgentSection {
     pub battery_min_soc: f64,
 }
 
+/// Anchoring settlements on a chain (docs/chain.md). Off by default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainSection {
+    /// "none", "embedded", "anvil", "volta" or "ewc".
+    pub preset: String,
+    /// JSON-RPC URL; empty: the preset's own (embedded: in this process).
+    pub rpc_url: String,
+    /// The node's secp256k1 key (hex), for approvals and transactions.
+    pub evm_key_file: PathBuf,
+    /// SettlementLedger's address.
+    pub ledger: String,
+    /// The market's index in the ledger (`registerMarket`).
+    pub market_index: u32,
+    /// Batch 0 starts at this interval.
+    pub anchor_from_interval: u64,
+    /// Intervals per batch.
+    pub batch_intervals: u64,
+    /// Blocks on top of a transaction before it counts as done.
+    pub confirmations: u64,
+    /// How long a committer has before the next member takes over.
+    pub committer_timeout: String,
+    /// How long to wait for the chain node before counting it unavailable.
+    pub rpc_timeout: String,
+    /// Every member's EVM address, by participant id (64 hex digits).
+    pub accounts: std::collections::BTreeMap<String, String>,
+    /// Receives the grid fees (and McAfee's surplus, unless
+    /// `market_operator` is set).
+    pub grid_operator: String,
+    pub market_operator: String,
+}
+
+impl Default for ChainSection {
+    fn default() -> Self {
+        ChainSection {
+            preset: "none".into(),
+            rpc_url: String::new(),
+            evm_key_file: "evm.key".into(),
+            ledger: String::new(),
+            market_index: 1,
+            anchor_from_interval: 0,
+            batch_intervals: 96,
+            confirmations: 1,
+            committer_timeout: "60s".into(),
+            rpc_timeout: "30s".into(),
+            accounts: std::collections::BTreeMap::new(),
+            grid_operator: String::new(),
+            market_operator: String::new(),
+        }
+    }
+}
+
+impl ChainSection {
+    pub fn enabled(&self) -> bool {
+        self.preset != "none"
+    }
+}
+
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
@@ -279,6 +338,9 @@ impl Config {
                 parse_duration_ms(text).with_context(|| key.to_string())?;
             }
         }
+        if self.chain.enabled() {
+            self.chain_settings()?;
+        }
         let a = &self.agent;
         ensure!(
             a.battery_kwh >= 0.0 && a.battery_power_kw >= 0.0,
@@ -289,6 +351,79 @@ impl Config {
             "agent.battery_min_soc must be a share from 0 to below 1"
         );
         Ok(())
+    }
+
+    /// The `[chain]` section, checked and parsed (only when it is enabled).
+    pub fn chain_settings(&self) -> anyhow::Result<crate::anchor::ChainSettings> {
+        use dharti_contracts::alloy::primitives::Address;
+        let c = &self.chain;
+        let preset: dharti_contracts::Preset = c
+            .preset
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("chain.preset: {e}, or \"none\""))?;
+        let address = |key: &str, text: &str| -> anyhow::Result<Address> {
+            text.trim().parse().map_err(|_| {
+                anyhow::anyhow!("{key} = {text:?} is not an EVM address: write it like \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"")
+            })
+        };
+        let ledger = address("chain.ledger", &c.ledger)?;
+        ensure!(
+            c.batch_intervals >= 1,
+            "chain.batch_intervals must be at least 1"
+        );
+        ensure!(
+            c.market_index >= 1,
+            "chain.market_index starts at 1 (the ledger's first market)"
+        );
+        let members = self.members()?;
+        let mut accounts = std::collections::BTreeMap::new();
+        for (id, evm) in &c.accounts {
+            let bytes = hex::decode(id.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .with_context(|| {
+                    format!("chain.accounts: key {id:?} is not a participant id (64 hex digits)")
+                })?;
+            let mut raw = [0u8; 32];
+            raw.copy_from_slice(&bytes);
+            accounts.insert(
+                ParticipantId(raw),
+                address(&format!("chain.accounts.{id}"), evm)?,
+            );
+        }
+        for member in &members {
+            ensure!(
+                accounts.contains_key(member),
+                "chain.accounts has no EVM address for member {member}: every member's must be listed"
+            );
+        }
+        let grid_operator = address("chain.grid_operator", &c.grid_operator)?;
+        let market_operator = if c.market_operator.trim().is_empty() {
+            grid_operator
+        } else {
+            address("chain.market_operator", &c.market_operator)?
+        };
+        let rpc_url = if c.rpc_url.trim().is_empty() {
+            preset.default_rpc_url().map(str::to_owned)
+        } else {
+            Some(c.rpc_url.trim().to_owned())
+        };
+        Ok(crate::anchor::ChainSettings {
+            preset,
+            rpc_url,
+            evm_key_file: self.path(&c.evm_key_file),
+            ledger,
+            market_index: c.market_index,
+            anchor_from: c.anchor_from_interval,
+            batch_intervals: c.batch_intervals,
+            confirmations: c.confirmations,
+            committer_timeout_ms: parse_duration_ms(&c.committer_timeout)
+                .context("chain.committer_timeout")?,
+            rpc_timeout_ms: parse_duration_ms(&c.rpc_timeout).context("chain.rpc_timeout")?,
+            accounts,
+            grid_operator,
+            market_operator,
+        })
     }
 
     pub fn api_listen(&self) -> anyhow::Result<SocketAddr> {
@@ -472,6 +607,15 @@ max_buy_price_micro_per_kwh = 280000
 battery_kwh = 0.0
 battery_power_kw = 0.0
 battery_min_soc = 0.1
+
+[chain]
+# Anchor settlement batches on a chain (docs/chain.md): "none" (off),
+# "embedded", "anvil", "volta" or "ewc". With a preset on, also set ledger,
+# market_index, anchor_from_interval, accounts and grid_operator (the same
+# for every member; docs/config.md).
+preset = "none"
+# This node's secp256k1 key for approvals and transactions (mode 0600).
+evm_key_file = "evm.key"
 "#
     )
 }

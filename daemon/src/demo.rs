@@ -37,7 +37,13 @@ pub struct DemoOptions {
     pub max_offers: u32,
     /// Each node's `network.max_connections`.
     pub max_connections: u32,
+    /// Where batches are anchored (`--chain`).
+    pub chain: crate::demo_chain::DemoChain,
 }
+
+/// Intervals per anchored batch in the demo: two, so its default six
+/// intervals anchor three batches.
+pub const DEMO_BATCH_INTERVALS: u64 = 2;
 
 /// `summary.json`.
 #[derive(Debug, Serialize)]
@@ -54,6 +60,16 @@ pub struct DemoSummary {
     pub per_node_result_hashes: Vec<BTreeMap<u64, String>>,
     pub api_urls: Vec<String>,
     pub interval_s: u64,
+    /// Batches committed and settled on chain.
+    pub anchored_batches: u64,
+    /// Trades whose Merkle proof the ledger verified.
+    pub proofs_verified: u64,
+    /// Every node's escrow changed by exactly the sum of its off-chain net
+    /// positions over the anchored batches (and the grid operator's by the fees).
+    pub onchain_balances_match: bool,
+    pub certificates_issued_wh: u64,
+    /// The chain's details (none without `--chain`).
+    pub chain: Option<crate::demo_chain::ChainSummary>,
 }
 
 #[derive(Debug)]
@@ -325,10 +341,65 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
         o.interval_s,
         o.out.join("nodes").display()
     );
+    // Batches start with the first interval that starts after the nodes do.
+    let anchor_from = anchor_s / interval_s + 1;
+    let chain_node = crate::demo_chain::start(o.chain)?;
+    let chain_setup = match &chain_node {
+        Some(node) => {
+            let setup = crate::demo_chain::setup(
+                node,
+                &configs,
+                "dharti-demo",
+                anchor_from,
+                DEMO_BATCH_INTERVALS,
+                interval_s,
+            )?;
+            crate::say!(
+                "chain: {} at {}, SettlementLedger {}, batches of {} intervals",
+                node.kind_name(),
+                node.url,
+                setup.deployment.ledger,
+                DEMO_BATCH_INTERVALS
+            );
+            Some(setup)
+        }
+        None => None,
+    };
     let mut daemons: Vec<Daemon> = Vec::new();
     let result = watch(o, &configs, &mut daemons, &stopping);
+    // Let the last batches be anchored: each is due half an interval after
+    // it ends, once its meters are settled.
+    if let (Ok(_), Some(node), Some(setup)) = (&result, &chain_node, &chain_setup) {
+        let batches = o.intervals / DEMO_BATCH_INTERVALS;
+        let deadline = Instant::now() + Duration::from_secs(interval_s * 4 + 20);
+        while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let done = crate::demo_chain::anchored(node, setup).unwrap_or(0);
+            if done >= batches {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     stop(&mut daemons);
-    let summary = result?;
+    let mut summary = result?;
+    if let (Some(node), Some(setup)) = (&chain_node, &chain_setup) {
+        let chain = crate::demo_chain::check(node, setup, &configs)?;
+        summary.anchored_batches = chain.anchored_batches;
+        summary.proofs_verified = chain.proofs_verified;
+        summary.onchain_balances_match = chain.onchain_balances_match;
+        summary.certificates_issued_wh = chain.certificates_issued_wh;
+        crate::say!(
+            "chain: {} batches anchored, {} trade proofs verified, on-chain balances {} the off-chain settlements",
+            chain.anchored_batches,
+            chain.proofs_verified,
+            if chain.onchain_balances_match {
+                "match"
+            } else {
+                "DO NOT match"
+            }
+        );
+        summary.chain = Some(chain);
+    }
     std::fs::create_dir_all(&o.out)?;
     let path = o.out.join("summary.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)?;
@@ -487,6 +558,11 @@ fn watch(
         per_node_result_hashes: hashes,
         api_urls: urls,
         interval_s: o.interval_s,
+        anchored_batches: 0,
+        proofs_verified: 0,
+        onchain_balances_match: false,
+        certificates_issued_wh: 0,
+        chain: None,
     })
 }
 

@@ -68,6 +68,11 @@ pub enum Request {
     /// A snapshot of the history, taken between two writes (the market task
     /// is the store's only writer), so it is consistent.
     Snapshot(oneshot::Sender<Result<Vec<u8>, String>>),
+    /// Writes small named records (the anchoring task's queue) durably.
+    PutMeta {
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -161,6 +166,9 @@ pub struct Driver {
     metrics: Metrics,
     meter: Meter,
     agent: Option<AgentSettings>,
+    /// The anchoring task, when the node anchors settlements on a chain:
+    /// it judges the chain topic's gossip.
+    anchor: Option<mpsc::Sender<crate::anchor::Gossip>>,
     soc_wh: u64,
     planned: BTreeMap<IntervalIndex, Planned>,
     reported: BTreeSet<IntervalIndex>,
@@ -186,6 +194,12 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
+    /// Hands the chain topic's gossip to the anchoring task.
+    pub fn with_anchor(mut self, anchor: mpsc::Sender<crate::anchor::Gossip>) -> Driver {
+        self.anchor = Some(anchor);
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: NodeConfig,
@@ -220,6 +234,7 @@ impl Driver {
             metrics,
             meter,
             agent,
+            anchor: None,
             soc_wh,
             planned: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -396,7 +411,33 @@ impl Driver {
 
     async fn on_network(&mut self, event: Event) {
         match event {
-            Event::Gossip { id, source, data } => {
+            Event::Gossip {
+                id,
+                source,
+                data,
+                chain: true,
+            } => {
+                // Approvals go to the anchoring task, which gives the verdict.
+                let forwarded = self.anchor.as_ref().is_some_and(|anchor| {
+                    anchor
+                        .try_send(crate::anchor::Gossip {
+                            id: id.clone(),
+                            source,
+                            data,
+                        })
+                        .is_ok()
+                });
+                if !forwarded {
+                    self.to_network(Command::Validated {
+                        id,
+                        source,
+                        acceptance: MessageAcceptance::Ignore,
+                    });
+                }
+            }
+            Event::Gossip {
+                id, source, data, ..
+            } => {
                 let acceptance = match self.judge(source, &data).await {
                     Verdict::Accept => MessageAcceptance::Accept,
                     Verdict::Ignore => MessageAcceptance::Ignore,
@@ -879,6 +920,18 @@ impl Driver {
                         })
                         .collect(),
                 );
+            }
+            Request::PutMeta { entries, reply } => {
+                let mut batch = WriteBatch::new();
+                for (name, value) in &entries {
+                    batch.put_meta(name, value);
+                }
+                let result = self
+                    .store
+                    .apply(batch)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| self.store.flush().map(|_| ()).map_err(|e| e.to_string()));
+                let _ = reply.send(result);
             }
             Request::Snapshot(reply) => {
                 let mut bytes = Vec::new();

@@ -20,6 +20,7 @@ macro_rules! say {
     }};
 }
 
+pub mod anchor;
 pub mod api;
 pub mod backup;
 pub mod bench;
@@ -27,6 +28,7 @@ pub mod book;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod demo_chain;
 pub mod driver;
 pub mod identity;
 pub mod mesh;

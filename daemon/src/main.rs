@@ -56,6 +56,11 @@ enum Command {
         /// (default: $DHARTI_DATA, else ../shared/data beside the workspace).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Where settlement batches are anchored: embedded (an EVM in this
+        /// process, served to the daemons over JSON-RPC), anvil (from
+        /// node_modules or PATH) or none.
+        #[arg(long, default_value = "embedded")]
+        chain: dharti::demo_chain::DemoChain,
     },
     /// Make a new node: a key, an API token and a commented config.
     ///
@@ -253,6 +258,7 @@ fn main() -> ExitCode {
             intervals,
             out,
             data,
+            chain,
         } => demo::run(&demo::DemoOptions {
             nodes,
             interval_s,
@@ -261,6 +267,7 @@ fn main() -> ExitCode {
             data,
             max_offers: 16,
             max_connections: 64,
+            chain,
         }),
         Command::Bench(BenchCommand::Mesh {
             nodes,

@@ -119,6 +119,7 @@ pub fn run(o: &MeshOptions) -> anyhow::Result<MeshReport> {
         // slots with each other and leave later ones outside. Nodes dial
         // five others and look for more only below eight peers.
         max_connections: 64,
+        chain: crate::demo_chain::DemoChain::None,
     };
     let configs = demo::make_nodes(&demo_options, now_ms() / 1_000, false, &[])?;
     let mut daemons: Vec<Daemon> = Vec::new();

@@ -44,6 +44,13 @@ pub struct Metrics {
     pub storage_flushes: Counter,
     pub api_unauthorized: Counter,
     pub commands_dropped: Counter,
+    pub chain_batches_anchored: Gauge,
+    pub chain_batches_committed: Counter,
+    pub chain_batches_settled: Counter,
+    pub chain_approvals_accepted: Counter,
+    pub chain_approvals_rejected: Counter,
+    pub chain_errors: Counter,
+    pub chain_unavailable: Counter,
 }
 
 impl Metrics {
@@ -156,6 +163,41 @@ impl Metrics {
             "network_commands_dropped",
             "Commands to the network task dropped because its queue was full",
             m.commands_dropped.clone(),
+        );
+        r.register(
+            "chain_batches_anchored",
+            "Settlement batches of this market committed and settled on chain",
+            m.chain_batches_anchored.clone(),
+        );
+        r.register(
+            "chain_batches_committed",
+            "Batches this node committed as committer",
+            m.chain_batches_committed.clone(),
+        );
+        r.register(
+            "chain_batches_settled",
+            "Batches whose net positions this node applied on chain",
+            m.chain_batches_settled.clone(),
+        );
+        r.register(
+            "chain_approvals_accepted",
+            "Batch approvals from members that verified",
+            m.chain_approvals_accepted.clone(),
+        );
+        r.register(
+            "chain_approvals_rejected",
+            "Batch approvals refused (bad signature, not a member, malformed)",
+            m.chain_approvals_rejected.clone(),
+        );
+        r.register(
+            "chain_errors",
+            "Chain transactions the contracts refused, or batches this node could not build",
+            m.chain_errors.clone(),
+        );
+        r.register(
+            "chain_unavailable",
+            "Chain requests that failed for an outage (retried with backoff)",
+            m.chain_unavailable.clone(),
         );
         m
     }

@@ -65,6 +65,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Command {
     Publish(Vec<u8>),
+    /// Publish on the market's chain topic (settlement batch approvals).
+    PublishChain(Vec<u8>),
     Send {
         peer: PeerId,
         bytes: Vec<u8>,
@@ -86,6 +88,8 @@ pub enum Event {
         id: MessageId,
         source: PeerId,
         data: Vec<u8>,
+        /// Received on the chain topic, not the market topic.
+        chain: bool,
     },
     Direct {
         peer: PeerId,
@@ -184,6 +188,8 @@ struct Behaviour {
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
     pub market_topic: String,
+    /// The topic for settlement batch approvals, when the node anchors.
+    pub chain_topic: Option<String>,
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
@@ -199,7 +205,15 @@ pub fn topic_name(market: &dharti_protocol::types::MarketId) -> String {
     format!("/dharti/{market}/1")
 }
 
-fn gossipsub_behaviour(topic: &IdentTopic) -> anyhow::Result<gossipsub::Behaviour> {
+/// The gossipsub topic of a market's settlement batch approvals.
+pub fn chain_topic_name(market: &dharti_protocol::types::MarketId) -> String {
+    format!("/dharti/{market}/chain/1")
+}
+
+fn gossipsub_behaviour(
+    topic: &IdentTopic,
+    chain_topic: Option<&IdentTopic>,
+) -> anyhow::Result<gossipsub::Behaviour> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
@@ -261,6 +275,11 @@ fn gossipsub_behaviour(topic: &IdentTopic) -> anyhow::Result<gossipsub::Behaviou
     gossipsub
         .subscribe(topic)
         .context("subscribe to the market topic")?;
+    if let Some(chain_topic) = chain_topic {
+        gossipsub
+            .subscribe(chain_topic)
+            .context("subscribe to the chain topic")?;
+    }
     Ok(gossipsub)
 }
 
@@ -269,6 +288,7 @@ fn gossipsub_behaviour(topic: &IdentTopic) -> anyhow::Result<gossipsub::Behaviou
 pub struct Network {
     swarm: Swarm<Behaviour>,
     topic: TopicHash,
+    chain_topic: Option<TopicHash>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     metrics: Metrics,
@@ -293,6 +313,7 @@ pub fn start(
     metrics: Metrics,
 ) -> anyhow::Result<(Network, mpsc::Sender<Command>, mpsc::Receiver<Event>)> {
     let topic = IdentTopic::new(config.market_topic.clone());
+    let chain_topic = config.chain_topic.clone().map(IdentTopic::new);
     let libp2p_metrics = libp2p::metrics::Metrics::new(registry.sub_registry_with_prefix("libp2p"));
     let mdns_on = config.mdns;
     let refused = metrics.direct_refused.clone();
@@ -334,7 +355,8 @@ pub fn start(
                 };
                 Ok(Behaviour {
                     limits: connection_limits::Behaviour::new(limits),
-                    gossipsub: gossipsub_behaviour(&topic).map_err(|e| e.to_string())?,
+                    gossipsub: gossipsub_behaviour(&topic, chain_topic.as_ref())
+                        .map_err(|e| e.to_string())?,
                     direct: request_response::Behaviour::with_codec(
                         DirectCodec {
                             refused: refused.clone(),
@@ -377,6 +399,10 @@ pub fn start(
     let network = Network {
         swarm,
         topic: IdentTopic::new(config.market_topic.clone()).hash(),
+        chain_topic: config
+            .chain_topic
+            .as_ref()
+            .map(|t| IdentTopic::new(t.clone()).hash()),
         commands,
         events,
         metrics,
@@ -475,6 +501,15 @@ impl Network {
                     }
                 };
             }
+            Command::PublishChain(bytes) => {
+                let Some(topic) = self.chain_topic.clone() else {
+                    return;
+                };
+                if let Err(e) = behaviour.gossipsub.publish(topic, bytes) {
+                    tracing::debug!("network.publish_chain: {e}");
+                    self.metrics.gossip_publish_failures.inc();
+                }
+            }
             Command::Send { peer, bytes } => {
                 behaviour.direct.send_request(&peer, bytes);
                 self.metrics.direct_sent.inc();
@@ -530,12 +565,14 @@ impl Network {
                 } = event
                 {
                     self.metrics.gossip_received.inc();
+                    let chain = Some(&message.topic) == self.chain_topic.as_ref();
                     let _ = self
                         .events
                         .send(Event::Gossip {
                             id: message_id,
                             source: propagation_source,
                             data: message.data,
+                            chain,
                         })
                         .await;
                 }

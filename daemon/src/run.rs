@@ -47,7 +47,8 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
     let config_path = options.dir.join("config.toml");
     let key_path = options.dir.join("node.key");
     let token_path = options.dir.join("api.token");
-    for path in [&config_path, &key_path, &token_path] {
+    let evm_key_path = options.dir.join("evm.key");
+    for path in [&config_path, &key_path, &token_path, &evm_key_path] {
         ensure!(
             !path.exists(),
             "{} exists already: init never overwrites a node; use another --dir",
@@ -59,6 +60,13 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialized> {
     let identity = Identity::generate()?;
     identity.write(&key_path)?;
     identity::write_secret(&token_path, &identity::new_token()?)?;
+    // The node's EVM account, for settlement approvals and chain
+    // transactions ([chain] in the config; unused until anchoring is on).
+    let evm_key = dharti_contracts::alloy::signers::local::PrivateKeySigner::random();
+    identity::write_secret(
+        &evm_key_path,
+        &format!("{}\n", hex::encode(evm_key.to_bytes())),
+    )?;
     let text = config::template(
         &options.market,
         &[identity.participant],
@@ -127,6 +135,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         identity.keypair.clone(),
         &NetworkConfig {
             market_topic: network::topic_name(&node_config.rules.market_id),
+            chain_topic: config
+                .chain
+                .enabled()
+                .then(|| network::chain_topic_name(&node_config.rules.market_id)),
             listen,
             bootstrap,
             mdns: config.network.mdns,
@@ -139,6 +151,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     )?;
     let shutdown = CancellationToken::new();
     let network_task = tokio::spawn(network.run(shutdown.clone()));
+    let chain = if config.chain.enabled() {
+        Some(config.chain_settings()?)
+    } else {
+        None
+    };
 
     let (requests_tx, requests) = mpsc::channel(driver::REQUEST_CAPACITY);
     let driver = Driver::new(
@@ -151,6 +168,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         meter,
         agent,
     );
+    let driver = match &chain {
+        Some(settings) => {
+            let (gossip_tx, gossip_rx) = mpsc::channel(256);
+            let anchor = crate::anchor::Anchor {
+                settings: settings.clone(),
+                market: node_config.rules.market_id,
+                clock: node_config.rules.clock,
+                store: store.clone(),
+                requests: requests_tx.clone(),
+                net: net.clone(),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(crate::anchor::run(anchor, gossip_rx, shutdown.clone()));
+            driver.with_anchor(gossip_tx)
+        }
+        None => driver,
+    };
     let driver_task = tokio::spawn(driver.run(events, requests, shutdown.clone()));
 
     let api_addr = config.api_listen()?;

@@ -629,6 +629,7 @@ fn cluster_options(nodes: usize, out: &std::path::Path) -> dharti::demo::DemoOpt
         data: None,
         max_offers: 16,
         max_connections: 64,
+        chain: dharti::demo_chain::DemoChain::None,
     }
 }
 

@@ -1,0 +1,694 @@
+//! The anchoring task: batches of final settlements onto the chain
+//! (docs/chain.md).
+//!
+//! Batch `n` covers intervals `anchor_from + n·B ..= anchor_from + (n+1)·B − 1`
+//! (B = `chain.batch_intervals`), even when nothing traded, so numbers stay
+//! sequential without any agreement beyond the intervals themselves. For
+//! each batch, in order:
+//! 1. Once every interval of it is settled in local storage, the node
+//!    builds the batch (trade records, net positions), signs its header
+//!    (EIP-712, with the node's EVM key) and gossips the approval on the
+//!    market's chain topic, again every half committer timeout until the
+//!    batch is anchored.
+//! 2. Approvals from members are checked (the signer must be the ledger's
+//!    member at the index it names) and kept when they approve the same
+//!    header as this node's.
+//! 3. The committer is the ledger's member `(n + attempt) mod members`,
+//!    where `attempt` counts committer timeouts since the batch became due.
+//!    The committer, holding a quorum of approvals, commits and then
+//!    settles; if it does not, the next member takes over.
+//! 4. Everyone watches the chain; a batch committed and settled there is
+//!    done and the next one starts.
+//!
+//! The queue (next batch, this node's header, the approvals held) is in
+//! storage, written through the market task, so a restart resumes where
+//! it stopped; before any transaction the chain is asked whether it is
+//! already done, so nothing is committed twice. Outages are retried with
+//! backoff; nothing is lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dharti_contracts::alloy::primitives::{Address, B256, I256};
+use dharti_contracts::alloy::signers::local::PrivateKeySigner;
+use dharti_contracts::batch::signing_hash;
+use dharti_contracts::bindings::SettlementLedger::{self, BatchHeader, TradeRecord};
+use dharti_contracts::{Approval, Batch, Chain, ChainError, Contract, Preset};
+use dharti_protocol::types::{IntervalClock, IntervalIndex, MarketId, ParticipantId};
+use dharti_storage::Store;
+use libp2p::PeerId;
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::Request;
+use crate::metrics::Metrics;
+use crate::network::Command;
+
+/// `[chain]`, checked (see `Config::chain_settings`).
+#[derive(Clone, Debug)]
+pub struct ChainSettings {
+    pub preset: Preset,
+    /// `None`: the embedded chain in this process.
+    pub rpc_url: Option<String>,
+    pub evm_key_file: PathBuf,
+    pub ledger: Address,
+    pub market_index: u32,
+    pub anchor_from: u64,
+    pub batch_intervals: u64,
+    pub confirmations: u64,
+    pub committer_timeout_ms: u64,
+    pub rpc_timeout_ms: u64,
+    pub accounts: BTreeMap<ParticipantId, Address>,
+    pub grid_operator: Address,
+    pub market_operator: Address,
+}
+
+impl ChainSettings {
+    /// The intervals of batch `n`.
+    pub fn range(&self, n: u64) -> (u64, u64) {
+        let first = self.anchor_from + n * self.batch_intervals;
+        (first, first + self.batch_intervals - 1)
+    }
+}
+
+/// A chain-topic message for the anchoring task to judge.
+#[derive(Debug)]
+pub struct Gossip {
+    pub id: MessageId,
+    pub source: PeerId,
+    pub data: Vec<u8>,
+}
+
+/// A batch header as gossiped and stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub market: u32,
+    pub number: u64,
+    pub first_interval: u64,
+    pub last_interval: u64,
+    pub records_root: B256,
+    pub net_root: B256,
+}
+
+impl From<&BatchHeader> for Header {
+    fn from(h: &BatchHeader) -> Self {
+        Header {
+            market: h.market,
+            number: h.number,
+            first_interval: h.firstInterval,
+            last_interval: h.lastInterval,
+            records_root: h.recordsRoot,
+            net_root: h.netRoot,
+        }
+    }
+}
+
+impl From<&Header> for BatchHeader {
+    fn from(h: &Header) -> Self {
+        BatchHeader {
+            market: h.market,
+            number: h.number,
+            firstInterval: h.first_interval,
+            lastInterval: h.last_interval,
+            recordsRoot: h.records_root,
+            netRoot: h.net_root,
+        }
+    }
+}
+
+/// One member's approval of a batch, as gossiped. Bounded: a few hundred
+/// bytes of JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalMessage {
+    pub chain_id: u64,
+    pub ledger: Address,
+    pub header: Header,
+    pub approval: Approval,
+}
+
+const MAX_APPROVAL_MESSAGE: usize = 2_048;
+
+/// What the node keeps of one batch, in storage (meta `chain/batch/N`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Pending {
+    number: u64,
+    header: Option<Header>,
+    /// Approvals of `header` (this node's own included), by member index.
+    approvals: BTreeMap<u16, Approval>,
+}
+
+const NEXT_KEY: &[u8] = b"chain/next";
+
+fn batch_key(n: u64) -> Vec<u8> {
+    format!("chain/batch/{n}").into_bytes()
+}
+
+/// Everything the task needs from the daemon.
+#[derive(Debug)]
+pub struct Anchor {
+    pub settings: ChainSettings,
+    pub market: MarketId,
+    pub clock: IntervalClock,
+    pub store: Arc<Store>,
+    pub requests: mpsc::Sender<Request>,
+    pub net: mpsc::Sender<Command>,
+    pub metrics: Metrics,
+}
+
+/// Loads the node's EVM key (hex, 32 bytes).
+pub fn load_evm_key(path: &std::path::Path) -> anyhow::Result<PrivateKeySigner> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the EVM key {} (chain.evm_key_file; `dharti init` writes one)",
+            path.display()
+        )
+    })?;
+    text.trim()
+        .trim_start_matches("0x")
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{} is not a secp256k1 key in hex: {e}", path.display()))
+}
+
+/// The chain as the settings say: JSON-RPC, or an in-process EVM.
+pub async fn connect(
+    settings: &ChainSettings,
+    key: &PrivateKeySigner,
+) -> Result<Chain, ChainError> {
+    match &settings.rpc_url {
+        None => Ok(Chain::embedded()),
+        Some(url) => {
+            Chain::rpc(
+                settings.preset,
+                url,
+                vec![key.clone()],
+                settings.confirmations,
+                Duration::from_millis(settings.rpc_timeout_ms),
+            )
+            .await
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Builds batch `n` from local storage: `Ok(None)` while an interval of it
+/// is not final and settled here yet.
+pub fn build_batch(
+    store: &Store,
+    market: MarketId,
+    settings: &ChainSettings,
+    n: u64,
+) -> anyhow::Result<Option<Batch>> {
+    let (first, last) = settings.range(n);
+    let address =
+        |p: &ParticipantId| -> anyhow::Result<Address> {
+            settings.accounts.get(p).copied().ok_or_else(|| {
+                anyhow::anyhow!("no EVM address for participant {p} in chain.accounts")
+            })
+        };
+    let mut trades = Vec::new();
+    let mut net: BTreeMap<Address, i64> = BTreeMap::new();
+    for i in first..=last {
+        let interval = IntervalIndex(i);
+        let Some(settlement) = store.settlement(&market, interval)? else {
+            return Ok(None);
+        };
+        if let Some(result) = store.result(&market, interval)? {
+            for t in &result.trades {
+                trades.push(TradeRecord {
+                    interval: i,
+                    bidId: B256::from(t.bid_id.0),
+                    askId: B256::from(t.ask_id.0),
+                    buyer: address(&t.buyer)?,
+                    seller: address(&t.seller)?,
+                    energyWh: t.energy_wh,
+                    priceMicroPerKwh: t.price_micro_per_kwh,
+                    valueMicro: t.value_micro,
+                    gridFeeMicro: t.grid_fee_micro,
+                    surplusMicro: t.surplus_micro,
+                });
+            }
+        }
+        for p in &settlement.participants {
+            let flow = i128::from(p.p2p_received_micro)
+                - i128::from(p.p2p_paid_micro)
+                - i128::from(p.grid_fee_paid_micro)
+                - i128::from(p.surplus_paid_micro);
+            *net.entry(address(&p.participant)?).or_default() += i64::try_from(flow)?;
+        }
+        *net.entry(settings.grid_operator).or_default() +=
+            i64::try_from(settlement.grid_operator_micro)?;
+        *net.entry(settings.market_operator).or_default() +=
+            i64::try_from(settlement.market_operator_micro)?;
+    }
+    let batch = Batch::new(settings.market_index, n, first, last, trades, &net)?;
+    Ok(Some(batch))
+}
+
+/// The P2P money of intervals `first..=last` per account, from storage
+/// (what `settleBatch` moves for them; the demo checks it on chain).
+pub fn net_positions(
+    store: &Store,
+    market: MarketId,
+    settings: &ChainSettings,
+    n: u64,
+) -> anyhow::Result<Option<BTreeMap<Address, i64>>> {
+    Ok(build_batch(store, market, settings, n)?.map(|b| {
+        b.positions
+            .iter()
+            .map(|p| (p.account, i64::try_from(p.amount).expect("built from i64")))
+            .collect()
+    }))
+}
+
+struct Task {
+    a: Anchor,
+    key: PrivateKeySigner,
+    chain: Option<Chain>,
+    /// The ledger's members in order and the threshold, read per batch.
+    members: Vec<Address>,
+    threshold: usize,
+    next: u64,
+    pending: Pending,
+    /// This node's batch `next`, once built.
+    batch: Option<Batch>,
+    /// Verified approvals of headers this node has not built (yet), by
+    /// (batch, digest).
+    early: HashMap<(u64, B256), BTreeMap<u16, Approval>>,
+    last_published_ms: u64,
+    backoff_until_ms: u64,
+    backoff_ms: u64,
+    reported_unbuildable: Option<u64>,
+}
+
+pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: CancellationToken) {
+    let key = match load_evm_key(&a.settings.evm_key_file) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!("anchor.key: {e:#}; settlements will not be anchored");
+            return;
+        }
+    };
+    let next = a
+        .store
+        .meta(NEXT_KEY)
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice::<u64>(&v).ok())
+        .unwrap_or(0);
+    let pending = load_pending(&a.store, next);
+    tracing::info!(evm = %key.address(), next_batch = next, "anchor.started");
+    let mut task = Task {
+        a,
+        key,
+        chain: None,
+        members: Vec::new(),
+        threshold: usize::MAX,
+        next,
+        pending,
+        batch: None,
+        early: HashMap::new(),
+        last_published_ms: 0,
+        backoff_until_ms: 0,
+        backoff_ms: 0,
+        reported_unbuildable: None,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => task.step().await,
+            Some(message) = gossip.recv() => task.judge(message).await,
+        }
+    }
+}
+
+fn load_pending(store: &Store, n: u64) -> Pending {
+    store
+        .meta(&batch_key(n))
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice::<Pending>(&v).ok())
+        .unwrap_or(Pending {
+            number: n,
+            ..Pending::default()
+        })
+}
+
+impl Task {
+    async fn persist(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .a
+            .requests
+            .send(Request::PutMeta { entries, reply })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(Err(e)) = answer.await {
+            tracing::error!("anchor.persist: {e}");
+            self.a.metrics.storage_errors.inc();
+        }
+    }
+
+    async fn save_pending(&self) {
+        let value = serde_json::to_vec(&self.pending).expect("serializable");
+        self.persist(vec![(batch_key(self.pending.number), value)])
+            .await;
+    }
+
+    fn outage(&mut self, e: &ChainError) {
+        self.a.metrics.chain_unavailable.inc();
+        self.backoff_ms = (self.backoff_ms * 2).clamp(1_000, 60_000);
+        self.backoff_until_ms = now_ms() + self.backoff_ms;
+        tracing::warn!(retry_in_ms = self.backoff_ms, "anchor.chain: {e}");
+        if matches!(e, ChainError::Unavailable(_)) && self.a.settings.rpc_url.is_some() {
+            // Reconnect on the next try: the node may have restarted.
+            self.chain = None;
+        }
+    }
+
+    fn ledger(&self) -> Option<Contract<'_>> {
+        self.chain
+            .as_ref()
+            .map(|c| Contract::new(c, self.a.settings.ledger))
+    }
+
+    /// When batch `n` is due: two intervals after its last one ends (time
+    /// for meter reports and settlement).
+    fn due_ms(&self, n: u64) -> u64 {
+        let (_, last) = self.a.settings.range(n);
+        let end_s = self.a.clock.start_s(IntervalIndex(last + 1));
+        (end_s + 2 * self.a.clock.interval_s) * 1000
+    }
+
+    async fn step(&mut self) {
+        let now = now_ms();
+        if now < self.backoff_until_ms {
+            return;
+        }
+        if let Err(e) = self.advance(now).await {
+            if e.is_transient() {
+                self.outage(&e);
+            } else {
+                self.a.metrics.chain_errors.inc();
+                tracing::warn!(batch = self.next, "anchor: {e}");
+                self.backoff_ms = (self.backoff_ms * 2).clamp(1_000, 60_000);
+                self.backoff_until_ms = now + self.backoff_ms;
+            }
+        } else {
+            self.backoff_ms = 0;
+        }
+    }
+
+    async fn advance(&mut self, now: u64) -> Result<(), ChainError> {
+        if now < self.due_ms(self.next) {
+            return Ok(());
+        }
+        if self.chain.is_none() {
+            self.chain = Some(connect(&self.a.settings, &self.key).await?);
+            self.members.clear();
+        }
+        if self.members.is_empty() {
+            self.refresh_members().await?;
+        }
+        let n = self.next;
+        let market = self.a.settings.market_index;
+        let ledger = self.ledger().expect("connected");
+        let root = ledger
+            .view(SettlementLedger::batchRootCall { market, number: n })
+            .await?;
+        let committed = root != B256::ZERO;
+        if committed {
+            let settled = ledger
+                .view(SettlementLedger::isSettledCall { market, number: n })
+                .await?;
+            if settled {
+                return self.finish(n).await;
+            }
+        }
+
+        // Build this node's batch once every interval of it is settled here.
+        if self.batch.is_none() {
+            match build_batch(&self.a.store, self.a.market, &self.a.settings, n) {
+                Ok(Some(batch)) => self.adopt(batch).await,
+                Ok(None) => {}
+                Err(e) => {
+                    if self.reported_unbuildable != Some(n) {
+                        self.reported_unbuildable = Some(n);
+                        self.a.metrics.chain_errors.inc();
+                        tracing::warn!(batch = n, "anchor.build: {e:#}");
+                    }
+                }
+            }
+        }
+        let Some(batch) = self.batch.clone() else {
+            return Ok(());
+        };
+
+        // Keep gossiping this node's approval until the batch is done.
+        let republish_ms = (self.a.settings.committer_timeout_ms / 2).max(2_000);
+        if now.saturating_sub(self.last_published_ms) >= republish_ms {
+            self.publish_approval(&batch).await;
+        }
+
+        if !self.is_committer(n, now) {
+            return Ok(());
+        }
+        if !committed {
+            if self.pending.approvals.len() < self.threshold {
+                return Ok(());
+            }
+            let approvals: Vec<Approval> = self.pending.approvals.values().copied().collect();
+            let chain = self.chain.as_ref().expect("connected");
+            match dharti_contracts::contract::commit_batch(
+                chain,
+                self.a.settings.ledger,
+                self.key.address(),
+                &batch,
+                &approvals,
+            )
+            .await
+            {
+                Ok(receipt) => {
+                    self.a.metrics.chain_batches_committed.inc();
+                    tracing::info!(batch = n, tx = %receipt.tx_hash, gas = receipt.gas_used, "anchor.committed");
+                }
+                Err(e) if e.revert_name() == Some("AlreadyCommitted") => {}
+                Err(e) if e.revert_name() == Some("BadSignature") => {
+                    // A member index moved (membership changed): re-read
+                    // the list, re-sign, collect again.
+                    self.members.clear();
+                    self.pending.approvals.clear();
+                    self.batch = None;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let chain = self.chain.as_ref().expect("connected");
+        let settle = SettlementLedger::settleBatchCall {
+            market,
+            number: n,
+            recordsRoot: batch.header.recordsRoot,
+            positions: batch.positions.clone(),
+        };
+        match Contract::new(chain, self.a.settings.ledger)
+            .send(self.key.address(), settle)
+            .await
+        {
+            Ok(receipt) => {
+                self.a.metrics.chain_batches_settled.inc();
+                tracing::info!(batch = n, tx = %receipt.tx_hash, gas = receipt.gas_used, "anchor.settled");
+                self.finish(n).await
+            }
+            Err(e) if e.revert_name() == Some("AlreadySettled") => self.finish(n).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The committer for batch `n` now: member `(n + attempt) mod len`.
+    fn is_committer(&self, n: u64, now: u64) -> bool {
+        if self.members.is_empty() {
+            return false;
+        }
+        let timeout = self.a.settings.committer_timeout_ms.max(1);
+        let attempt = now.saturating_sub(self.due_ms(n)) / timeout;
+        let len = self.members.len() as u64;
+        let index = usize::try_from((n + attempt) % len).expect("fits");
+        self.members[index] == self.key.address()
+    }
+
+    async fn refresh_members(&mut self) -> Result<(), ChainError> {
+        let ledger = self.ledger().expect("connected");
+        let members = ledger.view(SettlementLedger::membersCall {}).await?;
+        let threshold = ledger.view(SettlementLedger::thresholdCall {}).await?;
+        self.members = members;
+        self.threshold = usize::from(threshold).max(1);
+        Ok(())
+    }
+
+    fn my_index(&self) -> Option<u16> {
+        self.members
+            .iter()
+            .position(|m| *m == self.key.address())
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
+    fn digest(&self, header: &BatchHeader) -> B256 {
+        let chain_id = self.chain.as_ref().map_or(0, Chain::chain_id);
+        signing_hash(header, chain_id, self.a.settings.ledger)
+    }
+
+    /// Takes this node's batch: signs it and merges approvals seen early.
+    async fn adopt(&mut self, batch: Batch) {
+        let header = Header::from(&batch.header);
+        let digest = self.digest(&batch.header);
+        if self.pending.header.as_ref() != Some(&header) {
+            self.pending = Pending {
+                number: batch.header.number,
+                header: Some(header),
+                approvals: BTreeMap::new(),
+            };
+        }
+        if let Some(index) = self.my_index() {
+            self.pending
+                .approvals
+                .insert(index, Approval::sign(&self.key, index, digest));
+        }
+        if let Some(early) = self.early.remove(&(batch.header.number, digest)) {
+            self.pending.approvals.extend(early);
+        }
+        self.save_pending().await;
+        tracing::info!(
+            batch = batch.header.number,
+            trades = batch.trades.len(),
+            accounts = batch.positions.len(),
+            "anchor.built"
+        );
+        self.batch = Some(batch);
+    }
+
+    async fn publish_approval(&mut self, batch: &Batch) {
+        let Some(index) = self.my_index() else {
+            return;
+        };
+        let Some(approval) = self.pending.approvals.get(&index).copied() else {
+            return;
+        };
+        let message = ApprovalMessage {
+            chain_id: self.chain.as_ref().map_or(0, Chain::chain_id),
+            ledger: self.a.settings.ledger,
+            header: Header::from(&batch.header),
+            approval,
+        };
+        let bytes = serde_json::to_vec(&message).expect("serializable");
+        if self.a.net.try_send(Command::PublishChain(bytes)).is_err() {
+            self.a.metrics.commands_dropped.inc();
+        }
+        self.last_published_ms = now_ms();
+    }
+
+    async fn finish(&mut self, n: u64) -> Result<(), ChainError> {
+        self.a
+            .metrics
+            .chain_batches_anchored
+            .set(i64::try_from(n + 1).unwrap_or(i64::MAX));
+        tracing::info!(batch = n, "anchor.done");
+        self.next = n + 1;
+        self.batch = None;
+        self.pending = load_pending(&self.a.store, self.next);
+        self.early.retain(|(number, _), _| *number > n);
+        self.members.clear(); // re-read per batch: membership may change
+        self.persist(vec![(
+            NEXT_KEY.to_vec(),
+            serde_json::to_vec(&self.next).expect("a number"),
+        )])
+        .await;
+        Ok(())
+    }
+
+    /// Judges a gossiped approval and keeps it if it is useful.
+    async fn judge(&mut self, message: Gossip) {
+        let acceptance = self.verdict(&message.data).await;
+        match acceptance {
+            MessageAcceptance::Accept => self.a.metrics.chain_approvals_accepted.inc(),
+            MessageAcceptance::Reject => self.a.metrics.chain_approvals_rejected.inc(),
+            MessageAcceptance::Ignore => 0,
+        };
+        let _ = self.a.net.try_send(Command::Validated {
+            id: message.id,
+            source: message.source,
+            acceptance,
+        });
+    }
+
+    async fn verdict(&mut self, data: &[u8]) -> MessageAcceptance {
+        if data.len() > MAX_APPROVAL_MESSAGE {
+            return MessageAcceptance::Reject;
+        }
+        let Ok(message) = serde_json::from_slice::<ApprovalMessage>(data) else {
+            return MessageAcceptance::Reject;
+        };
+        let Some(chain) = self.chain.as_ref() else {
+            return MessageAcceptance::Ignore;
+        };
+        if message.ledger != self.a.settings.ledger
+            || message.chain_id != chain.chain_id()
+            || message.header.market != self.a.settings.market_index
+        {
+            return MessageAcceptance::Ignore;
+        }
+        if message.header.number < self.next {
+            return MessageAcceptance::Ignore; // already anchored
+        }
+        if self.members.is_empty() && self.refresh_members().await.is_err() {
+            return MessageAcceptance::Ignore;
+        }
+        let header = BatchHeader::from(&message.header);
+        let digest = self.digest(&header);
+        let index = message.approval.member_index;
+        let member = self.members.get(usize::from(index)).copied();
+        if member.is_none() || message.approval.signer(digest) != member {
+            return MessageAcceptance::Reject;
+        }
+        let mine = self
+            .batch
+            .as_ref()
+            .filter(|b| b.header.number == header.number)
+            .map(|b| self.digest(&b.header));
+        if mine == Some(digest) {
+            if self
+                .pending
+                .approvals
+                .insert(index, message.approval)
+                .is_none()
+            {
+                self.save_pending().await;
+            }
+        } else if mine.is_none() && header.number <= self.next + 1 {
+            self.early
+                .entry((header.number, digest))
+                .or_default()
+                .insert(index, message.approval);
+        }
+        MessageAcceptance::Accept
+    }
+}
+
+/// Net positions in i256, as the ledger stores them (for tests and the demo).
+pub fn amount(value: I256) -> Option<i64> {
+    i64::try_from(value).ok()
+}
