@@ -462,9 +462,21 @@ async fn batches_are_strictly_sequential_and_never_committed_twice() {
         f.commit(&b1.header, f.approvals(&b1.header, &quorum))
             .await
             .expect("batch 1");
+        let count = f
+            .ledger
+            .view(SettlementLedger::batchCountCall { market: MARKET })
+            .await
+            .expect("view");
+        assert_eq!(count, 2, "{}", tc.name);
         f.commit(&b2.header, f.approvals(&b2.header, &quorum))
             .await
             .expect("batch 2");
+        let count = f
+            .ledger
+            .view(SettlementLedger::batchCountCall { market: MARKET })
+            .await
+            .expect("view");
+        assert_eq!(count, 3, "{}", tc.name);
     }
 }
 

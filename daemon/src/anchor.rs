@@ -217,9 +217,17 @@ pub fn build_batch(
         };
     let mut trades = Vec::new();
     let mut net: BTreeMap<Address, i64> = BTreeMap::new();
+    let latest = store.last_result_interval(&market)?.map(|i| i.0);
     for i in first..=last {
         let interval = IntervalIndex(i);
         let Some(settlement) = store.settlement(&market, interval)? else {
+            let final_here = store.result(&market, interval)?.is_some();
+            // An interval that never became final here while later ones
+            // did (the market was down, or this node was) holds no trades;
+            // one that is final but not settled yet is waited for.
+            if !final_here && latest.is_some_and(|l| l > last) {
+                continue;
+            }
             return Ok(None);
         };
         if let Some(result) = store.result(&market, interval)? {

@@ -52,6 +52,8 @@ pub struct ChainSummary {
     pub chain: String,
     pub ledger: String,
     pub anchored_batches: u64,
+    /// Trades in the anchored batches, each of whose proofs is checked.
+    pub trades_anchored: u64,
     pub proofs_verified: u64,
     pub onchain_balances_match: bool,
     pub certificates_issued_wh: u64,
@@ -77,6 +79,16 @@ pub struct DemoChainNode {
 }
 
 impl DemoChainNode {
+    /// A chain someone else runs (a test's anvil), reached at `url`.
+    pub fn external(url: String, kind: DemoChain) -> DemoChainNode {
+        DemoChainNode {
+            url,
+            kind,
+            anvil: None,
+            _runtime: None,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             DemoChain::Anvil => "anvil",
@@ -415,6 +427,7 @@ pub fn check(
             },
             ledger: setup.deployment.ledger.to_string(),
             anchored_batches: anchored,
+            trades_anchored: batches.iter().map(|b| b.trades.len() as u64).sum(),
             proofs_verified: proofs,
             onchain_balances_match: all_match && anchored > 0,
             certificates_issued_wh: 0,

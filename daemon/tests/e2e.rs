@@ -457,6 +457,7 @@ fn a_hostile_peer_is_rejected_and_scored_down_while_the_others_finalize() {
             hostile.keypair.clone(),
             &NetworkConfig {
                 market_topic: network::topic_name(&market),
+                chain_topic: None,
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
                 bootstrap: vec![target],
                 mdns: false,
@@ -715,5 +716,213 @@ fn a_daemon_killed_mid_interval_restarts_and_rejoins_with_the_same_history() {
         metric_text(&metrics, "dharti_intervals_caught_up")
     );
     drop(daemons);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// anvil on a fixed port, keeping its state in `state` across restarts.
+struct StatefulAnvil {
+    child: std::process::Child,
+}
+
+impl StatefulAnvil {
+    fn start(binary: &std::path::Path, port: u16, state: &std::path::Path) -> StatefulAnvil {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--chain-id",
+                "73799",
+                "--hardfork",
+                "london",
+                "--gas-limit",
+                "6000000",
+            ])
+            .args(["--block-time", "1", "--state"])
+            .arg(state)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("anvil starts");
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("anvil prints its address")
+                .expect("readable");
+            if line.starts_with("Listening on ") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        StatefulAnvil { child }
+    }
+
+    /// SIGTERM: anvil writes its state file on the way out.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for StatefulAnvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sum_metric(urls: &[String], name: &str) -> u64 {
+    urls.iter()
+        .map(|u| count(&http(u, "GET", "/metrics", None, "").1, name))
+        .sum()
+}
+
+#[test]
+fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements() {
+    use dharti::demo_chain::{self, DemoChain, DemoChainNode};
+    let Some(anvil_bin) = demo_chain::anvil_binary() else {
+        assert!(
+            std::env::var_os("DHARTI_REQUIRE_ANVIL").is_none(),
+            "DHARTI_REQUIRE_ANVIL is set but no anvil was found"
+        );
+        eprintln!("anvil not found: the chain end-to-end test needs it (npm ci)");
+        return;
+    };
+    let out = temp_dir("anchor");
+    let state = out.join("anvil-state.json");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut anvil = Some(StatefulAnvil::start(&anvil_bin, port, &state));
+    let node = DemoChainNode::external(format!("http://127.0.0.1:{port}"), DemoChain::Anvil);
+
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_dharti"));
+    let options = cluster_options(4, &out);
+    let anchor = dharti::driver::now_ms() / 1_000 / 10 * 10;
+    let configs = dharti::demo::make_nodes(&options, anchor, true, &[]).unwrap();
+    // One interval per batch, a committer gets one interval.
+    let setup = demo_chain::setup(&node, &configs, "dharti-demo", anchor / 10 + 3, 1, 10).unwrap();
+    let mut daemons = Cluster(Vec::new());
+    dharti::demo::start_all_with(binary, &configs, &mut daemons.0, 8).unwrap();
+    let urls = dharti::demo::api_urls(&daemons.0);
+
+    let wait_anchored = |at_least: u64, within_s: u64| -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(within_s);
+        loop {
+            let done = demo_chain::anchored(&node, &setup).unwrap_or(0);
+            if done >= at_least || std::time::Instant::now() > deadline {
+                return done;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let before = wait_anchored(2, 90);
+    assert!(
+        before >= 2,
+        "two batches anchored before the outage, got {before}"
+    );
+
+    // The chain goes away for three intervals; batches queue up meanwhile.
+    anvil.take().unwrap().stop();
+    std::thread::sleep(Duration::from_secs(30));
+    let outages = sum_metric(&urls, "dharti_chain_unavailable_total");
+    assert!(outages > 0, "the daemons noticed the outage");
+    anvil = Some(StatefulAnvil::start(&anvil_bin, port, &state));
+    let after = wait_anchored(before + 3, 120);
+    assert!(
+        after >= before + 3,
+        "every batch due during the outage anchored afterwards: {before} before, {after} after"
+    );
+
+    // Each batch was committed by exactly one committer, once.
+    std::thread::sleep(Duration::from_secs(2));
+    let committed_by_nodes = sum_metric(&urls, "dharti_chain_batches_committed_total");
+    let on_chain = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let chain = dharti_contracts::Chain::rpc(
+                dharti_contracts::Preset::Anvil,
+                &node.url,
+                vec![],
+                1,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            dharti_contracts::Contract::new(&chain, setup.deployment.ledger)
+                .view(dharti_contracts::bindings::SettlementLedger::batchCountCall { market: 1 })
+                .await
+                .unwrap()
+        })
+    };
+    assert_eq!(
+        committed_by_nodes, on_chain,
+        "one commit per batch on chain"
+    );
+
+    // A forged approval is refused on chain: keys that are not members,
+    // signing at members' indices.
+    let forged = {
+        use dharti_contracts::alloy::signers::local::PrivateKeySigner;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let chain = dharti_contracts::Chain::rpc(
+                dharti_contracts::Preset::Anvil,
+                &node.url,
+                vec![setup.admin.clone()],
+                1,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            let net = std::collections::BTreeMap::new();
+            let batch = dharti_contracts::Batch::new(1, on_chain, 0, 0, vec![], &net).unwrap();
+            let digest = dharti_contracts::batch::signing_hash(
+                &batch.header,
+                chain.chain_id(),
+                setup.deployment.ledger,
+            );
+            let approvals: Vec<dharti_contracts::Approval> = (0..4u16)
+                .map(|i| dharti_contracts::Approval::sign(&PrivateKeySigner::random(), i, digest))
+                .collect();
+            dharti_contracts::contract::commit_batch(
+                &chain,
+                setup.deployment.ledger,
+                setup.admin.address(),
+                &batch,
+                &approvals,
+            )
+            .await
+            .err()
+            .and_then(|e| e.revert_name().map(str::to_owned))
+        })
+    };
+    assert_eq!(forged.as_deref(), Some("BadSignature"));
+
+    drop(daemons);
+    let summary = demo_chain::check(&node, &setup, &configs).unwrap();
+    assert!(summary.anchored_batches >= after);
+    assert!(
+        summary.onchain_balances_match,
+        "escrow moved by exactly the off-chain settlements: {:?}",
+        summary.balances
+    );
+    assert_eq!(summary.balances.len(), 4);
+    assert_eq!(
+        summary.proofs_verified, summary.trades_anchored,
+        "every anchored trade's proof verifies on chain"
+    );
+    drop(anvil);
     let _ = std::fs::remove_dir_all(&out);
 }
