@@ -31,9 +31,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dharti_contracts::alloy::primitives::{Address, B256, I256};
+use dharti_contracts::alloy::primitives::{Address, B256, U256, keccak256};
 use dharti_contracts::alloy::signers::local::PrivateKeySigner;
+use dharti_contracts::alloy::sol_types::{SolEvent, SolValue};
 use dharti_contracts::batch::signing_hash;
+use dharti_contracts::bindings::EnergyCertificates;
 use dharti_contracts::bindings::SettlementLedger::{self, BatchHeader, TradeRecord};
 use dharti_contracts::{Approval, Batch, Chain, ChainError, Contract, Preset};
 use dharti_protocol::types::{IntervalClock, IntervalIndex, MarketId, ParticipantId};
@@ -56,6 +58,9 @@ pub struct ChainSettings {
     pub rpc_url: Option<String>,
     pub evm_key_file: PathBuf,
     pub ledger: Address,
+    /// EnergyCertificates' address; certificates are issued when this node
+    /// holds the issuer role there.
+    pub certificates: Option<Address>,
     pub market_index: u32,
     pub anchor_from: u64,
     pub batch_intervals: u64,
@@ -142,6 +147,7 @@ struct Pending {
 }
 
 const NEXT_KEY: &[u8] = b"chain/next";
+const CERTS_NEXT_KEY: &[u8] = b"chain/certificates/next";
 
 fn batch_key(n: u64) -> Vec<u8> {
     format!("chain/batch/{n}").into_bytes()
@@ -262,6 +268,97 @@ pub fn build_batch(
     Ok(Some(batch))
 }
 
+/// One certificate to issue: a producer's delivered P2P energy over a
+/// batch, and who bought how much of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificatePlan {
+    /// keccak256 of the producer's participant id.
+    pub device: B256,
+    pub start_s: u64,
+    pub end_s: u64,
+    pub volume_wh: u64,
+    /// Buyer → Wh; the shares sum to `volume_wh`.
+    pub shares: BTreeMap<Address, u64>,
+}
+
+/// What batch `n` certifies. A seller's delivered P2P energy in an
+/// interval is `min(sold, exported)`: what it sold and its meter shows it
+/// fed in. Each buyer's share is proportional to what it bought from that
+/// seller, rounded down, with the remainder to the largest buyer.
+pub fn certificate_plan(
+    store: &Store,
+    market: MarketId,
+    settings: &ChainSettings,
+    clock: &IntervalClock,
+    n: u64,
+) -> anyhow::Result<Vec<CertificatePlan>> {
+    let (first, last) = settings.range(n);
+    let mut per_seller: BTreeMap<ParticipantId, BTreeMap<Address, u64>> = BTreeMap::new();
+    for i in first..=last {
+        let interval = IntervalIndex(i);
+        let (Some(settlement), Some(result)) = (
+            store.settlement(&market, interval)?,
+            store.result(&market, interval)?,
+        ) else {
+            continue;
+        };
+        for p in &settlement.participants {
+            if p.sold_wh == 0 {
+                continue;
+            }
+            let delivered = p.sold_wh.min(p.export_wh);
+            let mut bought: BTreeMap<Address, u64> = BTreeMap::new();
+            for t in result.trades.iter().filter(|t| t.seller == p.participant) {
+                let buyer = settings
+                    .accounts
+                    .get(&t.buyer)
+                    .copied()
+                    .ok_or_else(|| anyhow::anyhow!("no EVM address for {}", t.buyer))?;
+                *bought.entry(buyer).or_default() += t.energy_wh;
+            }
+            let shares = split(delivered, &bought);
+            let entry = per_seller.entry(p.participant).or_default();
+            for (buyer, wh) in shares {
+                *entry.entry(buyer).or_default() += wh;
+            }
+        }
+    }
+    Ok(per_seller
+        .into_iter()
+        .filter_map(|(seller, shares)| {
+            let volume_wh: u64 = shares.values().sum();
+            (volume_wh > 0).then(|| CertificatePlan {
+                device: keccak256(seller.0),
+                start_s: clock.start_s(IntervalIndex(first)),
+                end_s: clock.start_s(IntervalIndex(last + 1)),
+                volume_wh,
+                shares: shares.into_iter().filter(|(_, wh)| *wh > 0).collect(),
+            })
+        })
+        .collect())
+}
+
+/// `total` split in proportion to `weights`, rounded down, the remainder to
+/// the largest weight; sums to `total` exactly (zero if no weights).
+fn split(total: u64, weights: &BTreeMap<Address, u64>) -> BTreeMap<Address, u64> {
+    let sum: u64 = weights.values().sum();
+    if sum == 0 {
+        return BTreeMap::new();
+    }
+    let mut out: BTreeMap<Address, u64> = weights
+        .iter()
+        .map(|(a, w)| {
+            let share = u128::from(total) * u128::from(*w) / u128::from(sum);
+            (*a, u64::try_from(share).expect("at most total"))
+        })
+        .collect();
+    let given: u64 = out.values().sum();
+    if let Some((largest, _)) = weights.iter().max_by_key(|(_, w)| **w) {
+        *out.get_mut(largest).expect("present") += total - given;
+    }
+    out
+}
+
 /// The P2P money of intervals `first..=last` per account, from storage
 /// (what `settleBatch` moves for them; the demo checks it on chain).
 pub fn net_positions(
@@ -296,6 +393,10 @@ struct Task {
     backoff_until_ms: u64,
     backoff_ms: u64,
     reported_unbuildable: Option<u64>,
+    /// The next anchored batch to issue certificates for (issuer only).
+    certs_next: u64,
+    /// Whether this node is an issuer on the certificates contract.
+    issuer: Option<bool>,
 }
 
 pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: CancellationToken) {
@@ -314,6 +415,13 @@ pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: Cancel
         .and_then(|v| serde_json::from_slice::<u64>(&v).ok())
         .unwrap_or(0);
     let pending = load_pending(&a.store, next);
+    let certs_next = a
+        .store
+        .meta(CERTS_NEXT_KEY)
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice::<u64>(&v).ok())
+        .unwrap_or(0);
     tracing::info!(evm = %key.address(), next_batch = next, "anchor.started");
     let mut task = Task {
         a,
@@ -329,6 +437,8 @@ pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: Cancel
         backoff_until_ms: 0,
         backoff_ms: 0,
         reported_unbuildable: None,
+        certs_next,
+        issuer: None,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -422,6 +532,9 @@ impl Task {
     }
 
     async fn advance(&mut self, now: u64) -> Result<(), ChainError> {
+        if self.certs_next < self.next && self.chain.is_some() {
+            self.certify().await?;
+        }
         if now < self.due_ms(self.next) {
             return Ok(());
         }
@@ -525,6 +638,113 @@ impl Task {
             Err(e) if e.revert_name() == Some("AlreadySettled") => self.finish(n).await,
             Err(e) => Err(e),
         }
+    }
+
+    /// Issues certificates for the next anchored batch, if this node is an
+    /// issuer: one per producer for its delivered P2P energy, split among
+    /// the buyers in proportion to what they bought from it. Idempotent: a
+    /// certificate already issued for the (device, period) is not issued
+    /// again, and a buyer who holds its share already gets nothing more.
+    async fn certify(&mut self) -> Result<(), ChainError> {
+        let Some(address) = self.a.settings.certificates else {
+            self.certs_next = self.next;
+            return Ok(());
+        };
+        let chain = self.chain.as_ref().expect("connected");
+        let certs = Contract::new(chain, address);
+        let me = self.key.address();
+        if self.issuer.is_none() {
+            self.issuer = Some(certs.view(EnergyCertificates::isIssuerCall(me)).await?);
+        }
+        if self.issuer != Some(true) {
+            self.certs_next = self.next;
+            return Ok(());
+        }
+        let n = self.certs_next;
+        let plan = match certificate_plan(
+            &self.a.store,
+            self.a.market,
+            &self.a.settings,
+            &self.a.clock,
+            n,
+        ) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.a.metrics.chain_errors.inc();
+                tracing::warn!(batch = n, "anchor.certificates: {e:#}");
+                Vec::new()
+            }
+        };
+        for c in plan {
+            let key = keccak256((c.device, c.start_s, c.end_s).abi_encode_params());
+            let mut id = certs
+                .view(EnergyCertificates::certificateOfCall(key))
+                .await?;
+            if id.is_zero() {
+                let receipt = certs
+                    .send(
+                        me,
+                        EnergyCertificates::requestCertificateCall {
+                            device: c.device,
+                            generationStart: c.start_s,
+                            generationEnd: c.end_s,
+                            volumeWh: c.volume_wh,
+                        },
+                    )
+                    .await?;
+                let request = receipt
+                    .logs
+                    .iter()
+                    .find_map(|l| EnergyCertificates::CertificateRequested::decode_log(l).ok())
+                    .map(|e| e.data.requestId)
+                    .ok_or_else(|| ChainError::Usage("no CertificateRequested event".into()))?;
+                certs
+                    .send(
+                        me,
+                        EnergyCertificates::approveRequestCall { requestId: request },
+                    )
+                    .await?;
+                id = certs
+                    .view(EnergyCertificates::certificateOfCall(key))
+                    .await?;
+                self.a
+                    .metrics
+                    .chain_certificates_issued_wh
+                    .inc_by(c.volume_wh);
+            }
+            for (buyer, share) in &c.shares {
+                let held = certs
+                    .view(EnergyCertificates::balanceOfCall {
+                        account: *buyer,
+                        id,
+                    })
+                    .await?;
+                let owed = U256::from(*share).saturating_sub(held);
+                if owed.is_zero() {
+                    continue;
+                }
+                certs
+                    .send(
+                        me,
+                        EnergyCertificates::safeTransferFromCall {
+                            from: me,
+                            to: *buyer,
+                            id,
+                            value: owed,
+                            data: Default::default(),
+                        },
+                    )
+                    .await?;
+            }
+        }
+        self.certs_next = n + 1;
+        self.persist(vec![(
+            CERTS_NEXT_KEY.to_vec(),
+            serde_json::to_vec(&self.certs_next).expect("a number"),
+        )])
+        .await;
+        tracing::info!(batch = n, "anchor.certified");
+        Ok(())
     }
 
     /// The committer for batch `n` now: member `(n + attempt) mod len`.
@@ -696,7 +916,21 @@ impl Task {
     }
 }
 
-/// Net positions in i256, as the ledger stores them (for tests and the demo).
-pub fn amount(value: I256) -> Option<i64> {
-    i64::try_from(value).ok()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_sums_to_the_total_and_follows_the_weights() {
+        let a = Address::repeat_byte(1);
+        let b = Address::repeat_byte(2);
+        let c = Address::repeat_byte(3);
+        let weights: BTreeMap<Address, u64> = [(a, 300), (b, 100), (c, 200)].into();
+        let out = split(100, &weights);
+        assert_eq!(out.values().sum::<u64>(), 100);
+        assert_eq!(out[&a], 51); // 50 and the remainder
+        assert_eq!(out[&b], 16);
+        assert_eq!(out[&c], 33);
+        assert!(split(10, &BTreeMap::new()).is_empty());
+    }
 }

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
+    /// `[chain]`, when the node anchors (for trade proofs).
+    pub chain: Option<crate::anchor::ChainSettings>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -280,6 +282,8 @@ async fn interval(State(state): State<ApiState>, Path(n): Path<u64>) -> Response
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TradeView {
+    /// `INTERVAL-BID_ID-ASK_ID`: what `dharti proof` takes.
+    pub trade_id: String,
     pub interval: u64,
     /// "buy" or "sell", from this node's side.
     pub direction: String,
@@ -324,6 +328,7 @@ async fn trades(State(state): State<ApiState>) -> Response {
                 continue;
             };
             out.push(TradeView {
+                trade_id: format!("{}-{}-{}", i.0, t.bid_id, t.ask_id),
                 interval: i.0,
                 direction: direction.into(),
                 energy_wh: t.energy_wh,
@@ -335,6 +340,127 @@ async fn trades(State(state): State<ApiState>) -> Response {
         }
     }
     Json(out).into_response()
+}
+
+/// A trade's record in its settlement batch and its Merkle proof.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ProofView {
+    pub trade_id: String,
+    /// The batch number on the ledger.
+    pub batch: u64,
+    pub market_index: u32,
+    pub interval: u64,
+    pub bid_id: String,
+    pub ask_id: String,
+    pub buyer: String,
+    pub seller: String,
+    pub energy_wh: u64,
+    pub price_micro_per_kwh: u64,
+    pub value_micro: u64,
+    pub grid_fee_micro: u64,
+    pub surplus_micro: u64,
+    /// The record's leaf, sibling hashes up to the records root, both roots.
+    #[schema(value_type = String)]
+    pub leaf: dharti_contracts::alloy::primitives::B256,
+    #[schema(value_type = Vec<String>)]
+    pub proof: Vec<dharti_contracts::alloy::primitives::B256>,
+    #[schema(value_type = String)]
+    pub records_root: dharti_contracts::alloy::primitives::B256,
+    #[schema(value_type = String)]
+    pub net_root: dharti_contracts::alloy::primitives::B256,
+}
+
+impl ProofView {
+    /// The record as the ledger's `verifyTrade` takes it.
+    pub fn record(
+        &self,
+    ) -> anyhow::Result<dharti_contracts::bindings::SettlementLedger::TradeRecord> {
+        use anyhow::Context as _;
+        Ok(dharti_contracts::bindings::SettlementLedger::TradeRecord {
+            interval: self.interval,
+            bidId: self.bid_id.parse().context("bid_id")?,
+            askId: self.ask_id.parse().context("ask_id")?,
+            buyer: self.buyer.parse().context("buyer")?,
+            seller: self.seller.parse().context("seller")?,
+            energyWh: self.energy_wh,
+            priceMicroPerKwh: self.price_micro_per_kwh,
+            valueMicro: self.value_micro,
+            gridFeeMicro: self.grid_fee_micro,
+            surplusMicro: self.surplus_micro,
+        })
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/proof/{trade_id}", params(("trade_id" = String, Path, description = "INTERVAL-BID_ID-ASK_ID, as /api/v1/trades lists it")),
+    responses((status = 200, body = ProofView), (status = 404, body = ApiError)))]
+async fn proof(State(state): State<ApiState>, Path(trade_id): Path<String>) -> Response {
+    let Some(settings) = state.chain.as_ref() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node does not anchor settlements (chain.preset = \"none\")",
+        );
+    };
+    let mut parts = trade_id.splitn(3, '-');
+    let (Some(interval), Some(bid), Some(ask)) = (parts.next(), parts.next(), parts.next()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a trade id is INTERVAL-BID_ID-ASK_ID (see /api/v1/trades)",
+        );
+    };
+    let Ok(interval) = interval.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the trade id's interval is not a number",
+        );
+    };
+    if interval < settings.anchor_from {
+        return error(
+            StatusCode::NOT_FOUND,
+            "that interval is before chain.anchor_from_interval: never anchored",
+        );
+    }
+    let batch_number = (interval - settings.anchor_from) / settings.batch_intervals;
+    let batch = match crate::anchor::build_batch(&state.store, state.market, settings, batch_number)
+    {
+        Ok(Some(batch)) => batch,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("batch {batch_number} is not complete here yet"),
+            );
+        }
+        Err(e) => return read_error(e),
+    };
+    let found = batch.trades.iter().position(|t| {
+        t.interval == interval && hex::encode(t.bidId) == bid && hex::encode(t.askId) == ask
+    });
+    let Some(index) = found else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no trade {trade_id} in batch {batch_number}"),
+        );
+    };
+    let t = &batch.trades[index];
+    Json(ProofView {
+        trade_id,
+        batch: batch_number,
+        market_index: settings.market_index,
+        interval,
+        bid_id: t.bidId.to_string(),
+        ask_id: t.askId.to_string(),
+        buyer: t.buyer.to_string(),
+        seller: t.seller.to_string(),
+        energy_wh: t.energyWh,
+        price_micro_per_kwh: t.priceMicroPerKwh,
+        value_micro: t.valueMicro,
+        grid_fee_micro: t.gridFeeMicro,
+        surplus_micro: t.surplusMicro,
+        leaf: dharti_contracts::batch::trade_leaf(settings.market_index, t),
+        proof: batch.trade_proof(index).unwrap_or_default(),
+        records_root: batch.header.recordsRoot,
+        net_root: batch.header.netRoot,
+    })
+    .into_response()
 }
 
 #[utoipa::path(get, path = "/api/v1/settlements", responses((status = 200, body = Vec<Object>)))]
@@ -410,8 +536,8 @@ impl utoipa::Modify for BearerAuth {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Dharti node API", description = "One Dharti node's view of its market. Writes need the bearer token from the node's api.token file."),
-    paths(status, market, offers, post_offer, delete_offer, interval, trades, settlements, peers, arrivals, backup),
-    components(schemas(Status, MarketView, OfferView, NewOffer, ApiError, IntervalView, TradeView, PeerInfo, Arrival)),
+    paths(status, market, offers, post_offer, delete_offer, interval, trades, proof, settlements, peers, arrivals, backup),
+    components(schemas(Status, MarketView, OfferView, NewOffer, ApiError, IntervalView, TradeView, ProofView, PeerInfo, Arrival)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -444,6 +570,7 @@ pub fn router(state: ApiState) -> Router {
             get(offers).post(post_offer).delete(delete_offer),
         )
         .route("/api/v1/intervals/{n}", get(interval))
+        .route("/api/v1/proof/{trade_id}", get(proof))
         .route("/api/v1/trades", get(trades))
         .route("/api/v1/settlements", get(settlements))
         .route("/api/v1/peers", get(peers))

@@ -197,6 +197,8 @@ pub struct ChainSection {
     pub evm_key_file: PathBuf,
     /// SettlementLedger's address.
     pub ledger: String,
+    /// EnergyCertificates' address (optional).
+    pub certificates: String,
     /// The market's index in the ledger (`registerMarket`).
     pub market_index: u32,
     /// Batch 0 starts at this interval.
@@ -224,6 +226,7 @@ impl Default for ChainSection {
             rpc_url: String::new(),
             evm_key_file: "evm.key".into(),
             ledger: String::new(),
+            certificates: String::new(),
             market_index: 1,
             anchor_from_interval: 0,
             batch_intervals: 96,
@@ -367,6 +370,11 @@ impl Config {
             })
         };
         let ledger = address("chain.ledger", &c.ledger)?;
+        let certificates = if c.certificates.trim().is_empty() {
+            None
+        } else {
+            Some(address("chain.certificates", &c.certificates)?)
+        };
         ensure!(
             c.batch_intervals >= 1,
             "chain.batch_intervals must be at least 1"
@@ -413,6 +421,7 @@ impl Config {
             rpc_url,
             evm_key_file: self.path(&c.evm_key_file),
             ledger,
+            certificates,
             market_index: c.market_index,
             anchor_from: c.anchor_from_interval,
             batch_intervals: c.batch_intervals,

@@ -375,6 +375,8 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<()> {
         while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline {
             let done = crate::demo_chain::anchored(node, setup).unwrap_or(0);
             if done >= batches {
+                // The issuer certifies a batch on its next tick after it.
+                std::thread::sleep(Duration::from_secs(3));
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));

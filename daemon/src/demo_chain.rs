@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use dharti_contracts::alloy::primitives::{Address, I256, U256, keccak256};
 use dharti_contracts::alloy::signers::local::PrivateKeySigner;
-use dharti_contracts::bindings::SettlementLedger;
+use dharti_contracts::bindings::{EnergyCertificates, SettlementLedger};
 use dharti_contracts::{Chain, Contract, Deployment, Preset, deploy_all};
 use serde::Serialize;
 
@@ -278,6 +278,16 @@ pub fn setup(
                 },
             )
             .await?;
+        // The co-op issues certificates through the first node.
+        Contract::new(&chain, deployment.certificates)
+            .send(
+                admin.address(),
+                EnergyCertificates::setIssuerCall {
+                    issuer: node_keys[0].address(),
+                    enabled: true,
+                },
+            )
+            .await?;
         let deposit = U256::from(DEPOSIT_MICRO) * U256::from(NATIVE_SCALE);
         for key in &node_keys {
             chain
@@ -299,9 +309,10 @@ pub fn setup(
     for config in configs {
         let text = std::fs::read_to_string(config)?;
         let section = format!(
-            "preset = \"{preset}\"\nrpc_url = \"{}\"\nledger = \"{}\"\nmarket_index = 1\nanchor_from_interval = {anchor_from}\nbatch_intervals = {batch_intervals}\nconfirmations = 1\ncommitter_timeout = \"{committer_timeout_s}s\"\ngrid_operator = \"{grid_operator}\"\naccounts = {{ {} }}\n",
+            "preset = \"{preset}\"\nrpc_url = \"{}\"\nledger = \"{}\"\ncertificates = \"{}\"\nmarket_index = 1\nanchor_from_interval = {anchor_from}\nbatch_intervals = {batch_intervals}\nconfirmations = 1\ncommitter_timeout = \"{committer_timeout_s}s\"\ngrid_operator = \"{grid_operator}\"\naccounts = {{ {} }}\n",
             node.url,
             deployment.ledger,
+            deployment.certificates,
             accounts.join(", "),
         );
         let text = text.replace("preset = \"none\"\n", &section);
@@ -413,6 +424,19 @@ pub fn check(
                 offchain_net_micro: expected,
             });
         }
+        // Certificates issued so far (the issuer runs behind anchoring by a
+        // batch at most).
+        let certs = Contract::new(&chain, setup.deployment.certificates);
+        let count = certs
+            .view(EnergyCertificates::certificateCountCall {})
+            .await?;
+        let mut issued_wh = 0u64;
+        for id in 1..=count.to::<u64>() {
+            let c = certs
+                .view(EnergyCertificates::getCertificateCall { id: U256::from(id) })
+                .await?;
+            issued_wh += c.volumeWh;
+        }
         // The grid operator's fees too.
         let fees = ledger
             .view(SettlementLedger::nativeBalanceCall(setup.grid_operator))
@@ -430,7 +454,7 @@ pub fn check(
             trades_anchored: batches.iter().map(|b| b.trades.len() as u64).sum(),
             proofs_verified: proofs,
             onchain_balances_match: all_match && anchored > 0,
-            certificates_issued_wh: 0,
+            certificates_issued_wh: issued_wh,
             balances,
         })
     })

@@ -25,6 +25,7 @@ pub mod api;
 pub mod backup;
 pub mod bench;
 pub mod book;
+pub mod chain_cli;
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use dharti::{backup, bench, book, client, config, demo, identity, mesh, run, simulate};
+use dharti::{backup, bench, book, chain_cli, client, config, demo, identity, mesh, run, simulate};
 
 /// Dharti: a peer-to-peer energy market with no central server.
 ///
@@ -161,6 +161,21 @@ enum Command {
     /// The settlement chain (Energy Web Chain, Volta, anvil or the embedded EVM).
     #[command(subcommand)]
     Chain(ChainCommand),
+    /// Print a trade's Merkle proof and verify it against the anchored batch.
+    ///
+    /// TRADE_ID is INTERVAL-BID_ID-ASK_ID as `dharti trades` lists it. The
+    /// running daemon builds the proof from its history; the ledger on
+    /// chain checks it. Exits non-zero if the chain does not confirm it.
+    Proof {
+        #[command(flatten)]
+        node: NodeArgs,
+        trade_id: String,
+    },
+    /// Energy attribute certificates this node's account holds or claimed.
+    Certificates {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Run a whole market of simulated households in this one process.
     ///
     /// Every household runs the Dharti protocol node over the simulator's
@@ -205,6 +220,36 @@ enum BenchCommand {
 
 #[derive(Debug, Subcommand)]
 enum ChainCommand {
+    /// Serve the embedded EVM over JSON-RPC (chain id 73799, London rules),
+    /// a block every second, until Ctrl-C. For several daemons on one
+    /// machine; state lives in memory only.
+    Node {
+        #[arg(long, default_value = "127.0.0.1:8545")]
+        listen: String,
+        #[arg(long, default_value_t = 1)]
+        block_time_s: u64,
+    },
+    /// Deploy SettlementLedger and EnergyCertificates with this node's EVM
+    /// key as admin (the co-op), add chain.accounts as members, register
+    /// the market, make this node an issuer, and write the addresses into
+    /// the config. The key needs gas funds (anvil and the embedded node
+    /// mint them).
+    Deploy {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// ewc, volta, anvil or embedded (a `dharti chain node`).
+        #[arg(long)]
+        preset: dharti_contracts::Preset,
+        /// JSON-RPC URL (default: chain.rpc_url, else the preset's).
+        #[arg(long)]
+        rpc_url: Option<String>,
+    },
+    /// The ledger as the chain sees it: members, threshold, batches
+    /// committed and settled, this node's escrow.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// What anchoring costs: commits and settles one batch of N trades with
     /// Q approvals on the embedded EVM and prints one JSON line (gas per
     /// batch, per trade, per participant's settlement, per proof check).
@@ -285,6 +330,24 @@ fn main() -> ExitCode {
             out,
         })
         .and_then(|report| print_json_line(&report)),
+        Command::Chain(ChainCommand::Node {
+            listen,
+            block_time_s,
+        }) => small_runtime().and_then(|rt| rt.block_on(chain_cli::node(&listen, block_time_s))),
+        Command::Chain(ChainCommand::Deploy {
+            node,
+            preset,
+            rpc_url,
+        }) => small_runtime().and_then(|rt| rt.block_on(chain_cli::deploy(&node.config, preset, rpc_url))),
+        Command::Chain(ChainCommand::Status { node }) => {
+            small_runtime().and_then(|rt| rt.block_on(chain_cli::status(&node.config)))
+        }
+        Command::Proof { node, trade_id } => {
+            small_runtime().and_then(|rt| rt.block_on(chain_cli::proof(&node.config, &trade_id)))
+        }
+        Command::Certificates { node } => {
+            small_runtime().and_then(|rt| rt.block_on(chain_cli::certificates(&node.config)))
+        }
         Command::Chain(ChainCommand::BenchGas { trades, approvers }) => small_runtime()
             .and_then(|rt| Ok(rt.block_on(dharti_contracts::bench::run(trades, approvers))?))
             .and_then(|report| print_json_line(&report)),

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub chain_approvals_rejected: Counter,
     pub chain_errors: Counter,
     pub chain_unavailable: Counter,
+    pub chain_certificates_issued_wh: Counter,
 }
 
 impl Metrics {
@@ -193,6 +194,11 @@ impl Metrics {
             "chain_errors",
             "Chain transactions the contracts refused, or batches this node could not build",
             m.chain_errors.clone(),
+        );
+        r.register(
+            "chain_certificates_issued_wh",
+            "Watt-hours of delivered P2P energy this node issued certificates for (issuer only)",
+            m.chain_certificates_issued_wh.clone(),
         );
         r.register(
             "chain_unavailable",

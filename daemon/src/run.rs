@@ -201,6 +201,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         token: token.into(),
         registry: Arc::new(registry),
         metrics,
+        chain: chain.clone(),
     };
     let api_shutdown = shutdown.clone();
     let api_task = tokio::spawn(async move {

@@ -910,8 +910,70 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
     };
     assert_eq!(forged.as_deref(), Some("BadSignature"));
 
+    // The command line: a trade's proof verified by the ledger, the
+    // ledger's status, the certificates the first node issued.
+    let anchored_until = anchor / 10 + 3 + after; // one interval per batch
+    let traded = configs.iter().find_map(|config| {
+        let trades: serde_json::Value = serde_json::from_str(&ok(dharti()
+            .args(["trades", "--config"])
+            .arg(config)
+            .output()
+            .unwrap()))
+        .unwrap();
+        trades
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["interval"].as_u64().unwrap() < anchored_until)
+            .map(|t| (config.clone(), t["trade_id"].as_str().unwrap().to_owned()))
+    });
+    let (config, trade_id) = traded.expect("a node traded in an anchored batch");
+    let proof: serde_json::Value = serde_json::from_str(&ok(dharti()
+        .args(["proof", &trade_id, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(proof["verified_on_chain"], true, "{proof}");
+    assert!(
+        !proof["proof"].as_array().unwrap().is_empty() || proof["leaf"] == proof["records_root"]
+    );
+    let forged = dharti()
+        .args([
+            "proof",
+            &format!("{}0", &trade_id[..trade_id.len() - 1]),
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!forged.status.success(), "an unknown trade has no proof");
+    let status: serde_json::Value = serde_json::from_str(&ok(dharti()
+        .args(["chain", "status", "--config"])
+        .arg(&configs[1])
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(status["members"], 4);
+    assert!(
+        status["batches_settled"].as_u64().unwrap() >= after,
+        "{status}"
+    );
+    assert!(status["member_index"].is_u64());
+    let issued: serde_json::Value = serde_json::from_str(&ok(dharti()
+        .args(["certificates", "--config"])
+        .arg(&configs[0])
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert!(issued.is_array());
+
     drop(daemons);
     let summary = demo_chain::check(&node, &setup, &configs).unwrap();
+    assert!(
+        summary.certificates_issued_wh > 0,
+        "the issuer certified delivered P2P energy"
+    );
     assert!(summary.anchored_batches >= after);
     assert!(
         summary.onchain_balances_match,
