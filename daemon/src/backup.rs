@@ -1,7 +1,7 @@
 //! `dharti backup` and `dharti restore`: a node's history and identity in
 //! one directory, and back.
 //!
-//! A backup directory holds `config.toml`, `node.key` and `api.token` (mode
+//! A backup directory holds `config.toml`, `node.key`, `api.token` and `evm.key` (mode
 //! 0600, as the originals), `history.snapshot` (the storage crate's snapshot:
 //! every record, then a SHA-256 over the whole) and `backup.json` (what and
 //! when). With the daemon running, the snapshot comes from its API: the
@@ -105,6 +105,11 @@ pub fn backup(config_path: &Path, out: &Path) -> anyhow::Result<BackupInfo> {
     std::fs::copy(config_path, out.join("config.toml"))?;
     copy_private(&config.path(&config.node.key_file), &out.join("node.key"))?;
     copy_private(&token_path, &out.join("api.token"))?;
+    // The EVM key holds the node's escrow on chain: losing it loses money.
+    let evm_key = config.path(&config.chain.evm_key_file);
+    if evm_key.exists() {
+        copy_private(&evm_key, &out.join("evm.key"))?;
+    }
     let info = BackupInfo {
         participant: identity.participant.to_string(),
         market: config.market.name.clone(),
@@ -128,6 +133,7 @@ pub fn restore(from: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
         ("node.data_dir", &config.node.data_dir),
         ("node.key_file", &config.node.key_file),
         ("node.token_file", &config.node.token_file),
+        ("chain.evm_key_file", &config.chain.evm_key_file),
     ] {
         ensure!(
             path.is_relative(),
@@ -140,6 +146,9 @@ pub fn restore(from: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
         &from.join("api.token"),
         &config.path(&config.node.token_file),
     )?;
+    if from.join("evm.key").exists() {
+        copy_private(&from.join("evm.key"), &config.path(&config.chain.evm_key_file))?;
+    }
     Identity::load(&config.path(&config.node.key_file))?;
     let store = Store::import(config.path(&config.node.data_dir), &mut snapshot.as_slice())
         .context("restoring the history")?;

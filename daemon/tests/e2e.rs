@@ -385,6 +385,9 @@ fn backup_then_restore_into_a_fresh_directory_gives_the_same_history() {
         .arg(&restored.dir)
         .output()
         .unwrap());
+    // The EVM key (the node's escrow on chain) comes back too.
+    let original_evm = std::fs::read(node.dir.join("evm.key")).unwrap();
+    assert_eq!(std::fs::read(restored.dir.join("evm.key")).unwrap(), original_evm);
     let info = restored.start();
     let url = info["api_url"].as_str().unwrap().to_string();
     for (n, before) in &history {
