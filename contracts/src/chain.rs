@@ -330,18 +330,20 @@ struct Rpc {
 }
 
 impl Rpc {
+    fn timed_out(&self) -> ChainError {
+        ChainError::Unavailable(format!(
+            "{} did not answer within {:?}",
+            self.url, self.timeout
+        ))
+    }
+
     async fn with_timeout<T, E: fmt::Display>(
         &self,
         request: impl std::future::IntoFuture<Output = Result<T, E>>,
     ) -> Result<T, ChainError> {
         tokio::time::timeout(self.timeout, request.into_future())
             .await
-            .map_err(|_| {
-                ChainError::Unavailable(format!(
-                    "{} did not answer within {:?}",
-                    self.url, self.timeout
-                ))
-            })?
+            .map_err(|_| self.timed_out())?
             .map_err(|e| ChainError::Unavailable(format!("{}: {e}", self.url)))
     }
 
@@ -384,12 +386,7 @@ impl Rpc {
             .with_gas_price(gas_price);
         let pending = tokio::time::timeout(self.timeout, self.provider.send_transaction(tx))
             .await
-            .map_err(|_| {
-                ChainError::Unavailable(format!(
-                    "{} did not answer within {:?}",
-                    self.url, self.timeout
-                ))
-            })?
+            .map_err(|_| self.timed_out())?
             .map_err(|e| classify(&self.url, e))?;
         let tx_hash = *pending.tx_hash();
         let receipt = self.wait_for(tx_hash).await?;
@@ -453,12 +450,7 @@ impl Rpc {
         let tx = Self::request(None, Some(to), input, U256::ZERO);
         tokio::time::timeout(self.timeout, self.provider.call(tx).into_future())
             .await
-            .map_err(|_| {
-                ChainError::Unavailable(format!(
-                    "{} did not answer within {:?}",
-                    self.url, self.timeout
-                ))
-            })?
+            .map_err(|_| self.timed_out())?
             .map_err(|e| classify(&self.url, e))
     }
 }

@@ -351,7 +351,31 @@ impl EvmThread {
         Ok(hash)
     }
 
-    /// Runs a call against the latest state without changing it.
+    /// Runs a transaction against the latest state without changing it;
+    /// a revert or halt is an error. Returns the output and gas used.
+    fn dry_run(
+        &mut self,
+        from: Address,
+        to: Option<Address>,
+        input: Bytes,
+        value: U256,
+    ) -> Result<(Bytes, u64), ChainError> {
+        let tx = Self::tx(from, to, input, value, EWC_BLOCK_GAS_LIMIT);
+        let outcome = self
+            .evm
+            .transact(tx)
+            .map_err(|e| ChainError::Rejected(e.to_string()))?;
+        let gas = outcome.result.tx_gas_used();
+        match outcome.result {
+            ExecutionResult::Success { output, .. } => Ok((output.into_data(), gas)),
+            ExecutionResult::Revert { output, .. } => Err(ChainError::reverted(output)),
+            ExecutionResult::Halt { reason, .. } => Err(ChainError::Reverted {
+                reason: format!("halted: {reason:?}"),
+                data: Bytes::new(),
+            }),
+        }
+    }
+
     fn call(
         &mut self,
         from: Address,
@@ -359,19 +383,7 @@ impl EvmThread {
         input: Bytes,
         value: U256,
     ) -> Result<Bytes, ChainError> {
-        let tx = Self::tx(from, to, input, value, EWC_BLOCK_GAS_LIMIT);
-        let outcome = self
-            .evm
-            .transact(tx)
-            .map_err(|e| ChainError::Rejected(e.to_string()))?;
-        match outcome.result {
-            ExecutionResult::Success { output, .. } => Ok(output.into_data()),
-            ExecutionResult::Revert { output, .. } => Err(ChainError::reverted(output)),
-            ExecutionResult::Halt { reason, .. } => Err(ChainError::Reverted {
-                reason: format!("halted: {reason:?}"),
-                data: Bytes::new(),
-            }),
-        }
+        self.dry_run(from, to, input, value).map(|(out, _)| out)
     }
 
     /// Gas a transaction needs: what it used, with headroom for refunds
@@ -383,22 +395,8 @@ impl EvmThread {
         input: Bytes,
         value: U256,
     ) -> Result<u64, ChainError> {
-        let tx = Self::tx(from, to, input, value, EWC_BLOCK_GAS_LIMIT);
-        let outcome = self
-            .evm
-            .transact(tx)
-            .map_err(|e| ChainError::Rejected(e.to_string()))?;
-        match outcome.result {
-            ExecutionResult::Success { .. } => {
-                let used = outcome.result.tx_gas_used();
-                Ok((used + used / 4 + 10_000).min(EWC_BLOCK_GAS_LIMIT))
-            }
-            ExecutionResult::Revert { output, .. } => Err(ChainError::reverted(output)),
-            ExecutionResult::Halt { reason, .. } => Err(ChainError::Reverted {
-                reason: format!("halted: {reason:?}"),
-                data: Bytes::new(),
-            }),
-        }
+        let (_, used) = self.dry_run(from, to, input, value)?;
+        Ok((used + used / 4 + 10_000).min(EWC_BLOCK_GAS_LIMIT))
     }
 
     fn account(&mut self, account: Address) -> AccountInfo {

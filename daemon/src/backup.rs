@@ -147,7 +147,10 @@ pub fn restore(from: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
         &config.path(&config.node.token_file),
     )?;
     if from.join("evm.key").exists() {
-        copy_private(&from.join("evm.key"), &config.path(&config.chain.evm_key_file))?;
+        copy_private(
+            &from.join("evm.key"),
+            &config.path(&config.chain.evm_key_file),
+        )?;
     }
     Identity::load(&config.path(&config.node.key_file))?;
     let store = Store::import(config.path(&config.node.data_dir), &mut snapshot.as_slice())

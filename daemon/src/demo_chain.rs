@@ -208,6 +208,14 @@ fn preset_of(kind: DemoChain) -> Preset {
     }
 }
 
+/// Runs `work` on a one-thread runtime (the demo itself is synchronous).
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
+}
+
 async fn client(node: &DemoChainNode, keys: Vec<PrivateKeySigner>) -> anyhow::Result<Chain> {
     Ok(Chain::rpc(
         preset_of(node.kind),
@@ -240,10 +248,7 @@ pub fn setup(
     }
     let admin = PrivateKeySigner::random();
     let grid_operator = PrivateKeySigner::random().address();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let deployment = runtime.block_on(async {
+    let deployment = block_on(async {
         let mut keys = vec![admin.clone()];
         keys.extend(node_keys.iter().cloned());
         let chain = client(node, keys).await?;
@@ -331,10 +336,7 @@ pub fn setup(
 
 /// How many batches are committed and settled on chain now.
 pub fn anchored(node: &DemoChainNode, setup: &Setup) -> anyhow::Result<u64> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    block_on(async {
         let chain = client(node, vec![]).await?;
         let ledger = Contract::new(&chain, setup.deployment.ledger);
         let count = ledger
@@ -383,10 +385,7 @@ pub fn check(
         }
         batches.push(batch);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    block_on(async {
         let chain = client(node, vec![]).await?;
         let ledger = Contract::new(&chain, setup.deployment.ledger);
         let mut proofs = 0;

@@ -387,7 +387,10 @@ fn backup_then_restore_into_a_fresh_directory_gives_the_same_history() {
         .unwrap());
     // The EVM key (the node's escrow on chain) comes back too.
     let original_evm = std::fs::read(node.dir.join("evm.key")).unwrap();
-    assert_eq!(std::fs::read(restored.dir.join("evm.key")).unwrap(), original_evm);
+    assert_eq!(
+        std::fs::read(restored.dir.join("evm.key")).unwrap(),
+        original_evm
+    );
     let info = restored.start();
     let url = info["api_url"].as_str().unwrap().to_string();
     for (n, before) in &history {
@@ -777,6 +780,27 @@ impl Drop for StatefulAnvil {
     }
 }
 
+/// A runtime and a client of the anvil at `url` sending from `keys`.
+fn anvil_client(
+    url: &str,
+    keys: Vec<dharti_contracts::alloy::signers::local::PrivateKeySigner>,
+) -> (tokio::runtime::Runtime, dharti_contracts::Chain) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chain = rt
+        .block_on(dharti_contracts::Chain::rpc(
+            dharti_contracts::Preset::Anvil,
+            url,
+            keys,
+            1,
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+    (rt, chain)
+}
+
 fn sum_metric(urls: &[String], name: &str) -> u64 {
     urls.iter()
         .map(|u| count(&http(u, "GET", "/metrics", None, "").1, name))
@@ -846,20 +870,8 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
     std::thread::sleep(Duration::from_secs(2));
     let committed_by_nodes = sum_metric(&urls, "dharti_chain_batches_committed_total");
     let on_chain = {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (rt, chain) = anvil_client(&node.url, vec![]);
         rt.block_on(async {
-            let chain = dharti_contracts::Chain::rpc(
-                dharti_contracts::Preset::Anvil,
-                &node.url,
-                vec![],
-                1,
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
             dharti_contracts::Contract::new(&chain, setup.deployment.ledger)
                 .view(dharti_contracts::bindings::SettlementLedger::batchCountCall { market: 1 })
                 .await
@@ -875,20 +887,8 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
     // signing at members' indices.
     let forged = {
         use dharti_contracts::alloy::signers::local::PrivateKeySigner;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (rt, chain) = anvil_client(&node.url, vec![setup.admin.clone()]);
         rt.block_on(async {
-            let chain = dharti_contracts::Chain::rpc(
-                dharti_contracts::Preset::Anvil,
-                &node.url,
-                vec![setup.admin.clone()],
-                1,
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
             let net = std::collections::BTreeMap::new();
             let batch = dharti_contracts::Batch::new(1, on_chain, 0, 0, vec![], &net).unwrap();
             let digest = dharti_contracts::batch::signing_hash(
