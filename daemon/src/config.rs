@@ -680,6 +680,44 @@ mod tests {
     }
 
     #[test]
+    fn chain_errors_name_the_key_and_a_complete_section_parses() {
+        let dir = temp_dir("chain");
+        let me = ParticipantId([7; 32]);
+        let base = template("elm-street", &[me], "127.0.0.1:8080", &[]);
+        let ledger = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+        let complete = format!(
+            "preset = \"anvil\"\nledger = \"{ledger}\"\ngrid_operator = \"{ledger}\"\naccounts = {{ \"{me}\" = \"{ledger}\" }}\n"
+        );
+        let path = write(&dir, &base.replace("preset = \"none\"\n", &complete));
+        let settings = Config::load(&path).unwrap().chain_settings().unwrap();
+        assert_eq!(settings.rpc_url.as_deref(), Some("http://127.0.0.1:8545"));
+        assert_eq!(settings.range(2), (192, 287));
+        for (from, to, key) in [
+            ("preset = \"anvil\"", "preset = \"mainnet\"", "chain.preset"),
+            (
+                &format!("ledger = \"{ledger}\""),
+                "ledger = \"0x12\"",
+                "chain.ledger",
+            ),
+            (
+                &format!("accounts = {{ \"{me}\" = \"{ledger}\" }}"),
+                "accounts = {}",
+                "chain.accounts",
+            ),
+            (
+                "preset = \"anvil\"",
+                "preset = \"anvil\"\nbatch_intervals = 0",
+                "chain.batch_intervals",
+            ),
+        ] {
+            let text = base.replace("preset = \"none\"\n", &complete.replace(from, to));
+            let path = write(&dir, &text);
+            let e = format!("{:#}", Config::load(&path).unwrap_err());
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let dir = temp_dir("errors");
         let me = ParticipantId([7; 32]);
