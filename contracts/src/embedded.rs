@@ -61,7 +61,7 @@ type Job = Box<dyn FnOnce(&mut EvmThread) + Send>;
 /// answer (a transaction takes about a millisecond).
 #[derive(Clone)]
 pub struct EmbeddedChain {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
 }
 
 impl std::fmt::Debug for EmbeddedChain {
@@ -78,7 +78,9 @@ impl Default for EmbeddedChain {
 
 impl EmbeddedChain {
     pub fn new() -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        // Bounded: each caller waits for its answer, so a handful of jobs
+        // are ever queued; a burst waits here rather than growing a queue.
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(64);
         std::thread::Builder::new()
             .name("dharti-evm".into())
             .spawn(move || {

@@ -136,6 +136,8 @@ pub struct ApprovalMessage {
 }
 
 const MAX_APPROVAL_MESSAGE: usize = 2_048;
+/// Headers of not-yet-built batches whose approvals are held.
+const MAX_EARLY_HEADERS: usize = 64;
 
 /// What the node keeps of one batch, in storage (meta `chain/batch/N`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -393,6 +395,13 @@ struct Task {
     backoff_until_ms: u64,
     backoff_ms: u64,
     reported_unbuildable: Option<u64>,
+    /// When the chain was last asked about the current batch: every second
+    /// on a local node, every 10 s on a public RPC (50 members polling
+    /// each second would be 100 requests a second to it).
+    last_poll_ms: u64,
+    /// Approvals arrived since the queue was last written: written at most
+    /// once a second, not per message (SD cards).
+    dirty: bool,
     /// The next anchored batch to issue certificates for (issuer only).
     certs_next: u64,
     /// Whether this node is an issuer on the certificates contract.
@@ -437,6 +446,8 @@ pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: Cancel
         backoff_until_ms: 0,
         backoff_ms: 0,
         reported_unbuildable: None,
+        dirty: false,
+        last_poll_ms: 0,
         certs_next,
         issuer: None,
     };
@@ -498,6 +509,16 @@ impl Task {
         }
     }
 
+    fn poll_ms(&self) -> u64 {
+        let local = self
+            .a
+            .settings
+            .rpc_url
+            .as_deref()
+            .is_none_or(|u| u.contains("://127.0.0.1") || u.contains("://localhost"));
+        if local { 1_000 } else { 10_000 }
+    }
+
     fn ledger(&self) -> Option<Contract<'_>> {
         self.chain
             .as_ref()
@@ -513,10 +534,16 @@ impl Task {
     }
 
     async fn step(&mut self) {
+        if self.dirty {
+            self.dirty = false;
+            self.save_pending().await;
+        }
         let now = now_ms();
-        if now < self.backoff_until_ms {
+        // (200 ms of slack: the 1-s tick jitters.)
+        if now < self.backoff_until_ms || now + 200 < self.last_poll_ms + self.poll_ms() {
             return;
         }
+        self.last_poll_ms = now;
         if let Err(e) = self.advance(now).await {
             if e.is_transient() {
                 self.outage(&e);
@@ -904,9 +931,15 @@ impl Task {
                 .insert(index, message.approval)
                 .is_none()
             {
-                self.save_pending().await;
+                self.dirty = true;
             }
-        } else if mine.is_none() && header.number <= self.next + 1 {
+        } else if mine.is_none()
+            && header.number <= self.next + 1
+            && (self.early.len() < MAX_EARLY_HEADERS
+                || self.early.contains_key(&(header.number, digest)))
+        {
+            // Bounded: a member signing many different headers cannot
+            // grow this without limit.
             self.early
                 .entry((header.number, digest))
                 .or_default()
