@@ -265,46 +265,29 @@ impl EvmThread {
             .transact_commit(tx)
             .map_err(|e| ChainError::Rejected(e.to_string()))?;
         let gas_used = result.tx_gas_used();
-        let mined = match result {
-            ExecutionResult::Success { logs, output, .. } => {
-                let (output, contract_address) = match output {
-                    Output::Create(code, address) => (code, address),
-                    Output::Call(data) => (data, None),
-                };
-                MinedTx {
-                    hash,
-                    from,
-                    to,
-                    block_number: self.block,
-                    gas_used,
-                    success: true,
-                    logs,
-                    contract_address,
-                    output,
-                }
-            }
-            ExecutionResult::Revert { output, .. } => MinedTx {
-                hash,
-                from,
-                to,
-                block_number: self.block,
-                gas_used,
-                success: false,
-                logs: Vec::new(),
-                contract_address: None,
-                output,
+        let (success, logs, contract_address, output) = match result {
+            ExecutionResult::Success { logs, output, .. } => match output {
+                Output::Create(code, address) => (true, logs, address, code),
+                Output::Call(data) => (true, logs, None, data),
             },
-            ExecutionResult::Halt { reason, .. } => MinedTx {
-                hash,
-                from,
-                to,
-                block_number: self.block,
-                gas_used,
-                success: false,
-                logs: Vec::new(),
-                contract_address: None,
-                output: Bytes::from(format!("halted: {reason:?}").into_bytes()),
-            },
+            ExecutionResult::Revert { output, .. } => (false, Vec::new(), None, output),
+            ExecutionResult::Halt { reason, .. } => (
+                false,
+                Vec::new(),
+                None,
+                Bytes::from(format!("halted: {reason:?}").into_bytes()),
+            ),
+        };
+        let mined = MinedTx {
+            hash,
+            from,
+            to,
+            block_number: self.block,
+            gas_used,
+            success,
+            logs,
+            contract_address,
+            output,
         };
         self.mined.insert(hash, mined.clone());
         Ok(mined)
