@@ -4,6 +4,7 @@
 //!
 //! Only this crate knows the chain (DESIGN.md). docs/chain.md describes the
 //! contracts, what goes on chain and what does not.
+pub mod anvil;
 pub mod batch;
 pub mod bench;
 pub mod bindings;

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use dharti_contracts::alloy::primitives::{Address, I256, U256, keccak256};
 use dharti_contracts::alloy::signers::local::PrivateKeySigner;
 use dharti_contracts::bindings::{EnergyCertificates, SettlementLedger};
@@ -106,51 +106,10 @@ impl Drop for DemoChainNode {
     }
 }
 
-/// anvil from the project's node_modules, else from PATH.
-pub fn anvil_binary() -> Option<PathBuf> {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/.bin/anvil");
-    if here.exists() {
-        return Some(here);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("anvil"))
-        .find(|p| p.exists())
-}
-
-/// Starts anvil on 127.0.0.1 (a free port) with the local chain id.
+/// Starts anvil on 127.0.0.1 (a free port), a block every second.
 pub fn start_anvil() -> anyhow::Result<(Child, String)> {
-    use std::io::{BufRead, BufReader};
-    let binary = anvil_binary().context(
-        "--chain anvil: no anvil in node_modules/.bin or PATH (`npm ci` installs it; ./scripts/test does)",
-    )?;
-    let mut child = Command::new(binary)
-        .args(["--host", "127.0.0.1", "--port", "0", "--chain-id"])
-        .arg(dharti_contracts::chain::LOCAL_CHAIN_ID.to_string())
-        .args([
-            "--hardfork",
-            "london",
-            "--gas-limit",
-            "6000000",
-            "--block-time",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start anvil")?;
-    let stdout = child.stdout.take().context("anvil's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let Some(line) = lines.next() else {
-            bail!("anvil exited before it listened");
-        };
-        if let Some(addr) = line?.strip_prefix("Listening on ") {
-            break format!("http://{}", addr.trim());
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, url))
+    dharti_contracts::anvil::spawn(&["--block-time", "1"])
+        .context("--chain anvil (`npm ci` installs anvil into node_modules; ./scripts/test does)")
 }
 
 /// Starts the chain the demo asked for.

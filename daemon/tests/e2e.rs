@@ -731,36 +731,18 @@ struct StatefulAnvil {
 }
 
 impl StatefulAnvil {
-    fn start(binary: &std::path::Path, port: u16, state: &std::path::Path) -> StatefulAnvil {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--chain-id",
-                "73799",
-                "--hardfork",
-                "london",
-                "--gas-limit",
-                "6000000",
-            ])
-            .args(["--block-time", "1", "--state"])
-            .arg(state)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("anvil starts");
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("anvil prints its address")
-                .expect("readable");
-            if line.starts_with("Listening on ") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+    fn start(port: u16, state: &std::path::Path) -> StatefulAnvil {
+        let port = port.to_string();
+        let state = state.to_str().expect("a UTF-8 path");
+        let (child, _) = dharti_contracts::anvil::spawn(&[
+            "--port",
+            &port,
+            "--block-time",
+            "1",
+            "--state",
+            state,
+        ])
+        .expect("anvil starts");
         StatefulAnvil { child }
     }
 
@@ -810,14 +792,14 @@ fn sum_metric(urls: &[String], name: &str) -> u64 {
 #[test]
 fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements() {
     use dharti::demo_chain::{self, DemoChain, DemoChainNode};
-    let Some(anvil_bin) = demo_chain::anvil_binary() else {
+    if dharti_contracts::anvil::binary().is_none() {
         assert!(
             std::env::var_os("DHARTI_REQUIRE_ANVIL").is_none(),
             "DHARTI_REQUIRE_ANVIL is set but no anvil was found"
         );
         eprintln!("anvil not found: the chain end-to-end test needs it (npm ci)");
         return;
-    };
+    }
     let out = temp_dir("anchor");
     let state = out.join("anvil-state.json");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -825,7 +807,7 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
         .local_addr()
         .unwrap()
         .port();
-    let mut anvil = Some(StatefulAnvil::start(&anvil_bin, port, &state));
+    let mut anvil = Some(StatefulAnvil::start(port, &state));
     let node = DemoChainNode::external(format!("http://127.0.0.1:{port}"), DemoChain::Anvil);
 
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_dharti"));
@@ -859,7 +841,7 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
     std::thread::sleep(Duration::from_secs(30));
     let outages = sum_metric(&urls, "dharti_chain_unavailable_total");
     assert!(outages > 0, "the daemons noticed the outage");
-    anvil = Some(StatefulAnvil::start(&anvil_bin, port, &state));
+    anvil = Some(StatefulAnvil::start(port, &state));
     let after = wait_anchored(before + 3, 120);
     assert!(
         after >= before + 3,

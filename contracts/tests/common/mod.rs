@@ -4,14 +4,11 @@
 //! CI every contract test runs against both.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
-use dharti_contracts::chain::LOCAL_CHAIN_ID;
 use dharti_contracts::{Chain, Preset};
 
 /// anvil's well-known development keys (mnemonic "test test … junk").
@@ -42,20 +39,6 @@ pub fn stranger() -> PrivateKeySigner {
         .expect("a valid key")
 }
 
-pub fn anvil_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("DHARTI_ANVIL") {
-        return Some(PathBuf::from(p));
-    }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/.bin/anvil");
-    if local.exists() {
-        return Some(local);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("anvil"))
-        .find(|p| p.exists())
-}
-
 /// A running anvil, killed on drop.
 #[derive(Debug)]
 pub struct Anvil {
@@ -65,35 +48,15 @@ pub struct Anvil {
 
 impl Anvil {
     pub fn start() -> Option<Anvil> {
-        let Some(bin) = anvil_path() else {
+        if dharti_contracts::anvil::binary().is_none() {
             assert!(
                 std::env::var_os("DHARTI_REQUIRE_ANVIL").is_none(),
                 "DHARTI_REQUIRE_ANVIL is set but no anvil was found (npm install puts it in node_modules/.bin)"
             );
             eprintln!("anvil not found: running the embedded EVM only");
             return None;
-        };
-        let mut child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", "0", "--chain-id"])
-            .arg(LOCAL_CHAIN_ID.to_string())
-            .args(["--hardfork", "london", "--gas-limit", "6000000"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("anvil starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("anvil printed its address")
-                .expect("readable stdout");
-            if let Some(addr) = line.strip_prefix("Listening on ") {
-                break format!("http://{}", addr.trim());
-            }
-        };
-        // Keep draining so anvil never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        }
+        let (child, url) = dharti_contracts::anvil::spawn(&[]).expect("anvil starts");
         Some(Anvil { child, url })
     }
 }
