@@ -113,20 +113,6 @@ impl EmbeddedChain {
         self.run(|e| e.next_block())
     }
 
-    /// Mines one transaction in a block of its own. An invalid transaction
-    /// (not enough funds for the value, …) is an error; a revert is mined.
-    pub fn execute(
-        &self,
-        from: Address,
-        to: Option<Address>,
-        input: Bytes,
-        value: U256,
-        gas: u64,
-        hash: Option<B256>,
-    ) -> Result<MinedTx, ChainError> {
-        self.run(move |e| e.execute(from, to, input, value, gas, hash))
-    }
-
     /// Sends from `from` without a signature (the in-process client).
     pub fn send(
         &self,
@@ -135,7 +121,7 @@ impl EmbeddedChain {
         input: Bytes,
         value: U256,
     ) -> Result<Receipt, ChainError> {
-        self.execute(from, to, input, value, EWC_BLOCK_GAS_LIMIT, None)?
+        self.run(move |e| e.execute(from, to, input, value, EWC_BLOCK_GAS_LIMIT, None))?
             .into_receipt()
     }
 

@@ -361,22 +361,6 @@ fn split(total: u64, weights: &BTreeMap<Address, u64>) -> BTreeMap<Address, u64>
     out
 }
 
-/// The P2P money of intervals `first..=last` per account, from storage
-/// (what `settleBatch` moves for them; the demo checks it on chain).
-pub fn net_positions(
-    store: &Store,
-    market: MarketId,
-    settings: &ChainSettings,
-    n: u64,
-) -> anyhow::Result<Option<BTreeMap<Address, i64>>> {
-    Ok(build_batch(store, market, settings, n)?.map(|b| {
-        b.positions
-            .iter()
-            .map(|p| (p.account, i64::try_from(p.amount).expect("built from i64")))
-            .collect()
-    }))
-}
-
 struct Task {
     a: Anchor,
     key: PrivateKeySigner,
