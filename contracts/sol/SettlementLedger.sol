@@ -9,7 +9,11 @@ import {IERC20} from "./IERC20.sol";
 /// trade records, one over per-account net positions. It is accepted only
 /// with EIP-712 approvals from at least `threshold` distinct members, in
 /// strictly sequential batch numbers per market. Net positions are then
-/// applied to escrow balances in one atomic call.
+/// applied to escrow balances in chunks of at most `MAX_CHUNK_ACCOUNTS`
+/// accounts, one transaction each, so no settlement transaction comes
+/// near a block's gas limit however many households trade. A chunk applies
+/// all or nothing; chunks apply in order, payers first, and no chunk may
+/// pay out more than the batch's earlier chunks collected.
 /// @dev Gas matters more than elegance here (docs/chain.md):
 /// - the member list lives in the code of a small data contract (SSTORE2),
 ///   so checking ten approvers costs one EXTCODECOPY, not ten cold SLOADs;
@@ -73,6 +77,10 @@ contract SettlementLedger {
     uint256 public constant APPROVAL_BYTES = 66;
     /// The member list must fit one data contract (EIP-170: 24,576 bytes).
     uint256 public constant MAX_MEMBERS = 1000;
+    /// Most accounts one settlement transaction applies. About 16,000 gas
+    /// per account with escrow, 36,000 for one without: a chunk stays under
+    /// a fifth of EWC's 6,000,000 block gas limit.
+    uint256 public constant MAX_CHUNK_ACCOUNTS = 32;
     /// Upper half of the secp256k1 order: larger s values are malleable.
     uint256 private constant HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
     /// Clears the y-parity bit of an EIP-2098 `vs`.
@@ -110,6 +118,11 @@ contract SettlementLedger {
     bytes32 private constant REGISTERED = bytes32(uint256(1));
     /// One bit per batch: its net positions have been applied.
     mapping(uint256 => uint256) private settledBits;
+    /// Batches part-way through a settlement of several chunks, by
+    /// `_key(market, number)`: the next chunk to apply (low 32 bits) and the
+    /// money collected from payers and not yet paid out (the rest). Deleted
+    /// when the last chunk applies.
+    mapping(uint256 => uint256) private progress;
 
     mapping(address => uint256) public nativeBalance;
     mapping(address => uint256) public tokenBalance;
@@ -125,7 +138,7 @@ contract SettlementLedger {
     /// transaction's input; the event only points at it, because every
     /// byte of it is paid for by every batch (`batchCount` gives the number).
     event BatchCommitted(uint32 indexed market);
-    event BatchSettled(uint32 indexed market, uint64 indexed number, uint256 accounts);
+    event BatchSettled(uint32 indexed market, uint64 indexed number, uint256 chunks);
     event NetPositionApplied(uint32 indexed market, uint64 indexed number, address indexed account, int256 amount);
     event Deposited(address indexed account, bool inToken, uint256 amount);
     event Withdrawn(address indexed account, bool inToken, uint256 amount);
@@ -155,6 +168,10 @@ contract SettlementLedger {
     error RootMismatch();
     error AccountsNotAscending(uint256 position);
     error PositionsDoNotSumToZero(int256 sum);
+    error ChunkTooLarge(uint256 accounts);
+    error ChunkOutOfOrder(uint32 market, uint64 number, uint32 index, uint32 expected);
+    error ChunkUnderfunded(uint32 market, uint64 number, uint32 index, int256 shortfall);
+    error AmountOutOfRange();
     error InsufficientBalance(address account, uint256 needed, uint256 available);
     error TransferFailed();
 
@@ -260,23 +277,76 @@ contract SettlementLedger {
         emit BatchCommitted(market);
     }
 
-    /// Applies a committed batch's net positions to the escrow balances,
-    /// all or nothing. Anyone may call it: the quorum approved the roots.
-    /// `positions` must be in strictly increasing account order and hash to
-    /// the batch's net-positions root; the amounts must sum to zero.
-    function settleBatch(uint32 market, uint64 number, bytes32 recordsRoot, Position[] calldata positions)
-        external
-    {
-        bytes32 stored = roots[_key(market, uint256(number) + 1)];
+    /// Applies chunk `index` of `count` of a committed batch's net
+    /// positions to the escrow balances, all or nothing. Anyone may call
+    /// it: the quorum approved the roots.
+    ///
+    /// The net-positions root is a Merkle tree over chunk nodes
+    /// `keccak256(uint32 index ‖ uint32 count ‖ root of the chunk's
+    /// position leaves)`; `proof` is the chunk node's path to it. Chunks
+    /// apply in index order. Within a chunk, payers (negative amounts) come
+    /// before receivers and each group is in strictly increasing account
+    /// order. A chunk must not pay out more than the batch's earlier chunks
+    /// collected, and the whole batch must sum to exactly zero. A batch
+    /// without positions (`netRoot` zero) is settled with `count` zero.
+    function settleChunk(
+        uint32 market,
+        uint64 number,
+        bytes32 recordsRoot,
+        uint32 index,
+        uint32 count,
+        Position[] calldata positions,
+        bytes32[] calldata proof
+    ) external {
+        uint256 key = _key(market, number);
+        bytes32 stored = roots[key + 1];
         if (stored == bytes32(0)) revert NotCommitted(market, number);
         uint256 word = settledBits[_key(market, number >> 8)];
         uint256 bit = uint256(1) << (number & 0xff);
         if (word & bit != 0) revert AlreadySettled(market, number);
+        if (positions.length > MAX_CHUNK_ACCOUNTS) revert ChunkTooLarge(positions.length);
 
-        if (keccak256(abi.encodePacked(recordsRoot, _netRoot(positions))) != stored) revert RootMismatch();
-        settledBits[_key(market, number >> 8)] = word | bit;
+        (bytes32 chunkRoot, int256 sum) = _chunkRoot(positions);
+        bytes32 netRoot;
+        if (count == 0) {
+            if (index != 0 || positions.length != 0 || proof.length != 0) revert RootMismatch();
+        } else {
+            if (index >= count) revert RootMismatch();
+            netRoot = _climb(keccak256(abi.encodePacked(index, count, chunkRoot)), proof);
+        }
+        if (keccak256(abi.encodePacked(recordsRoot, netRoot)) != stored) revert RootMismatch();
+
+        // A batch of one chunk needs no progress: its settled bit is enough.
+        uint256 collected;
+        if (count > 1) {
+            uint256 state = progress[key];
+            if (uint32(state) != index) revert ChunkOutOfOrder(market, number, index, uint32(state));
+            collected = state >> 32;
+        }
+        int256 left = int256(collected) - sum;
+        if (index + 1 >= count) {
+            if (left != 0) revert PositionsDoNotSumToZero(-left);
+            settledBits[_key(market, number >> 8)] = word | bit;
+            if (count > 1) delete progress[key];
+        } else {
+            if (left < 0) revert ChunkUnderfunded(market, number, index, -left);
+            if (left > type(int128).max) revert AmountOutOfRange();
+            progress[key] = (uint256(left) << 32) | (index + 1);
+        }
         _apply(market, number, positions);
-        emit BatchSettled(market, number, positions.length);
+        if (index + 1 >= count) emit BatchSettled(market, number, count);
+    }
+
+    /// A batch part-way through settlement: the next chunk to apply and the
+    /// money (market units) its applied chunks collected and have not paid
+    /// out. Both zero for a batch not started or settled (`isSettled`).
+    function settlementProgress(uint32 market, uint64 number)
+        external
+        view
+        returns (uint32 nextChunk, uint256 collected)
+    {
+        uint256 state = progress[_key(market, number)];
+        return (uint32(state), state >> 32);
     }
 
     /// keccak256(recordsRoot, netRoot) of a committed batch; zero if none.
@@ -313,22 +383,7 @@ contract SettlementLedger {
     ) external view returns (bool) {
         bytes32 stored = roots[_key(market, uint256(number) + 1)];
         if (stored == bytes32(0)) return false;
-        bytes32 node = tradeLeaf(market, record);
-        assembly ("memory-safe") {
-            for { let i := 0 } lt(i, proof.length) { i := add(i, 1) } {
-                let sibling := calldataload(add(proof.offset, mul(i, 32)))
-                switch lt(sibling, node)
-                case 1 {
-                    mstore(0x00, sibling)
-                    mstore(0x20, node)
-                }
-                default {
-                    mstore(0x00, node)
-                    mstore(0x20, sibling)
-                }
-                node := keccak256(0x00, 0x40)
-            }
-        }
+        bytes32 node = _climb(tradeLeaf(market, record), proof);
         return keccak256(abi.encodePacked(node, netRoot)) == stored;
     }
 
@@ -467,22 +522,42 @@ contract SettlementLedger {
         if (failure == 3) revert BadSignature(failedAt);
     }
 
-    /// Checks the positions (ascending accounts, zero sum) and returns
-    /// their Merkle root.
-    function _netRoot(Position[] calldata positions) private pure returns (bytes32) {
+    /// Checks a chunk's order (payers first, then receivers, each by
+    /// increasing account) and returns the root of its position leaves and
+    /// the sum of its amounts.
+    function _chunkRoot(Position[] calldata positions) private pure returns (bytes32, int256 sum) {
         uint256 n = positions.length;
         bytes32[] memory leaves = new bytes32[](n);
-        int256 sum = 0;
-        address previous = address(0);
+        uint256 previous = 0;
         for (uint256 i = 0; i < n; i++) {
             Position calldata p = positions[i];
-            if (p.account <= previous) revert AccountsNotAscending(i);
-            previous = p.account;
+            uint256 order = uint256(uint160(p.account)) | (p.amount >= 0 ? uint256(1) << 160 : 0);
+            if (order <= previous) revert AccountsNotAscending(i);
+            previous = order;
             sum += p.amount;
             leaves[i] = positionLeaf(p.account, p.amount);
         }
-        if (sum != 0) revert PositionsDoNotSumToZero(sum);
-        return _root(leaves);
+        return (_root(leaves), sum);
+    }
+
+    /// The root reached from `node` by the sorted-pair path `proof`.
+    function _climb(bytes32 node, bytes32[] calldata proof) private pure returns (bytes32) {
+        assembly ("memory-safe") {
+            for { let i := 0 } lt(i, proof.length) { i := add(i, 1) } {
+                let sibling := calldataload(add(proof.offset, mul(i, 32)))
+                switch lt(sibling, node)
+                case 1 {
+                    mstore(0x00, sibling)
+                    mstore(0x20, node)
+                }
+                default {
+                    mstore(0x00, node)
+                    mstore(0x20, sibling)
+                }
+                node := keccak256(0x00, 0x40)
+            }
+        }
+        return node;
     }
 
     function _apply(uint32 market, uint64 number, Position[] calldata positions) private {

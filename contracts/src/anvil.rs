@@ -7,15 +7,24 @@ use std::process::{Child, Command, Stdio};
 
 use crate::chain::LOCAL_CHAIN_ID;
 
-/// `$DHARTI_ANVIL`, else `node_modules/.bin/anvil` in the workspace, else
-/// `anvil` on PATH.
+/// `$DHARTI_ANVIL`, else `node_modules/.bin/anvil` in the working directory
+/// or one of its ancestors (the project's, from `npm ci`), else in the
+/// workspace this was built from, else `anvil` on PATH.
 pub fn binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DHARTI_ANVIL") {
         return Some(PathBuf::from(p));
     }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/.bin/anvil");
-    if local.exists() {
-        return Some(local);
+    let npm = "node_modules/.bin/anvil";
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(npm);
+    let cwd = std::env::current_dir().ok();
+    let local = cwd
+        .iter()
+        .flat_map(|dir| dir.ancestors())
+        .map(|dir| dir.join(npm))
+        .chain(std::iter::once(built))
+        .find(|candidate| candidate.exists());
+    if local.is_some() {
+        return local;
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

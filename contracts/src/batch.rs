@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use alloy::primitives::{Address, B256, Bytes, I256};
+use alloy::primitives::{Address, B256, Bytes, I256, keccak256};
 use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{Eip712Domain, SolStruct, SolValue, eip712_domain};
 
-use crate::bindings::SettlementLedger::{BatchHeader, Position, TradeRecord};
+use crate::bindings::SettlementLedger::{self, BatchHeader, Position, TradeRecord};
 use crate::merkle::{MerkleTree, leaf};
 
 /// Bytes per packed approval: member index (2), r (32), vs (32).
@@ -22,14 +22,22 @@ pub enum BatchError {
     EmptyRange { first: u64, last: u64 },
 }
 
+/// Most accounts one settlement transaction applies (the ledger's
+/// `MAX_CHUNK_ACCOUNTS`).
+pub const MAX_CHUNK_ACCOUNTS: usize = 32;
+
 /// A market's batch: trades and net positions over a run of intervals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub header: BatchHeader,
     pub trades: Vec<TradeRecord>,
-    /// Non-zero net positions in ascending account order (the contract's order).
+    /// Non-zero net positions in the contract's order: payers (negative)
+    /// by increasing account, then receivers by increasing account. Chunk
+    /// `i` is `positions[i * MAX_CHUNK_ACCOUNTS ..]`, at most
+    /// `MAX_CHUNK_ACCOUNTS` long.
     pub positions: Vec<Position>,
     records: MerkleTree,
+    chunks: MerkleTree,
 }
 
 impl Batch {
@@ -44,29 +52,56 @@ impl Batch {
         trades: Vec<TradeRecord>,
         net: &BTreeMap<Address, i64>,
     ) -> Result<Self, BatchError> {
+        let sum: i128 = net.values().map(|v| i128::from(*v)).sum();
+        if sum != 0 {
+            return Err(BatchError::NotBalanced(sum));
+        }
+        let signed = |(account, amount): (&Address, &i64)| Position {
+            account: *account,
+            amount: I256::try_from(*amount).expect("i64 fits in int256"),
+        };
+        // Payers first, so every chunk pays out only money already collected.
+        let payers = net.iter().filter(|(_, amount)| **amount < 0).map(signed);
+        let receivers = net.iter().filter(|(_, amount)| **amount > 0).map(signed);
+        let positions = payers.chain(receivers).collect();
+        Self::with_positions(
+            market,
+            number,
+            first_interval,
+            last_interval,
+            trades,
+            positions,
+        )
+    }
+
+    /// Builds a batch from positions in the given order, unchecked: the
+    /// ledger's own checks are tested with batches `new` would refuse.
+    #[doc(hidden)]
+    pub fn with_positions(
+        market: u32,
+        number: u64,
+        first_interval: u64,
+        last_interval: u64,
+        trades: Vec<TradeRecord>,
+        positions: Vec<Position>,
+    ) -> Result<Self, BatchError> {
         if last_interval < first_interval {
             return Err(BatchError::EmptyRange {
                 first: first_interval,
                 last: last_interval,
             });
         }
-        let sum: i128 = net.values().map(|v| i128::from(*v)).sum();
-        if sum != 0 {
-            return Err(BatchError::NotBalanced(sum));
-        }
-        let positions: Vec<Position> = net
-            .iter()
-            .filter(|(_, amount)| **amount != 0)
-            .map(|(account, amount)| Position {
-                account: *account,
-                amount: I256::try_from(*amount).expect("i64 fits in int256"),
-            })
-            .collect();
         let records = MerkleTree::new(trades.iter().map(|t| trade_leaf(market, t)).collect());
-        let net_tree = MerkleTree::new(
+        let count = positions.len().div_ceil(MAX_CHUNK_ACCOUNTS);
+        let count32 = u32::try_from(count).expect("fewer than 2^32 chunks");
+        let chunks = MerkleTree::new(
             positions
-                .iter()
-                .map(|p| position_leaf(p.account, p.amount))
+                .chunks(MAX_CHUNK_ACCOUNTS)
+                .enumerate()
+                .map(|(index, chunk)| {
+                    let index = u32::try_from(index).expect("fewer than 2^32 chunks");
+                    chunk_node(index, count32, chunk)
+                })
                 .collect(),
         );
         Ok(Batch {
@@ -76,11 +111,12 @@ impl Batch {
                 firstInterval: first_interval,
                 lastInterval: last_interval,
                 recordsRoot: records.root(),
-                netRoot: net_tree.root(),
+                netRoot: chunks.root(),
             },
             trades,
             positions,
             records,
+            chunks,
         })
     }
 
@@ -88,6 +124,55 @@ impl Batch {
     pub fn trade_proof(&self, index: usize) -> Option<Vec<B256>> {
         self.records.proof(index)
     }
+
+    /// How many settlement transactions the batch takes (zero without
+    /// positions; it is then settled by one call with `count` zero).
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The `settleChunk` call applying chunk `index`. For a batch without
+    /// positions, index 0 is the one call that marks it settled.
+    pub fn settle_call(&self, index: usize) -> Option<SettlementLedger::settleChunkCall> {
+        let count = self.chunk_count();
+        let (positions, proof) = if count == 0 {
+            if index != 0 {
+                return None;
+            }
+            (Vec::new(), Vec::new())
+        } else {
+            let proof = self.chunks.proof(index)?;
+            let chunk = self.positions.chunks(MAX_CHUNK_ACCOUNTS).nth(index)?;
+            (chunk.to_vec(), proof)
+        };
+        Some(SettlementLedger::settleChunkCall {
+            market: self.header.market,
+            number: self.header.number,
+            recordsRoot: self.header.recordsRoot,
+            index: u32::try_from(index).ok()?,
+            count: u32::try_from(count).ok()?,
+            positions,
+            proof,
+        })
+    }
+}
+
+/// A leaf of the net-positions tree: one chunk, bound to its place.
+/// 40 bytes hashed, so it is never mistaken for an inner node (64) or a
+/// leaf's outer hash (32).
+pub fn chunk_node(index: u32, count: u32, positions: &[Position]) -> B256 {
+    let root = MerkleTree::new(
+        positions
+            .iter()
+            .map(|p| position_leaf(p.account, p.amount))
+            .collect(),
+    )
+    .root();
+    let mut buf = [0u8; 40];
+    buf[..4].copy_from_slice(&index.to_be_bytes());
+    buf[4..8].copy_from_slice(&count.to_be_bytes());
+    buf[8..].copy_from_slice(root.as_slice());
+    keccak256(buf)
 }
 
 /// The EIP-712 domain of a ledger: binds the chain and the contract, so an

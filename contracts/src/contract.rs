@@ -127,3 +127,44 @@ pub async fn commit_batch(
     };
     Contract::new(chain, ledger).send(from, call).await
 }
+
+/// Applies a committed batch's net positions, one transaction per chunk,
+/// from the first chunk the chain has not applied yet: safe to call again
+/// after a crash or an outage part-way. Returns the receipts of the chunks
+/// this call applied (none if the batch was settled already).
+pub async fn settle_batch(
+    chain: &Chain,
+    ledger: Address,
+    from: Address,
+    batch: &Batch,
+) -> Result<Vec<Receipt>, ChainError> {
+    let ledger = Contract::new(chain, ledger);
+    let (market, number) = (batch.header.market, batch.header.number);
+    if ledger
+        .view(SettlementLedger::isSettledCall { market, number })
+        .await?
+    {
+        return Ok(Vec::new());
+    }
+    let progress = ledger
+        .view(SettlementLedger::settlementProgressCall { market, number })
+        .await?;
+    let first = usize::try_from(progress.nextChunk).expect("u32 fits in usize");
+    let mut receipts = Vec::new();
+    for index in first..batch.chunk_count().max(1) {
+        let call = batch.settle_call(index).ok_or_else(|| {
+            ChainError::Usage(format!(
+                "the chain expects chunk {index} of batch {number}, which has {} chunks: \
+                 this node's batch differs from the anchored one",
+                batch.chunk_count()
+            ))
+        })?;
+        match ledger.send(from, call).await {
+            Ok(receipt) => receipts.push(receipt),
+            // Someone else applied the rest meanwhile.
+            Err(e) if e.revert_name() == Some("AlreadySettled") => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(receipts)
+}

@@ -12,6 +12,7 @@ use common::{addresses, chains, keys, stranger};
 use dharti_contracts::batch::{self, Approval, pack_approvals, signing_hash};
 use dharti_contracts::bindings::DemoEuro;
 use dharti_contracts::bindings::SettlementLedger::{self, BatchHeader, TradeRecord};
+use dharti_contracts::contract::settle_batch;
 use dharti_contracts::merkle::root_from_proof;
 use dharti_contracts::{Batch, Chain, ChainError, Contract, Deployment, deploy_all};
 
@@ -107,19 +108,43 @@ impl<'a> Fixture<'a> {
             .map(|r| r.gas_used)
     }
 
+    /// Sends every chunk of `batch`'s settlement in order; the gas of all.
     async fn settle(&self, batch: &Batch) -> Result<u64, ChainError> {
+        let mut gas = 0;
+        for index in 0..batch.chunk_count().max(1) {
+            gas += self.settle_chunk(batch, index).await?;
+        }
+        Ok(gas)
+    }
+
+    async fn settle_chunk(&self, batch: &Batch, index: usize) -> Result<u64, ChainError> {
+        let call = batch.settle_call(index).expect("a chunk of the batch");
         self.ledger
-            .send(
-                self.keys[2].address(),
-                SettlementLedger::settleBatchCall {
-                    market: batch.header.market,
-                    number: batch.header.number,
-                    recordsRoot: batch.header.recordsRoot,
-                    positions: batch.positions.clone(),
-                },
-            )
+            .send(self.keys[2].address(), call)
             .await
             .map(|r| r.gas_used)
+    }
+
+    async fn progress(&self, number: u64) -> (u32, U256) {
+        let p = self
+            .ledger
+            .view(SettlementLedger::settlementProgressCall {
+                market: MARKET,
+                number,
+            })
+            .await
+            .expect("view");
+        (p.nextChunk, p.collected)
+    }
+
+    async fn is_settled(&self, number: u64) -> bool {
+        self.ledger
+            .view(SettlementLedger::isSettledCall {
+                market: MARKET,
+                number,
+            })
+            .await
+            .expect("view")
     }
 }
 
@@ -510,8 +535,8 @@ async fn settlement_is_all_or_nothing_and_happens_once() {
             tc.name
         );
 
-        // Positions that do not match the anchored root, are out of order or
-        // do not sum to zero are refused.
+        // Positions that do not match the anchored root or are out of
+        // order are refused.
         let mut tampered = batch.clone();
         tampered.positions[0].amount -= I256::ONE;
         tampered.positions[1].amount += I256::ONE;
@@ -522,13 +547,6 @@ async fn settlement_is_all_or_nothing_and_happens_once() {
             revert_name(f.settle(&unsorted).await),
             "AccountsNotAscending"
         );
-        let mut unbalanced = batch.clone();
-        unbalanced.positions[0].amount += I256::ONE;
-        assert_eq!(
-            revert_name(f.settle(&unbalanced).await),
-            "PositionsDoNotSumToZero"
-        );
-
         f.deposit(5, 10_000_000).await;
         f.settle(&batch).await.expect("settles once funded");
         assert_eq!(
@@ -537,6 +555,156 @@ async fn settlement_is_all_or_nothing_and_happens_once() {
             "{}",
             tc.name
         );
+    }
+}
+
+/// Ten payers (the dev keys) and `receivers` fresh accounts; payer `i`
+/// pays `100 + i` to each receiver.
+fn wide_net(keys: &[PrivateKeySigner], receivers: usize) -> BTreeMap<Address, i64> {
+    let mut net = BTreeMap::new();
+    for r in 0..receivers {
+        let account = Address::left_padding_from(&(0x1000_u64 + r as u64).to_be_bytes());
+        for (i, k) in keys.iter().enumerate() {
+            let amount = 100 + i as i64;
+            *net.entry(k.address()).or_default() -= amount;
+            *net.entry(account).or_default() += amount;
+        }
+    }
+    net
+}
+
+fn total_of(positions: &[SettlementLedger::Position]) -> I256 {
+    positions.iter().fold(I256::ZERO, |sum, p| sum + p.amount)
+}
+
+#[tokio::test]
+async fn a_wide_batch_settles_chunk_by_chunk_in_order_and_never_pays_out_before_collecting() {
+    for tc in chains().await {
+        let f = Fixture::new(&tc.chain).await;
+        for who in 0..10 {
+            f.deposit(who, 10_000_000).await;
+        }
+        // 10 payers and 60 receivers: chunks of 32, 32 and 6 accounts.
+        let net = wide_net(&f.keys, 60);
+        let batch = Batch::new(MARKET, 0, 0, 3, vec![], &net).expect("balanced");
+        assert_eq!(batch.chunk_count(), 3);
+        let all = f.approvals(&batch.header, &[0, 1, 2, 3, 4, 5, 6]);
+        f.commit(&batch.header, all).await.expect("commits");
+        let before = futures_balances(&f, &batch).await;
+
+        assert_eq!(
+            revert_name(f.settle_chunk(&batch, 1).await),
+            "ChunkOutOfOrder",
+            "{}",
+            tc.name
+        );
+        let first = f.settle_chunk(&batch, 0).await.expect("chunk 0");
+        // Chunk 0 holds every payer: it collected their whole debit.
+        let debits = -total_of(&batch.positions[..10]);
+        let paid_in_chunk0 = total_of(&batch.positions[10..32]);
+        assert_eq!(
+            f.progress(0).await,
+            (1, (debits - paid_in_chunk0).into_raw()),
+            "{}",
+            tc.name
+        );
+        assert!(!f.is_settled(0).await);
+        assert_eq!(
+            revert_name(f.settle_chunk(&batch, 0).await),
+            "ChunkOutOfOrder",
+            "{}: a chunk applies once",
+            tc.name
+        );
+        // Part of a chunk, with the chunk's proof, is not the chunk.
+        let mut half = batch.clone();
+        half.positions.truncate(48);
+        assert_eq!(
+            revert_name(f.settle_chunk(&half, 1).await),
+            "RootMismatch",
+            "{}",
+            tc.name
+        );
+        // The daemon's settle resumes where the chain is: chunks 1 and 2.
+        let rest = settle_batch(f.chain, f.deployment.ledger, f.keys[7].address(), &batch)
+            .await
+            .expect("the rest settles");
+        assert_eq!(rest.len(), 2, "{}", tc.name);
+        let [second, third] = [rest[0].gas_used, rest[1].gas_used];
+        assert!(f.is_settled(0).await);
+        assert_eq!(f.progress(0).await, (0, U256::ZERO), "{}", tc.name);
+        assert_eq!(
+            revert_name(f.settle_chunk(&batch, 2).await),
+            "AlreadySettled"
+        );
+        let again = settle_batch(f.chain, f.deployment.ledger, f.keys[7].address(), &batch)
+            .await
+            .expect("a settled batch is done");
+        assert!(again.is_empty(), "{}", tc.name);
+        let after = futures_balances(&f, &batch).await;
+        for ((p, b), a) in batch.positions.iter().zip(&before).zip(&after) {
+            let delta = I256::from_raw(*a) - I256::from_raw(*b);
+            assert_eq!(
+                delta,
+                p.amount * I256::try_from(NATIVE_SCALE).expect("fits")
+            );
+        }
+        // Every chunk stays far below EWC's 6,000,000 block gas limit.
+        for gas in [first, second, third] {
+            assert!(gas < 1_200_000, "{}: chunk gas {gas}", tc.name);
+        }
+
+        // A batch whose first chunk pays out before anything is collected
+        // (receivers first) cannot settle, even though it is approved.
+        let receivers_first: Vec<_> = batch.positions[10..]
+            .iter()
+            .chain(&batch.positions[..10])
+            .cloned()
+            .collect();
+        let bad = Batch::with_positions(MARKET, 1, 4, 7, vec![], receivers_first).expect("a range");
+        let all = f.approvals(&bad.header, &[0, 1, 2, 3, 4, 5, 6]);
+        f.commit(&bad.header, all).await.expect("commits");
+        assert_eq!(
+            revert_name(f.settle_chunk(&bad, 0).await),
+            "ChunkUnderfunded",
+            "{}",
+            tc.name
+        );
+
+        // Approved positions that do not sum to zero settle nothing.
+        let mut unbalanced = batch.positions[..2].to_vec();
+        unbalanced.push(batch.positions[40].clone());
+        let bad = Batch::with_positions(MARKET, 2, 8, 11, vec![], unbalanced).expect("a range");
+        let all = f.approvals(&bad.header, &[0, 1, 2, 3, 4, 5, 6]);
+        f.commit(&bad.header, all).await.expect("commits");
+        assert_eq!(
+            revert_name(f.settle(&bad).await),
+            "PositionsDoNotSumToZero",
+            "{}",
+            tc.name
+        );
+
+        // More than a chunk's worth of accounts in one call is refused.
+        let mut call = batch.settle_call(0).expect("chunk 0");
+        call.number = 2;
+        call.positions = batch.positions[..33].to_vec();
+        assert_eq!(
+            revert_name(
+                f.ledger
+                    .send(f.keys[2].address(), call)
+                    .await
+                    .map(|r| r.gas_used)
+            ),
+            "ChunkTooLarge"
+        );
+
+        // A batch without positions is settled by one call with no chunk.
+        let empty = Batch::new(MARKET, 3, 12, 15, vec![], &BTreeMap::new()).expect("empty");
+        assert_eq!(empty.chunk_count(), 0);
+        assert_eq!(empty.header.netRoot, B256::ZERO);
+        let all = f.approvals(&empty.header, &[0, 1, 2, 3, 4, 5, 6]);
+        f.commit(&empty.header, all).await.expect("commits");
+        f.settle(&empty).await.expect("settles");
+        assert!(f.is_settled(3).await, "{}", tc.name);
     }
 }
 
@@ -778,6 +946,12 @@ async fn a_positions_leaf_matches_the_contract_and_unbalanced_batches_are_refuse
             "{}",
             tc.name
         );
+        let chunk = f
+            .ledger
+            .view(SettlementLedger::MAX_CHUNK_ACCOUNTSCall {})
+            .await
+            .expect("view");
+        assert_eq!(chunk, U256::from(batch::MAX_CHUNK_ACCOUNTS), "{}", tc.name);
     }
     let mut net = BTreeMap::new();
     net.insert(Address::repeat_byte(1), 5i64);

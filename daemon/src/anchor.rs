@@ -631,24 +631,26 @@ impl Task {
             }
         }
         let chain = self.chain.as_ref().expect("connected");
-        let settle = SettlementLedger::settleBatchCall {
-            market,
-            number: n,
-            recordsRoot: batch.header.recordsRoot,
-            positions: batch.positions.clone(),
-        };
-        match Contract::new(chain, self.a.settings.ledger)
-            .send(self.key.address(), settle)
-            .await
-        {
-            Ok(receipt) => {
-                self.a.metrics.chain_batches_settled.inc();
-                tracing::info!(batch = n, tx = %receipt.tx_hash, gas = receipt.gas_used, "anchor.settled");
-                self.finish(n).await
-            }
-            Err(e) if e.revert_name() == Some("AlreadySettled") => self.finish(n).await,
-            Err(e) => Err(e),
+        // One transaction per chunk of accounts, resuming where the chain
+        // is: a crash or outage part-way loses nothing and repeats nothing.
+        let receipts = dharti_contracts::contract::settle_batch(
+            chain,
+            self.a.settings.ledger,
+            self.key.address(),
+            &batch,
+        )
+        .await?;
+        if !receipts.is_empty() {
+            self.a.metrics.chain_batches_settled.inc();
+            let gas: u64 = receipts.iter().map(|r| r.gas_used).sum();
+            tracing::info!(
+                batch = n,
+                transactions = receipts.len(),
+                gas,
+                "anchor.settled"
+            );
         }
+        self.finish(n).await
     }
 
     /// Issues certificates for the next anchored batch, if this node is an

@@ -222,7 +222,11 @@ struct Status {
     members: usize,
     threshold: u16,
     batches_committed: u64,
+    /// Batches before this one are all settled.
     batches_settled: u64,
+    /// The next chunk to apply of batch `batches_settled`, if that batch is
+    /// committed and part-way through settlement.
+    settling_next_chunk: Option<u32>,
     escrow_native_wei: U256,
     escrow_token: U256,
 }
@@ -252,6 +256,16 @@ pub async fn status(config_path: &Path) -> anyhow::Result<()> {
             break;
         }
     }
+    let mut settling_next_chunk = None;
+    if settled < committed {
+        let progress = ledger
+            .view(SettlementLedger::settlementProgressCall {
+                market,
+                number: settled,
+            })
+            .await?;
+        settling_next_chunk = (progress.nextChunk > 0).then_some(progress.nextChunk);
+    }
     let me = key.address();
     let status = Status {
         preset: settings.preset.name().into(),
@@ -265,6 +279,7 @@ pub async fn status(config_path: &Path) -> anyhow::Result<()> {
         threshold: ledger.view(SettlementLedger::thresholdCall {}).await?,
         batches_committed: committed,
         batches_settled: settled,
+        settling_next_chunk,
         escrow_native_wei: ledger.view(SettlementLedger::nativeBalanceCall(me)).await?,
         escrow_token: ledger.view(SettlementLedger::tokenBalanceCall(me)).await?,
     };

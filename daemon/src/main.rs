@@ -252,13 +252,18 @@ enum ChainCommand {
     },
     /// What anchoring costs: commits and settles one batch of N trades with
     /// Q approvals on the embedded EVM and prints one JSON line (gas per
-    /// batch, per trade, per participant's settlement, per proof check).
+    /// batch, per trade, per participant's settlement, per proof check, and
+    /// the largest share of an EWC block one transaction used).
     BenchGas {
         #[arg(long, default_value_t = 1000)]
         trades: usize,
         /// Members approving the batch (all of them: threshold = Q).
         #[arg(long, default_value_t = 10)]
         approvers: usize,
+        /// Households trading (at least Q; the first Q are the members).
+        /// Settlement takes one transaction per 32 accounts.
+        #[arg(long)]
+        households: Option<usize>,
     },
 }
 
@@ -348,8 +353,14 @@ fn main() -> ExitCode {
         Command::Certificates { node } => {
             small_runtime().and_then(|rt| rt.block_on(chain_cli::certificates(&node.config)))
         }
-        Command::Chain(ChainCommand::BenchGas { trades, approvers }) => small_runtime()
-            .and_then(|rt| Ok(rt.block_on(dharti_contracts::bench::run(trades, approvers))?))
+        Command::Chain(ChainCommand::BenchGas {
+            trades,
+            approvers,
+            households,
+        }) => small_runtime().and_then(|rt| {
+            let households = households.unwrap_or(approvers);
+            Ok(rt.block_on(dharti_contracts::bench::run(trades, approvers, households))?)
+        })
             .and_then(|report| print_json_line(&report)),
         Command::Init {
             dir,

@@ -177,7 +177,7 @@ impl Metrics {
         );
         r.register(
             "chain_batches_settled",
-            "Batches whose net positions this node applied on chain",
+            "Batches whose settlement this node completed on chain (it sent at least one of its chunks)",
             m.chain_batches_settled.clone(),
         );
         r.register(

@@ -22,12 +22,26 @@ use anyhow::{Context, bail, ensure};
 
 use crate::time::{civil_from_days, days_from_civil, weekday};
 
-/// Where the data lives unless `--data` or `DHARTI_DATA` says otherwise: the
-/// workspace's sibling `shared/data`.
+/// Where the data lives unless `--data` says otherwise: `DHARTI_DATA`, else
+/// the first `shared/data` beside an ancestor of the working directory or of
+/// the executable, else the one beside the workspace this was built from.
+///
+/// Looking at run time matters: a build directory shared between checkouts
+/// (CI's cache) keeps the workspace path of whichever checkout compiled
+/// this crate first, which may be gone.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("DHARTI_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+    if let Some(dir) = std::env::var_os("DHARTI_DATA") {
+        return PathBuf::from(dir);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let starts = [std::env::current_dir().ok(), std::env::current_exe().ok()];
+    starts
+        .iter()
+        .flatten()
+        .flat_map(|start| start.ancestors())
+        .map(|dir| dir.join("shared/data"))
+        .find(|candidate| candidate.is_dir())
+        .unwrap_or(built)
 }
 
 /// BDEW day types.
