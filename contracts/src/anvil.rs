@@ -15,7 +15,9 @@ pub fn binary() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let npm = "node_modules/.bin/anvil";
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(npm);
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(npm);
     let cwd = std::env::current_dir().ok();
     let local = cwd
         .iter()

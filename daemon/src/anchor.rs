@@ -136,6 +136,9 @@ pub struct ApprovalMessage {
 }
 
 const MAX_APPROVAL_MESSAGE: usize = 2_048;
+/// How often an approval naming a member the list does not have at that
+/// index may make the node re-read the list.
+const MEMBERS_REREAD_MS: u64 = 5_000;
 /// Headers of not-yet-built batches whose approvals are held.
 const MAX_EARLY_HEADERS: usize = 64;
 
@@ -365,9 +368,12 @@ struct Task {
     a: Anchor,
     key: PrivateKeySigner,
     chain: Option<Chain>,
-    /// The ledger's members in order and the threshold, read per batch.
+    /// The ledger's members in order and the threshold, read per batch
+    /// and again every committer timeout while a due batch waits.
     members: Vec<Address>,
     threshold: usize,
+    /// When `members` was read.
+    members_read_ms: u64,
     next: u64,
     pending: Pending,
     /// This node's batch `next`, once built.
@@ -422,6 +428,7 @@ pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: Cancel
         chain: None,
         members: Vec::new(),
         threshold: usize::MAX,
+        members_read_ms: 0,
         next,
         pending,
         batch: None,
@@ -553,7 +560,11 @@ impl Task {
             self.chain = Some(connect(&self.a.settings, &self.key).await?);
             self.members.clear();
         }
-        if self.members.is_empty() {
+        // Membership can change while a batch is being approved: re-read it
+        // every committer timeout, so every member learns its new index.
+        let stale =
+            now.saturating_sub(self.members_read_ms) >= self.a.settings.committer_timeout_ms;
+        if self.members.is_empty() || stale {
             self.refresh_members().await?;
         }
         let n = self.next;
@@ -619,12 +630,16 @@ impl Task {
                     tracing::info!(batch = n, tx = %receipt.tx_hash, gas = receipt.gas_used, "anchor.committed");
                 }
                 Err(e) if e.revert_name() == Some("AlreadyCommitted") => {}
-                Err(e) if e.revert_name() == Some("BadSignature") => {
-                    // A member index moved (membership changed): re-read
-                    // the list, re-sign, collect again.
+                Err(e)
+                    if matches!(
+                        e.revert_name(),
+                        Some("BadSignature" | "BadMemberIndex" | "BelowQuorum")
+                    ) =>
+                {
+                    // Membership or the threshold changed since the list
+                    // was read: re-read it on the next step, which moves
+                    // every approval to its signer's new index.
                     self.members.clear();
-                    self.pending.approvals.clear();
-                    self.batch = None;
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -776,9 +791,28 @@ impl Task {
         let ledger = self.ledger().expect("connected");
         let members = ledger.view(SettlementLedger::membersCall {}).await?;
         let threshold = ledger.view(SettlementLedger::thresholdCall {}).await?;
+        self.members_read_ms = now_ms();
+        if members != self.members {
+            tracing::info!(members = members.len(), threshold, "anchor.members");
+        }
         self.members = members;
         self.threshold = usize::from(threshold).max(1);
+        self.reindex_pending();
         Ok(())
+    }
+
+    /// Files the held approvals under their signers' indices in the
+    /// current member list (and this node's own under its index).
+    fn reindex_pending(&mut self) {
+        let Some(header) = self.pending.header.as_ref() else {
+            return;
+        };
+        let digest = self.digest(&BatchHeader::from(header));
+        let moved = reindexed(&self.pending.approvals, &self.members, digest);
+        if moved != self.pending.approvals {
+            self.pending.approvals = moved;
+            self.dirty = true;
+        }
     }
 
     fn my_index(&self) -> Option<u16> {
@@ -812,6 +846,9 @@ impl Task {
         if let Some(early) = self.early.remove(&(batch.header.number, digest)) {
             self.pending.approvals.extend(early);
         }
+        // Approvals kept across a restart or held early may name indices
+        // from an older member list.
+        self.reindex_pending();
         self.save_pending().await;
         tracing::info!(
             batch = batch.header.number,
@@ -826,9 +863,13 @@ impl Task {
         let Some(index) = self.my_index() else {
             return;
         };
-        let Some(approval) = self.pending.approvals.get(&index).copied() else {
-            return;
-        };
+        // A node made a member after it built the batch signs it now.
+        let digest = self.digest(&batch.header);
+        let key = &self.key;
+        let approval = *self.pending.approvals.entry(index).or_insert_with(|| {
+            self.dirty = true;
+            Approval::sign(key, index, digest)
+        });
         let message = ApprovalMessage {
             chain_id: self.chain.as_ref().map_or(0, Chain::chain_id),
             ledger: self.a.settings.ledger,
@@ -901,9 +942,26 @@ impl Task {
         let header = BatchHeader::from(&message.header);
         let digest = self.digest(&header);
         let index = message.approval.member_index;
-        let member = self.members.get(usize::from(index)).copied();
-        if member.is_none() || message.approval.signer(digest) != member {
+        let Some(signer) = message.approval.signer(digest) else {
             return MessageAcceptance::Reject;
+        };
+        if self.members.get(usize::from(index)) != Some(&signer) {
+            // Either list may be out of date after a membership change:
+            // re-read ours (at most every few seconds), then judge.
+            if now_ms().saturating_sub(self.members_read_ms) >= MEMBERS_REREAD_MS
+                && self.refresh_members().await.is_err()
+            {
+                return MessageAcceptance::Ignore;
+            }
+            if self.members.get(usize::from(index)) != Some(&signer) {
+                // A member naming an old index is honest but behind: not
+                // counted against it. Anyone else forged it.
+                return if self.members.contains(&signer) {
+                    MessageAcceptance::Ignore
+                } else {
+                    MessageAcceptance::Reject
+                };
+            }
         }
         let mine = self
             .batch
@@ -935,9 +993,55 @@ impl Task {
     }
 }
 
+/// `approvals` of `digest` filed under their signers' indices in
+/// `members`; approvals by non-members and bad signatures are dropped.
+fn reindexed(
+    approvals: &BTreeMap<u16, Approval>,
+    members: &[Address],
+    digest: B256,
+) -> BTreeMap<u16, Approval> {
+    approvals
+        .values()
+        .filter_map(|approval| {
+            let signer = approval.signer(digest)?;
+            let index = members.iter().position(|m| *m == signer)?;
+            let index = u16::try_from(index).ok()?;
+            Some((
+                index,
+                Approval {
+                    member_index: index,
+                    ..*approval
+                },
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approvals_follow_their_signers_to_new_indices_and_removed_members_drop_out() {
+        let keys: Vec<PrivateKeySigner> = (0..4).map(|_| PrivateKeySigner::random()).collect();
+        let digest = B256::repeat_byte(7);
+        let held: BTreeMap<u16, Approval> = (0..4u16)
+            .map(|i| (i, Approval::sign(&keys[usize::from(i)], i, digest)))
+            .collect();
+        // Member 1 removed: the last member (3) takes its index.
+        let members = vec![keys[0].address(), keys[3].address(), keys[2].address()];
+        let moved = reindexed(&held, &members, digest);
+        assert_eq!(moved.len(), 3);
+        for (index, approval) in &moved {
+            assert_eq!(approval.member_index, *index);
+            assert_eq!(approval.signer(digest), Some(members[usize::from(*index)]));
+        }
+        // Nothing moved: nothing changes.
+        let all: Vec<Address> = keys.iter().map(PrivateKeySigner::address).collect();
+        assert_eq!(reindexed(&held, &all, digest), held);
+        // An approval of another digest signs nobody in the list.
+        assert!(reindexed(&held, &all, B256::repeat_byte(8)).is_empty());
+    }
 
     #[test]
     fn a_split_sums_to_the_total_and_follows_the_weights() {

@@ -848,7 +848,6 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
         "every batch due during the outage anchored afterwards: {before} before, {after} after"
     );
 
-    // Each batch was committed by exactly one committer, once.
     std::thread::sleep(Duration::from_secs(2));
     let committed_by_nodes = sum_metric(&urls, "dharti_chain_batches_committed_total");
     let on_chain = {
@@ -860,9 +859,12 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
                 .unwrap()
         })
     };
-    assert_eq!(
-        committed_by_nodes, on_chain,
-        "one commit per batch on chain"
+    // No batch counted by two committers. A commit sent as anvil went away
+    // can land without its sender seeing the receipt: that node then finds
+    // the batch committed and does not count it, so one may be missing.
+    assert!(
+        committed_by_nodes <= on_chain && committed_by_nodes + 1 >= on_chain,
+        "one commit per batch on chain: nodes counted {committed_by_nodes}, the chain has {on_chain}"
     );
 
     // A forged approval is refused on chain: keys that are not members,
@@ -894,6 +896,84 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
         })
     };
     assert_eq!(forged.as_deref(), Some("BadSignature"));
+
+    // The committer of the next batch is killed -9 a second before the
+    // batch is due: the next member takes over after the committer
+    // timeout, and the restarted
+    // node catches up with the batches anchored without it, committing
+    // none of them again (the chain would refuse a second commit).
+    let next = demo_chain::anchored(&node, &setup).unwrap();
+    // Not node 0, the certificates' issuer, which the end of the test needs.
+    let target = if next.is_multiple_of(4) {
+        next + 1
+    } else {
+        next
+    };
+    let victim = usize::try_from(target % 4).unwrap();
+    // Due two intervals after the batch's one interval ends.
+    let due_ms = ((anchor / 10 + 3 + target + 1) * 10 + 20) * 1_000;
+    let now = dharti::driver::now_ms();
+    std::thread::sleep(Duration::from_millis(due_ms.saturating_sub(now + 1_000)));
+    let at = daemons
+        .0
+        .iter()
+        .position(|d| d.config == configs[victim])
+        .unwrap();
+    let mut dead = daemons.0.remove(at);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let without = wait_anchored(target + 2, 90);
+    assert!(
+        without >= target + 2,
+        "batches kept anchoring without committer {victim}: {without} of {}",
+        target + 2
+    );
+    dharti::demo::start_all_with(binary, &configs[victim..=victim], &mut daemons.0, 0).unwrap();
+    let restarted = dharti::demo::api_urls(&daemons.0).last().unwrap().clone();
+    let caught_up = wait_anchored(without + 2, 90);
+    assert!(
+        caught_up >= without + 2,
+        "anchoring went on after the restart"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let gauge = loop {
+        let text = http(&restarted, "GET", "/metrics", None, "").1;
+        let gauge = count(&text, "dharti_chain_batches_anchored");
+        if gauge >= without || std::time::Instant::now() > deadline {
+            break gauge;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        gauge >= without,
+        "the restarted node saw the {without} batches anchored while it was down, not {gauge}"
+    );
+
+    // Membership changes while batches are being approved (one always is):
+    // the co-op removes member 1, so member 3 takes index 1, and the
+    // threshold of 3 now needs every remaining member. Held approvals move
+    // to their signers' new indices and anchoring goes on.
+    let removed_at = demo_chain::anchored(&node, &setup).unwrap();
+    {
+        use dharti_contracts::bindings::SettlementLedger;
+        let (rt, chain) = anvil_client(&node.url, vec![setup.admin.clone()]);
+        rt.block_on(async {
+            dharti_contracts::Contract::new(&chain, setup.deployment.ledger)
+                .send(
+                    setup.admin.address(),
+                    SettlementLedger::removeMemberCall {
+                        account: setup.node_keys[1].address(),
+                    },
+                )
+                .await
+                .unwrap()
+        });
+    }
+    let after = wait_anchored(removed_at + 3, 90);
+    assert!(
+        after >= removed_at + 3,
+        "anchoring went on after a member was removed: {removed_at} then {after}"
+    );
 
     // The command line: a trade's proof verified by the ledger, the
     // ledger's status, the certificates the first node issued.
@@ -935,16 +1015,16 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
     assert!(!forged.status.success(), "an unknown trade has no proof");
     let status: serde_json::Value = serde_json::from_str(&ok(dharti()
         .args(["chain", "status", "--config"])
-        .arg(&configs[1])
+        .arg(&configs[3])
         .output()
         .unwrap()))
     .unwrap();
-    assert_eq!(status["members"], 4);
+    assert_eq!(status["members"], 3, "{status}");
+    assert_eq!(status["member_index"], 1, "member 3 moved to index 1");
     assert!(
         status["batches_settled"].as_u64().unwrap() >= after,
         "{status}"
     );
-    assert!(status["member_index"].is_u64());
     let issued: serde_json::Value = serde_json::from_str(&ok(dharti()
         .args(["certificates", "--config"])
         .arg(&configs[0])
