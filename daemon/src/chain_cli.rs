@@ -1,4 +1,5 @@
-//! `dharti chain node | deploy | status`, `dharti proof`, `dharti certificates`.
+//! `dharti chain node | deploy | status | deposit | withdraw`, `dharti proof`,
+//! `dharti certificates`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,6 +33,24 @@ pub async fn node(listen: &str, block_time_s: u64) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The config's chain settings and a client sending with this node's key.
+async fn open(
+    config_path: &Path,
+) -> anyhow::Result<(
+    ChainSettings,
+    Chain,
+    dharti_contracts::alloy::signers::local::PrivateKeySigner,
+)> {
+    let config = Config::load(config_path)?;
+    ensure!(
+        config.chain.enabled(),
+        "chain.preset is \"none\": this node does not anchor (docs/chain.md)"
+    );
+    let settings = config.chain_settings()?;
+    let (chain, key) = connect(&settings).await?;
+    Ok((settings, chain, key))
 }
 
 async fn connect(
@@ -233,13 +252,7 @@ struct Status {
 
 /// `dharti chain status`: this market's ledger, as the chain sees it.
 pub async fn status(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
-    ensure!(
-        config.chain.enabled(),
-        "chain.preset is \"none\": this node does not anchor (docs/chain.md)"
-    );
-    let settings = config.chain_settings()?;
-    let (chain, key) = connect(&settings).await?;
+    let (settings, chain, key) = open(config_path).await?;
     let ledger = Contract::new(&chain, settings.ledger);
     let market = settings.market_index;
     let members = ledger.view(SettlementLedger::membersCall {}).await?;
@@ -346,16 +359,10 @@ struct Held {
 /// `dharti certificates`: the certificates this node's account holds or
 /// has claimed.
 pub async fn certificates(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
-    ensure!(
-        config.chain.enabled(),
-        "chain.preset is \"none\": no certificates"
-    );
-    let settings = config.chain_settings()?;
+    let (settings, chain, key) = open(config_path).await?;
     let address = settings
         .certificates
         .context("chain.certificates is empty: set EnergyCertificates' address")?;
-    let (chain, key) = connect(&settings).await?;
     let me = key.address();
     let certs = Contract::new(&chain, address);
     let count = certs
@@ -400,6 +407,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn money_is_read_to_the_millionth_and_nonsense_is_refused() {
+        assert_eq!(parse_money("25").unwrap(), 25_000_000);
+        assert_eq!(parse_money("12.5").unwrap(), 12_500_000);
+        assert_eq!(parse_money(".000001").unwrap(), 1);
+        assert_eq!(parse_money(" 3.141592 ").unwrap(), 3_141_592);
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "1.2345678",
+            "1e3",
+            "abc",
+            "1.2.3",
+            "0",
+            "0.0",
+            "18446744073710",
+        ] {
+            assert!(parse_money(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn chain_keys_replace_their_lines_and_keep_the_rest() {
         let text = "[node]\ndata_dir = \"data\"\n\n[chain]\n# comment\npreset = \"none\"\nevm_key_file = \"evm.key\"\n";
         let out = set_chain_keys(
@@ -414,4 +443,115 @@ mod tests {
         let added = set_chain_keys("[node]\n", &[("preset", "\"ewc\"".into())]);
         assert!(added.ends_with("[chain]\npreset = \"ewc\"\n"));
     }
+}
+
+/// An amount of the market's currency (`"25"`, `"25.50"`) in its money
+/// units (millionths).
+pub fn parse_money(text: &str) -> anyhow::Result<u64> {
+    let bad = || {
+        anyhow::anyhow!(
+            "{text:?} is not an amount: write a positive number with at most 6 decimals, such as 25 or 12.50"
+        )
+    };
+    let (whole, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty()
+        || !digits(whole)
+        || !digits(fraction)
+        || fraction.len() > 6
+    {
+        return Err(bad());
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let fraction: u64 = format!("{fraction:0<6}").parse().map_err(|_| bad())?;
+    let micro = whole
+        .checked_mul(1_000_000)
+        .and_then(|w| w.checked_add(fraction))
+        .ok_or_else(bad)?;
+    ensure!(micro > 0, "the amount must be more than zero");
+    Ok(micro)
+}
+
+#[derive(Debug, Serialize)]
+struct Escrow {
+    evm_address: Address,
+    /// "native" (EWT) or the ERC-20's address.
+    asset: String,
+    /// Base units of the asset (wei for EWT).
+    moved: U256,
+    balance: U256,
+    tx: B256,
+}
+
+/// `dharti chain deposit AMOUNT` / `withdraw AMOUNT`: this node's escrow in
+/// the asset its market settles in, at the market's scale.
+pub async fn escrow(config_path: &Path, amount: &str, deposit: bool) -> anyhow::Result<()> {
+    let micro = parse_money(amount)?;
+    let (settings, chain, key) = open(config_path).await?;
+    let me = key.address();
+    let ledger = Contract::new(&chain, settings.ledger);
+    let market = ledger
+        .view(SettlementLedger::marketsCall(settings.market_index))
+        .await?;
+    ensure!(
+        market.registered,
+        "market {} is not registered on ledger {}: check chain.market_index",
+        settings.market_index,
+        settings.ledger
+    );
+    let base = U256::from(micro) * U256::from(market.scale);
+    let receipt = if market.inToken {
+        let token = ledger.view(SettlementLedger::tokenCall {}).await?;
+        if deposit {
+            Contract::new(&chain, token)
+                .send(
+                    me,
+                    dharti_contracts::bindings::DemoEuro::approveCall {
+                        spender: settings.ledger,
+                        amount: base,
+                    },
+                )
+                .await?;
+            ledger
+                .send(me, SettlementLedger::depositTokenCall { amount: base })
+                .await?
+        } else {
+            ledger
+                .send(me, SettlementLedger::withdrawTokenCall { amount: base })
+                .await?
+        }
+    } else if deposit {
+        ledger
+            .send_value(me, SettlementLedger::depositCall {}, base)
+            .await?
+    } else {
+        ledger
+            .send(me, SettlementLedger::withdrawCall { amount: base })
+            .await?
+    };
+    let (asset, balance) = if market.inToken {
+        let token = ledger.view(SettlementLedger::tokenCall {}).await?;
+        (
+            token.to_string(),
+            ledger.view(SettlementLedger::tokenBalanceCall(me)).await?,
+        )
+    } else {
+        (
+            "native".to_owned(),
+            ledger.view(SettlementLedger::nativeBalanceCall(me)).await?,
+        )
+    };
+    let out = Escrow {
+        evm_address: me,
+        asset,
+        moved: base,
+        balance,
+        tx: receipt.tx_hash,
+    };
+    crate::say!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }

@@ -250,6 +250,22 @@ enum ChainCommand {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Deposit escrow for this node's net positions: AMOUNT of the market's
+    /// currency (e.g. 25 or 12.50), paid in the asset the market settles in
+    /// (EWT or the ledger's ERC-20) at the market's scale, from this node's
+    /// EVM key. A settlement that would overdraw the escrow waits for it.
+    Deposit {
+        #[command(flatten)]
+        node: NodeArgs,
+        amount: String,
+    },
+    /// Withdraw AMOUNT of the market's currency from this node's escrow;
+    /// never more than the balance.
+    Withdraw {
+        #[command(flatten)]
+        node: NodeArgs,
+        amount: String,
+    },
     /// What anchoring costs: commits and settles one batch of N trades with
     /// Q approvals on the embedded EVM and prints one JSON line (gas per
     /// batch, per trade, per participant's settlement, per proof check, and
@@ -347,6 +363,10 @@ fn main() -> ExitCode {
         Command::Chain(ChainCommand::Status { node }) => {
             small_runtime().and_then(|rt| rt.block_on(chain_cli::status(&node.config)))
         }
+        Command::Chain(ChainCommand::Deposit { node, amount }) => small_runtime()
+            .and_then(|rt| rt.block_on(chain_cli::escrow(&node.config, &amount, true))),
+        Command::Chain(ChainCommand::Withdraw { node, amount }) => small_runtime()
+            .and_then(|rt| rt.block_on(chain_cli::escrow(&node.config, &amount, false))),
         Command::Proof { node, trade_id } => {
             small_runtime().and_then(|rt| rt.block_on(chain_cli::proof(&node.config, &trade_id)))
         }

@@ -1034,6 +1034,41 @@ fn four_daemons_anchor_on_anvil_through_an_outage_and_escrow_matches_settlements
     assert!(issued.is_array());
 
     drop(daemons);
+    // Escrow from the command line, with the daemons stopped so no
+    // settlement moves it meanwhile: in and out again (so the balances
+    // check below still holds), and never more out than is there.
+    let escrow = |verb: &str, amount: &str| {
+        dharti()
+            .args(["chain", verb, amount, "--config"])
+            .arg(&configs[2])
+            .output()
+            .unwrap()
+    };
+    use dharti_contracts::alloy::primitives::U256;
+    let wei = |v: &serde_json::Value| serde_json::from_value::<U256>(v.clone()).unwrap();
+    let deposited: serde_json::Value = serde_json::from_str(&ok(escrow("deposit", "5.5"))).unwrap();
+    // The demo market settles in EWT at 10^12 wei per micro-euro.
+    assert_eq!(
+        wei(&deposited["moved"]),
+        U256::from(5_500_000u64) * U256::from(1_000_000_000_000u64),
+        "{deposited}"
+    );
+    let withdrawn: serde_json::Value =
+        serde_json::from_str(&ok(escrow("withdraw", "5.5"))).unwrap();
+    assert_eq!(
+        wei(&withdrawn["balance"]),
+        wei(&deposited["balance"]) - wei(&deposited["moved"])
+    );
+    let overdraw = escrow("withdraw", "100000000");
+    assert!(!overdraw.status.success());
+    assert!(
+        String::from_utf8_lossy(&overdraw.stderr).contains("InsufficientBalance"),
+        "{}",
+        String::from_utf8_lossy(&overdraw.stderr)
+    );
+    let nonsense = escrow("deposit", "-3");
+    assert!(!nonsense.status.success());
+
     let summary = demo_chain::check(&node, &setup, &configs).unwrap();
     assert!(
         summary.certificates_issued_wh > 0,
