@@ -12,7 +12,8 @@ const solc = require("solc");
 const ROOT = __dirname;
 const SRC = path.join(ROOT, "sol");
 const OUT = path.join(ROOT, "artifacts");
-const DEPLOYED = ["SettlementLedger", "EnergyCertificates", "DemoEuro"];
+// ReentrantTestToken is a test fixture (contracts/tests/ledger.rs).
+const DEPLOYED = ["SettlementLedger", "EnergyCertificates", "DemoEuro", "ReentrantTestToken"];
 
 const sources = {};
 for (const file of fs.readdirSync(SRC).filter((f) => f.endsWith(".sol")).sort()) {

@@ -124,6 +124,12 @@ contract SettlementLedger {
     /// when the last chunk applies.
     mapping(uint256 => uint256) private progress;
 
+    /// `depositToken`'s re-entrancy lock: 1 and 2, never 0, so taking it
+    /// costs no new storage slot.
+    uint256 private depositLock = UNLOCKED;
+    uint256 private constant UNLOCKED = 1;
+    uint256 private constant LOCKED = 2;
+
     mapping(address => uint256) public nativeBalance;
     mapping(address => uint256) public tokenBalance;
 
@@ -172,6 +178,7 @@ contract SettlementLedger {
     error ChunkOutOfOrder(uint32 market, uint64 number, uint32 index, uint32 expected);
     error ChunkUnderfunded(uint32 market, uint64 number, uint32 index, int256 shortfall);
     error AmountOutOfRange();
+    error Reentered();
     error InsufficientBalance(address account, uint256 needed, uint256 available);
     error TransferFailed();
 
@@ -394,13 +401,19 @@ contract SettlementLedger {
         emit Deposited(msg.sender, false, msg.value);
     }
 
+    /// Credits what arrived. Not re-entrant: a token with transfer hooks
+    /// could otherwise deposit again inside `transferFrom`, and both calls
+    /// would credit the same arrival.
     function depositToken(uint256 amount) external {
         if (address(token) == address(0)) revert NoToken();
+        if (depositLock != UNLOCKED) revert Reentered();
+        depositLock = LOCKED;
         uint256 before = token.balanceOf(address(this));
         _callToken(abi.encodeCall(IERC20.transferFrom, (msg.sender, address(this), amount)));
         // Credit what arrived, not what was asked (fee-on-transfer tokens).
         uint256 received = token.balanceOf(address(this)) - before;
         tokenBalance[msg.sender] += received;
+        depositLock = UNLOCKED;
         emit Deposited(msg.sender, true, received);
     }
 
@@ -531,6 +544,7 @@ contract SettlementLedger {
         uint256 previous = 0;
         for (uint256 i = 0; i < n; i++) {
             Position calldata p = positions[i];
+            if (p.account == address(0)) revert ZeroAddress();
             uint256 order = uint256(uint160(p.account)) | (p.amount >= 0 ? uint256(1) << 160 : 0);
             if (order <= previous) revert AccountsNotAscending(i);
             previous = order;

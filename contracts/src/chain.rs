@@ -115,6 +115,10 @@ pub enum ChainError {
     /// The node could not be reached or did not answer in time: retry later.
     #[error("chain unavailable: {0}")]
     Unavailable(String),
+    /// A payer's escrow does not cover its debit in a settlement of several
+    /// transactions, which is therefore not started: it waits for a deposit.
+    #[error("escrow short: {0}")]
+    EscrowShort(String),
     #[error("wrong chain: the preset expects chain id {expected}, the node reports {actual}")]
     WrongChain { expected: u64, actual: u64 },
     #[error("{0}")]

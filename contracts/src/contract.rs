@@ -130,8 +130,15 @@ pub async fn commit_batch(
 
 /// Applies a committed batch's net positions, one transaction per chunk,
 /// from the first chunk the chain has not applied yet: safe to call again
-/// after a crash or an outage part-way. Returns the receipts of the chunks
-/// this call applied (none if the batch was settled already).
+/// after a crash or an outage part-way, and beside another caller (it goes
+/// on from wherever the chain is). Returns the receipts of the chunks this
+/// call applied (none if the batch was settled already).
+///
+/// Before the first chunk of a batch of several, every payer's escrow is
+/// checked: a payer short of escrow would stop the batch after earlier
+/// chunks had collected their payers' money, which would then wait in the
+/// ledger until that payer deposits. Starting only when all can pay makes
+/// that a race (a payer withdrawing meanwhile), not the rule.
 pub async fn settle_batch(
     chain: &Chain,
     ledger: Address,
@@ -140,18 +147,23 @@ pub async fn settle_batch(
 ) -> Result<Vec<Receipt>, ChainError> {
     let ledger = Contract::new(chain, ledger);
     let (market, number) = (batch.header.market, batch.header.number);
-    if ledger
-        .view(SettlementLedger::isSettledCall { market, number })
-        .await?
-    {
-        return Ok(Vec::new());
-    }
-    let progress = ledger
-        .view(SettlementLedger::settlementProgressCall { market, number })
-        .await?;
-    let first = usize::try_from(progress.nextChunk).expect("u32 fits in usize");
+    let chunks = batch.chunk_count().max(1);
     let mut receipts = Vec::new();
-    for index in first..batch.chunk_count().max(1) {
+    // Each pass applies one chunk or learns that someone else did.
+    for _ in 0..chunks * 2 + 2 {
+        if ledger
+            .view(SettlementLedger::isSettledCall { market, number })
+            .await?
+        {
+            return Ok(receipts);
+        }
+        let progress = ledger
+            .view(SettlementLedger::settlementProgressCall { market, number })
+            .await?;
+        let index = usize::try_from(progress.nextChunk).expect("u32 fits in usize");
+        if index == 0 && chunks > 1 {
+            check_payers(&ledger, batch).await?;
+        }
         let call = batch.settle_call(index).ok_or_else(|| {
             ChainError::Usage(format!(
                 "the chain expects chunk {index} of batch {number}, which has {} chunks: \
@@ -161,10 +173,40 @@ pub async fn settle_batch(
         })?;
         match ledger.send(from, call).await {
             Ok(receipt) => receipts.push(receipt),
-            // Someone else applied the rest meanwhile.
-            Err(e) if e.revert_name() == Some("AlreadySettled") => break,
+            // Someone else applied this chunk or the rest meanwhile.
+            Err(e) if matches!(e.revert_name(), Some("AlreadySettled" | "ChunkOutOfOrder")) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(receipts)
+    Err(ChainError::Usage(format!(
+        "batch {number} did not settle in {} attempts",
+        chunks * 2 + 2
+    )))
+}
+
+/// Fails with [`ChainError::EscrowShort`] naming the first payer of `batch`
+/// whose escrow does not cover its debit.
+async fn check_payers(ledger: &Contract<'_>, batch: &Batch) -> Result<(), ChainError> {
+    let market = ledger
+        .view(SettlementLedger::marketsCall(batch.header.market))
+        .await?;
+    for p in batch.positions.iter().filter(|p| p.amount.is_negative()) {
+        let owed = p.amount.unsigned_abs() * U256::from(market.scale);
+        let held = if market.inToken {
+            ledger
+                .view(SettlementLedger::tokenBalanceCall(p.account))
+                .await?
+        } else {
+            ledger
+                .view(SettlementLedger::nativeBalanceCall(p.account))
+                .await?
+        };
+        if held < owed {
+            return Err(ChainError::EscrowShort(format!(
+                "batch {}: {} holds {held} in escrow and owes {owed}; its settlement starts once it deposits",
+                batch.header.number, p.account
+            )));
+        }
+    }
+    Ok(())
 }

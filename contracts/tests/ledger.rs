@@ -581,7 +581,8 @@ fn total_of(positions: &[SettlementLedger::Position]) -> I256 {
 async fn a_wide_batch_settles_chunk_by_chunk_in_order_and_never_pays_out_before_collecting() {
     for tc in chains().await {
         let f = Fixture::new(&tc.chain).await;
-        for who in 0..10 {
+        // Payer 9 has no escrow yet.
+        for who in 0..9 {
             f.deposit(who, 10_000_000).await;
         }
         // 10 payers and 60 receivers: chunks of 32, 32 and 6 accounts.
@@ -590,6 +591,17 @@ async fn a_wide_batch_settles_chunk_by_chunk_in_order_and_never_pays_out_before_
         assert_eq!(batch.chunk_count(), 3);
         let all = f.approvals(&batch.header, &[0, 1, 2, 3, 4, 5, 6]);
         f.commit(&batch.header, all).await.expect("commits");
+        // With a payer short, the daemon's settle does not start a batch
+        // of several chunks (its first chunk would collect the others'
+        // money, to wait for that payer).
+        let short = settle_batch(f.chain, f.deployment.ledger, f.keys[7].address(), &batch).await;
+        assert!(
+            matches!(short, Err(ChainError::EscrowShort(_))),
+            "{}: {short:?}",
+            tc.name
+        );
+        assert_eq!(f.progress(0).await, (0, U256::ZERO), "{}", tc.name);
+        f.deposit(9, 10_000_000).await;
         let before = futures_balances(&f, &batch).await;
 
         assert_eq!(
@@ -696,6 +708,19 @@ async fn a_wide_batch_settles_chunk_by_chunk_in_order_and_never_pays_out_before_
             ),
             "ChunkTooLarge"
         );
+        // Money paid to the zero address would be lost: refused.
+        let mut call = batch.settle_call(0).expect("chunk 0");
+        call.number = 2;
+        call.positions[12].account = Address::ZERO;
+        assert_eq!(
+            revert_name(
+                f.ledger
+                    .send(f.keys[2].address(), call)
+                    .await
+                    .map(|r| r.gas_used)
+            ),
+            "ZeroAddress"
+        );
 
         // A batch without positions is settled by one call with no chunk.
         let empty = Batch::new(MARKET, 3, 12, 15, vec![], &BTreeMap::new()).expect("empty");
@@ -705,6 +730,97 @@ async fn a_wide_batch_settles_chunk_by_chunk_in_order_and_never_pays_out_before_
         f.commit(&empty.header, all).await.expect("commits");
         f.settle(&empty).await.expect("settles");
         assert!(f.is_settled(3).await, "{}", tc.name);
+    }
+}
+
+alloy::sol!(
+    #[sol(all_derives)]
+    ReentrantTestToken,
+    "artifacts/ReentrantTestToken.json"
+);
+
+#[tokio::test]
+async fn a_token_that_re_enters_deposit_cannot_be_credited_twice() {
+    for tc in chains().await {
+        let keys = keys();
+        let (admin, user) = (keys[0].address(), keys[4].address());
+        let (token, _) = dharti_contracts::contract::deploy(
+            &tc.chain,
+            admin,
+            &ReentrantTestToken::BYTECODE,
+            Vec::new(),
+        )
+        .await
+        .expect("token deploys");
+        let (ledger, _) = dharti_contracts::contract::deploy(
+            &tc.chain,
+            admin,
+            &SettlementLedger::BYTECODE,
+            alloy::sol_types::SolConstructor::abi_encode(&SettlementLedger::constructorCall {
+                admin_: admin,
+                token_: token,
+            }),
+        )
+        .await
+        .expect("ledger deploys");
+        let (token_c, ledger_c) = (
+            Contract::new(&tc.chain, token),
+            Contract::new(&tc.chain, ledger),
+        );
+        let amount = U256::from(1_000);
+        token_c
+            .send(user, ReentrantTestToken::mintCall { to: user, amount })
+            .await
+            .expect("mint");
+        token_c
+            .send(
+                user,
+                ReentrantTestToken::approveCall {
+                    spender: ledger,
+                    amount,
+                },
+            )
+            .await
+            .expect("approve");
+        token_c
+            .send(
+                user,
+                ReentrantTestToken::armCall {
+                    ledger_: ledger,
+                    amount,
+                },
+            )
+            .await
+            .expect("arm");
+        // Re-entered, the deposit would have credited the inner arrival
+        // twice (3 × amount for 2 × amount received): it is refused whole.
+        let reentered = ledger_c
+            .send(user, SettlementLedger::depositTokenCall { amount })
+            .await
+            .map(|r| r.gas_used);
+        assert_eq!(revert_name(reentered), "TransferFailed", "{}", tc.name);
+        for who in [user, token] {
+            let credited = ledger_c
+                .view(SettlementLedger::tokenBalanceCall(who))
+                .await
+                .expect("view");
+            assert_eq!(credited, U256::ZERO, "{}", tc.name);
+        }
+        // Disarmed, the same token deposits normally: the lock was
+        // released, and exactly what arrived is credited.
+        token_c
+            .send(user, ReentrantTestToken::disarmCall {})
+            .await
+            .expect("disarm");
+        ledger_c
+            .send(user, SettlementLedger::depositTokenCall { amount })
+            .await
+            .expect("a plain deposit");
+        let credited = ledger_c
+            .view(SettlementLedger::tokenBalanceCall(user))
+            .await
+            .expect("view");
+        assert_eq!(credited, amount, "{}", tc.name);
     }
 }
 

@@ -808,7 +808,7 @@ impl Task {
             return;
         };
         let digest = self.digest(&BatchHeader::from(header));
-        let moved = reindexed(&self.pending.approvals, &self.members, digest);
+        let moved = reindexed(self.pending.approvals.values(), &self.members, digest);
         if moved != self.pending.approvals {
             self.pending.approvals = moved;
             self.dirty = true;
@@ -843,12 +843,21 @@ impl Task {
                 .approvals
                 .insert(index, Approval::sign(&self.key, index, digest));
         }
-        if let Some(early) = self.early.remove(&(batch.header.number, digest)) {
-            self.pending.approvals.extend(early);
-        }
         // Approvals kept across a restart or held early may name indices
-        // from an older member list.
-        self.reindex_pending();
+        // from an older member list: file them all by signer, so no two
+        // collide under one index.
+        if let Some(early) = self.early.remove(&(batch.header.number, digest)) {
+            let all: Vec<Approval> = self
+                .pending
+                .approvals
+                .values()
+                .chain(early.values())
+                .copied()
+                .collect();
+            self.pending.approvals = reindexed(all.iter(), &self.members, digest);
+        } else {
+            self.reindex_pending();
+        }
         self.save_pending().await;
         tracing::info!(
             batch = batch.header.number,
@@ -863,13 +872,20 @@ impl Task {
         let Some(index) = self.my_index() else {
             return;
         };
-        // A node made a member after it built the batch signs it now.
+        // Its own approval, signed now if it has none under its index (a
+        // node made a member after it built the batch) or what is there is
+        // not its own (filed under an index that has since moved).
         let digest = self.digest(&batch.header);
-        let key = &self.key;
-        let approval = *self.pending.approvals.entry(index).or_insert_with(|| {
-            self.dirty = true;
-            Approval::sign(key, index, digest)
-        });
+        let me = self.key.address();
+        let approval = match self.pending.approvals.get(&index) {
+            Some(a) if a.signer(digest) == Some(me) => *a,
+            _ => {
+                let a = Approval::sign(&self.key, index, digest);
+                self.pending.approvals.insert(index, a);
+                self.dirty = true;
+                a
+            }
+        };
         let message = ApprovalMessage {
             chain_id: self.chain.as_ref().map_or(0, Chain::chain_id),
             ledger: self.a.settings.ledger,
@@ -955,7 +971,8 @@ impl Task {
             }
             if self.members.get(usize::from(index)) != Some(&signer) {
                 // A member naming an old index is honest but behind: not
-                // counted against it. Anyone else forged it.
+                // counted against it. A signer our fresh list does not have
+                // is no member (a stranger, or one removed): refused.
                 return if self.members.contains(&signer) {
                     MessageAcceptance::Ignore
                 } else {
@@ -995,13 +1012,12 @@ impl Task {
 
 /// `approvals` of `digest` filed under their signers' indices in
 /// `members`; approvals by non-members and bad signatures are dropped.
-fn reindexed(
-    approvals: &BTreeMap<u16, Approval>,
+fn reindexed<'a>(
+    approvals: impl Iterator<Item = &'a Approval>,
     members: &[Address],
     digest: B256,
 ) -> BTreeMap<u16, Approval> {
     approvals
-        .values()
         .filter_map(|approval| {
             let signer = approval.signer(digest)?;
             let index = members.iter().position(|m| *m == signer)?;
@@ -1030,7 +1046,7 @@ mod tests {
             .collect();
         // Member 1 removed: the last member (3) takes its index.
         let members = vec![keys[0].address(), keys[3].address(), keys[2].address()];
-        let moved = reindexed(&held, &members, digest);
+        let moved = reindexed(held.values(), &members, digest);
         assert_eq!(moved.len(), 3);
         for (index, approval) in &moved {
             assert_eq!(approval.member_index, *index);
@@ -1038,9 +1054,17 @@ mod tests {
         }
         // Nothing moved: nothing changes.
         let all: Vec<Address> = keys.iter().map(PrivateKeySigner::address).collect();
-        assert_eq!(reindexed(&held, &all, digest), held);
+        assert_eq!(reindexed(held.values(), &all, digest), held);
         // An approval of another digest signs nobody in the list.
-        assert!(reindexed(&held, &all, B256::repeat_byte(8)).is_empty());
+        assert!(reindexed(held.values(), &all, B256::repeat_byte(8)).is_empty());
+        // Two approvals filed under one old index (held early, and kept
+        // from before a restart) both survive, each under its signer.
+        let clash = [
+            Approval::sign(&keys[3], 1, digest),
+            Approval::sign(&keys[0], 1, digest),
+        ];
+        let both = reindexed(clash.iter(), &members, digest);
+        assert_eq!(both.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
     }
 
     #[test]
