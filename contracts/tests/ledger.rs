@@ -118,7 +118,14 @@ impl<'a> Fixture<'a> {
     }
 
     async fn settle_chunk(&self, batch: &Batch, index: usize) -> Result<u64, ChainError> {
-        let call = batch.settle_call(index).expect("a chunk of the batch");
+        self.send_settle(batch.settle_call(index).expect("a chunk of the batch"))
+            .await
+    }
+
+    async fn send_settle(
+        &self,
+        call: SettlementLedger::settleChunkCall,
+    ) -> Result<u64, ChainError> {
         self.ledger
             .send(self.keys[2].address(), call)
             .await
@@ -699,28 +706,12 @@ async fn a_wide_batch_settles_chunk_by_chunk_in_order_and_never_pays_out_before_
         let mut call = batch.settle_call(0).expect("chunk 0");
         call.number = 2;
         call.positions = batch.positions[..33].to_vec();
-        assert_eq!(
-            revert_name(
-                f.ledger
-                    .send(f.keys[2].address(), call)
-                    .await
-                    .map(|r| r.gas_used)
-            ),
-            "ChunkTooLarge"
-        );
+        assert_eq!(revert_name(f.send_settle(call).await), "ChunkTooLarge");
         // Money paid to the zero address would be lost: refused.
         let mut call = batch.settle_call(0).expect("chunk 0");
         call.number = 2;
         call.positions[12].account = Address::ZERO;
-        assert_eq!(
-            revert_name(
-                f.ledger
-                    .send(f.keys[2].address(), call)
-                    .await
-                    .map(|r| r.gas_used)
-            ),
-            "ZeroAddress"
-        );
+        assert_eq!(revert_name(f.send_settle(call).await), "ZeroAddress");
 
         // A batch without positions is settled by one call with no chunk.
         let empty = Batch::new(MARKET, 3, 12, 15, vec![], &BTreeMap::new()).expect("empty");
