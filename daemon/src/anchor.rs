@@ -846,18 +846,18 @@ impl Task {
         // Approvals kept across a restart or held early may name indices
         // from an older member list: file them all by signer, so no two
         // collide under one index.
-        if let Some(early) = self.early.remove(&(batch.header.number, digest)) {
-            let all: Vec<Approval> = self
-                .pending
-                .approvals
-                .values()
-                .chain(early.values())
-                .copied()
-                .collect();
-            self.pending.approvals = reindexed(all.iter(), &self.members, digest);
-        } else {
-            self.reindex_pending();
-        }
+        let early = self
+            .early
+            .remove(&(batch.header.number, digest))
+            .unwrap_or_default();
+        let all: Vec<Approval> = self
+            .pending
+            .approvals
+            .values()
+            .chain(early.values())
+            .copied()
+            .collect();
+        self.pending.approvals = reindexed(all.iter(), &self.members, digest);
         self.save_pending().await;
         tracing::info!(
             batch = batch.header.number,
