@@ -6,7 +6,10 @@ use std::process::{Command, Output, Stdio};
 fn dharti(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dharti"))
         .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        // The workspace root: cargo runs tests in the package's directory.
+        // (Not the build-time path: a build cache shared between checkouts
+        // keeps the path of whichever compiled this first.)
+        .current_dir("..")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -48,11 +51,7 @@ fn clears_the_example_book() {
 
 #[test]
 fn reads_standard_input_and_the_flag_overrides_the_file() {
-    let book = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/book.json"
-    ))
-    .unwrap();
+    let book = std::fs::read_to_string("../examples/book.json").unwrap();
     let file = json(&dharti(
         &[
             "market",
