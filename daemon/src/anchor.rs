@@ -406,21 +406,9 @@ pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: Cancel
             return;
         }
     };
-    let next = a
-        .store
-        .meta(NEXT_KEY)
-        .ok()
-        .flatten()
-        .and_then(|v| serde_json::from_slice::<u64>(&v).ok())
-        .unwrap_or(0);
+    let next = stored(&a.store, NEXT_KEY).unwrap_or(0);
     let pending = load_pending(&a.store, next);
-    let certs_next = a
-        .store
-        .meta(CERTS_NEXT_KEY)
-        .ok()
-        .flatten()
-        .and_then(|v| serde_json::from_slice::<u64>(&v).ok())
-        .unwrap_or(0);
+    let certs_next = stored(&a.store, CERTS_NEXT_KEY).unwrap_or(0);
     tracing::info!(evm = %key.address(), next_batch = next, "anchor.started");
     let mut task = Task {
         a,
@@ -454,15 +442,24 @@ pub async fn run(a: Anchor, mut gossip: mpsc::Receiver<Gossip>, shutdown: Cancel
 }
 
 fn load_pending(store: &Store, n: u64) -> Pending {
-    store
-        .meta(&batch_key(n))
-        .ok()
-        .flatten()
-        .and_then(|v| serde_json::from_slice::<Pending>(&v).ok())
-        .unwrap_or(Pending {
-            number: n,
-            ..Pending::default()
-        })
+    stored(store, &batch_key(n)).unwrap_or(Pending {
+        number: n,
+        ..Pending::default()
+    })
+}
+
+/// The anchoring state stored under `key`, if any. A read or decode error
+/// is logged and treated as nothing stored: the chain is asked before
+/// every step, so starting over repeats queries, never transactions.
+fn stored<T: serde::de::DeserializeOwned>(store: &Store, key: &[u8]) -> Option<T> {
+    let loaded = || -> anyhow::Result<Option<T>> {
+        let bytes = store.meta(key)?;
+        Ok(bytes.map(|b| serde_json::from_slice(&b)).transpose()?)
+    };
+    loaded().unwrap_or_else(|e| {
+        tracing::error!("anchor.load {}: {e:#}", String::from_utf8_lossy(key));
+        None
+    })
 }
 
 impl Task {
