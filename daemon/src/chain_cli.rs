@@ -504,9 +504,13 @@ pub async fn escrow(config_path: &Path, amount: &str, deposit: bool) -> anyhow::
         settings.ledger
     );
     let base = U256::from(micro) * U256::from(market.scale);
-    let receipt = if market.inToken {
-        let token = ledger.view(SettlementLedger::tokenCall {}).await?;
-        if deposit {
+    let token = if market.inToken {
+        Some(ledger.view(SettlementLedger::tokenCall {}).await?)
+    } else {
+        None
+    };
+    let receipt = match (token, deposit) {
+        (Some(token), true) => {
             Contract::new(&chain, token)
                 .send(
                     me,
@@ -519,31 +523,32 @@ pub async fn escrow(config_path: &Path, amount: &str, deposit: bool) -> anyhow::
             ledger
                 .send(me, SettlementLedger::depositTokenCall { amount: base })
                 .await?
-        } else {
+        }
+        (Some(_), false) => {
             ledger
                 .send(me, SettlementLedger::withdrawTokenCall { amount: base })
                 .await?
         }
-    } else if deposit {
-        ledger
-            .send_value(me, SettlementLedger::depositCall {}, base)
-            .await?
-    } else {
-        ledger
-            .send(me, SettlementLedger::withdrawCall { amount: base })
-            .await?
+        (None, true) => {
+            ledger
+                .send_value(me, SettlementLedger::depositCall {}, base)
+                .await?
+        }
+        (None, false) => {
+            ledger
+                .send(me, SettlementLedger::withdrawCall { amount: base })
+                .await?
+        }
     };
-    let (asset, balance) = if market.inToken {
-        let token = ledger.view(SettlementLedger::tokenCall {}).await?;
-        (
+    let (asset, balance) = match token {
+        Some(token) => (
             token.to_string(),
             ledger.view(SettlementLedger::tokenBalanceCall(me)).await?,
-        )
-    } else {
-        (
+        ),
+        None => (
             "native".to_owned(),
             ledger.view(SettlementLedger::nativeBalanceCall(me)).await?,
-        )
+        ),
     };
     let out = Escrow {
         evm_address: me,
