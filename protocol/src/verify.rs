@@ -4,9 +4,10 @@
 //! messages, shares one memoising verifier among them, so each distinct
 //! signature is checked once, for real, instead of once per simulated node.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
@@ -31,6 +32,50 @@ pub trait SignatureVerifier: fmt::Debug + Send + Sync {
     /// verifier, not each offer pool, holds the cache so that the simulator's
     /// nodes share one.
     fn key(&self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError>;
+
+    /// The answer for a signed message in an allocation this verifier was
+    /// told about with [`SignatureVerifier::remember`]. The simulator hands
+    /// one `Arc` to every node it delivers a message to, so after the first
+    /// node one pointer lookup replaces encoding, hashing and comparing the
+    /// message. A daemon's messages are each decoded once: it keeps nothing.
+    fn recall(&self, _message: &SharedMessage) -> Option<bool> {
+        None
+    }
+
+    /// Records the answer for the message in this allocation. Implementations
+    /// that remember must keep `message` alive, so that its address cannot be
+    /// reused by another message while it is remembered.
+    fn remember(&self, _message: SharedMessage, _valid: bool) {}
+}
+
+/// A signed message in a shared allocation, as [`SignatureVerifier::recall`]
+/// knows it. An `Arc`'s contents cannot change while it is shared, so the
+/// allocation names the message as long as someone holds it.
+pub type SharedMessage = Arc<dyn Any + Send + Sync>;
+
+/// Checks the signed message in `message` with `check`, unless `verifier`
+/// recalls this allocation; remembers a definite answer (valid or invalid,
+/// not a malformed key) for the next node that receives the same allocation.
+pub fn check_shared<T: Any + Send + Sync>(
+    verifier: &dyn SignatureVerifier,
+    message: &Arc<T>,
+    check: impl FnOnce() -> Result<(), SignatureError>,
+) -> Result<(), SignatureError> {
+    let shared: SharedMessage = message.clone();
+    if let Some(valid) = verifier.recall(&shared) {
+        return if valid {
+            Ok(())
+        } else {
+            Err(SignatureError::Invalid)
+        };
+    }
+    let result = check();
+    match result {
+        Ok(()) => verifier.remember(shared, true),
+        Err(SignatureError::Invalid) => verifier.remember(shared, false),
+        Err(_) => {}
+    }
+    result
 }
 
 /// Bound on [`KeyCache`]; past it the cache is cleared. It must not grow with

@@ -234,6 +234,8 @@ struct Household2 {
     role: Role,
     skew_ms: i64,
     neighbours: Vec<usize>,
+    /// The latency of the link to each neighbour, in `neighbours`' order.
+    latencies: Vec<u64>,
     soc_wh: u64,
     baseline_soc_wh: u64,
     plans: BTreeMap<usize, Plan>,
@@ -263,7 +265,7 @@ pub struct Sim<'a> {
     /// Inboxes by slot; `open` finds the pending one of (node, arrival).
     inboxes: Vec<Inbox>,
     free_inboxes: Vec<usize>,
-    open: HashMap<(usize, u64), usize>,
+    open: IdMap<(usize, u64), usize>,
     /// Nodes are not woken after this (the last interval's dispatch).
     end_ms: u64,
     now_ms: u64,
@@ -289,6 +291,7 @@ pub struct Sim<'a> {
     /// that "reached the network".
     reached: std::collections::HashSet<OfferId>,
     clearing: Arc<ClearingMemo>,
+    verifier: Arc<MemoVerifier>,
     /// Per interval, the settlement of the reference result against every
     /// trader's meter: what each node's own settlement must equal.
     market_settlements: BTreeMap<usize, IntervalSettlement>,
@@ -414,7 +417,8 @@ impl<'a> Sim<'a> {
         }
 
         let clearing = Arc::new(ClearingMemo::default());
-        let shared = Shared::with(&config, Arc::new(MemoVerifier::default()), clearing.clone());
+        let verifier = Arc::new(MemoVerifier::default());
+        let shared = Shared::with(&config, verifier.clone(), clearing.clone());
         let mut skew_rng = rng.fork(4);
         let nodes: Vec<Household2> = (0..n)
             .map(|i| {
@@ -436,6 +440,10 @@ impl<'a> Sim<'a> {
                     node,
                     role: roles[i],
                     skew_ms,
+                    latencies: neighbours[i]
+                        .iter()
+                        .map(|&j| links[&(i.min(j), i.max(j))])
+                        .collect(),
                     neighbours: neighbours[i].clone(),
                     soc_wh: soc,
                     baseline_soc_wh: soc,
@@ -483,7 +491,7 @@ impl<'a> Sim<'a> {
             queue: EventQueue::new(0),
             inboxes: Vec::new(),
             free_inboxes: Vec::new(),
-            open: HashMap::new(),
+            open: IdMap::default(),
             end_ms: u64::MAX,
             now_ms: 0,
             gossip: Vec::new(),
@@ -503,6 +511,7 @@ impl<'a> Sim<'a> {
             sets_seen: BTreeMap::new(),
             reached: std::collections::HashSet::new(),
             clearing,
+            verifier,
             market_settlements: BTreeMap::new(),
             early_settlements: Vec::new(),
         }
@@ -624,8 +633,11 @@ impl<'a> Sim<'a> {
     }
 
     fn latency(&mut self, a: usize, b: usize) -> u64 {
-        match self.links.get(&(a.min(b), a.max(b))) {
-            Some(l) => *l,
+        // A node has about `degree` neighbours: a scan of its own short list
+        // is cheaper than a search of every link.
+        let node = &self.nodes[a];
+        match node.neighbours.iter().position(|&n| n == b) {
+            Some(place) => node.latencies[place],
             None => {
                 let net = &self.scenario.network;
                 self.rng_misc.between(net.latency_ms[0], net.latency_ms[1])
@@ -1412,6 +1424,7 @@ impl<'a> Sim<'a> {
         }
         self.clearing
             .prune_before(IntervalIndex(interval.0.saturating_sub(16)));
+        self.verifier.age();
         self.trace.write_u64(interval.0);
         self.trace.write(&reference.map_or([0; 32], |r| r.1));
     }

@@ -15,7 +15,9 @@ use dharti_protocol::hash::{Hash32, IdMap};
 use dharti_protocol::node::{ClearingCache, IntervalResult};
 use dharti_protocol::offer::SignatureError;
 use dharti_protocol::types::{IntervalIndex, ParticipantId};
-use dharti_protocol::verify::{Ed25519Verifier, KeyCache, SignatureItem, SignatureVerifier};
+use dharti_protocol::verify::{
+    Ed25519Verifier, KeyCache, SharedMessage, SignatureItem, SignatureVerifier,
+};
 use ed25519_dalek::VerifyingKey;
 
 /// What a remembered signature was checked against.
@@ -32,6 +34,33 @@ pub(crate) struct MemoVerifier {
     /// names one (key, message); a hit is still compared in full.
     known: Mutex<IdMap<[u8; 64], Checked>>,
     keys: KeyCache,
+    /// By allocation: the answer for every gossiped message some node has
+    /// checked, with the message itself held so that its address stays its
+    /// own. Every other node that receives the allocation is answered by one
+    /// pointer lookup. Two generations: [`MemoVerifier::age`] drops the older.
+    shared: Mutex<[IdMap<usize, (SharedMessage, bool)>; 2]>,
+}
+
+/// The address of a shared allocation (its data, without the vtable),
+/// without the low bits that alignment keeps zero, which would otherwise
+/// crowd the hash table's first buckets.
+fn address(message: &SharedMessage) -> usize {
+    Arc::as_ptr(message).cast::<()>() as usize >> 3
+}
+
+impl MemoVerifier {
+    /// Starts a new generation of remembered allocations and forgets the one
+    /// before the last, so that memory stays bounded over a long run. A
+    /// forgotten message that arrives again is checked by signature (and is
+    /// answered from `known`).
+    pub(crate) fn age(&self) {
+        let mut shared = self
+            .shared
+            .lock()
+            .expect("no panics while holding the lock");
+        let [older, newer] = &mut *shared;
+        *older = std::mem::take(newer);
+    }
 }
 
 impl SignatureVerifier for MemoVerifier {
@@ -69,6 +98,31 @@ impl SignatureVerifier for MemoVerifier {
 
     fn key(&self, participant: &ParticipantId) -> Result<VerifyingKey, SignatureError> {
         self.keys.get(participant)
+    }
+
+    fn recall(&self, message: &SharedMessage) -> Option<bool> {
+        let address = address(message);
+        let shared = self
+            .shared
+            .lock()
+            .expect("no panics while holding the lock");
+        shared
+            .iter()
+            .rev()
+            .find_map(|generation| generation.get(&address))
+            .map(|(_, valid)| *valid)
+    }
+
+    fn remember(&self, message: SharedMessage, valid: bool) {
+        let mut shared = self
+            .shared
+            .lock()
+            .expect("no panics while holding the lock");
+        let address = address(&message);
+        if shared[0].contains_key(&address) {
+            return;
+        }
+        shared[1].entry(address).or_insert((message, valid));
     }
 }
 

@@ -38,7 +38,7 @@ use crate::reconcile::{initiate_with, respond_with};
 use crate::settlement::{IntervalSettlement, MeterReading, settle};
 use crate::types::{IntervalIndex, OfferId, ParticipantId, Side};
 use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
-use crate::verify::{Ed25519Verifier, SignatureVerifier};
+use crate::verify::{Ed25519Verifier, SignatureVerifier, check_shared};
 
 pub use message::{
     ATTESTATION_BODY_LEN, Attestation, MAX_ATTESTATIONS_PER_MESSAGE, MAX_MESSAGE_BYTES,
@@ -109,6 +109,8 @@ pub struct Shared {
     /// `NodeConfig::members` with their places in its order, hashed for the
     /// lookup every message needs.
     members: Arc<IdMap<ParticipantId, u32>>,
+    /// The members by place.
+    places: Arc<Vec<ParticipantId>>,
 }
 
 impl Shared {
@@ -137,6 +139,7 @@ impl Shared {
                     .map(|(member, place)| (*member, place))
                     .collect(),
             ),
+            places: Arc::new(config.members.iter().copied().collect()),
         }
     }
 }
@@ -430,23 +433,25 @@ struct IntervalState {
     /// Our signed attestation, when we last asked peers for the quorum's
     /// and how often.
     attestation: Option<(Arc<SignedAttestation>, u64, u32)>,
-    /// Every member's signed attestation (kept to hand a waiting peer the
-    /// proof). Hashed: a thousand arrive per interval, and whatever needs an
-    /// order sorts.
-    attestations: IdMap<ParticipantId, (u32, Arc<SignedAttestation>)>,
+    /// Every member's signed attestation by the member's place (kept to hand
+    /// a waiting peer the proof), and how many there are. A thousand arrive
+    /// per interval: a slot per member costs less than hashing each.
+    attestations: Vec<Option<Arc<SignedAttestation>>>,
+    attested: usize,
     /// The same attestations grouped by roots (usually one or two groups),
     /// so finality is checked without regrouping on every arrival.
     groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>>,
     fetch: Option<Fetch>,
     /// Reconciliation rounds started.
     rounds: u32,
-    /// Meter reports by participant; `None` for one that sent two different
-    /// reports (it is settled as if it had none, whatever order they came in).
-    reports: IdMap<ParticipantId, Option<Arc<SignedMeterReport>>>,
-    /// Once final: the result's traders, sorted, and how many of them have a
-    /// usable report here (kept as reports arrive, so that completeness is
-    /// known without a pass over the trades per report).
-    traders: IdMap<ParticipantId, ()>,
+    /// Meter reports by the participant's place.
+    reports: Vec<ReportSlot>,
+    /// Once final: the result's traders by place (ascending, so in member
+    /// order), which places trade, and how many traders have a usable report
+    /// here (kept as reports arrive, so that completeness is known without a
+    /// pass over the trades per report).
+    traders: Vec<u32>,
+    trading: Vec<bool>,
     reported_traders: usize,
     /// How often the node asked peers for missing reports; whether it settled.
     report_asks: u32,
@@ -455,34 +460,65 @@ struct IntervalState {
     catch_up: Option<CatchUp>,
 }
 
+/// One participant's meter report for an interval, as far as this node knows.
+#[derive(Clone, Debug, Default)]
+enum ReportSlot {
+    #[default]
+    None,
+    Held(Arc<SignedMeterReport>),
+    /// The participant sent two different reports: it is settled as if it
+    /// had none, whatever order they came in.
+    Conflicting,
+}
+
+impl ReportSlot {
+    fn held(&self) -> Option<&Arc<SignedMeterReport>> {
+        match self {
+            ReportSlot::Held(report) => Some(report),
+            ReportSlot::None | ReportSlot::Conflicting => None,
+        }
+    }
+}
+
 impl IntervalState {
     fn record(&mut self, place: u32, signed: Arc<SignedAttestation>) {
         let a = &signed.attestation;
-        let roots = (a.set_root, a.result_root);
-        if let std::collections::hash_map::Entry::Vacant(entry) =
-            self.attestations.entry(a.attester)
-        {
+        let slot = &mut self.attestations[place as usize];
+        if slot.is_none() {
             // Grouping finds the quorum; once final, it is found.
             if self.phase != Phase::Final {
-                self.groups.entry(roots).or_default().push(a.attester);
+                self.groups
+                    .entry((a.set_root, a.result_root))
+                    .or_default()
+                    .push(a.attester);
             }
-            entry.insert((place, signed));
+            *slot = Some(signed);
+            self.attested += 1;
         }
     }
 
-    /// A new interval expecting about `members` attestations and reports:
-    /// its maps are sized once instead of doubling their way up.
+    /// The attestations held, in member order.
+    fn attestations(&self) -> impl Iterator<Item = (u32, &Arc<SignedAttestation>)> {
+        (0u32..)
+            .zip(&self.attestations)
+            .filter_map(|(place, a)| a.as_ref().map(|a| (place, a)))
+    }
+
+    /// A new interval of a market of `members`: a slot per member for its
+    /// attestation and its report.
     fn new(members: usize) -> IntervalState {
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
-            attestations: IdMap::with_capacity_and_hasher(members, Default::default()),
+            attestations: vec![None; members],
+            attested: 0,
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
-            reports: IdMap::with_capacity_and_hasher(members, Default::default()),
-            traders: IdMap::default(),
+            reports: vec![ReportSlot::None; members],
+            traders: Vec::new(),
+            trading: Vec::new(),
             reported_traders: 0,
             report_asks: 0,
             settled: false,
@@ -562,7 +598,7 @@ impl Node {
                 "phase {:?}, attested {}, {} attestations in {} groups (largest {}), threshold {}, fetching {:?}",
                 s.phase,
                 s.own.is_some(),
-                s.attestations.len(),
+                s.attested,
                 s.groups.len(),
                 s.groups.values().map(Vec::len).max().unwrap_or(0),
                 self.threshold,
@@ -620,7 +656,7 @@ impl Node {
                 .sign(&self.key);
                 let signed = Arc::new(signed);
                 let verdict = self.on_meter_report(signed.clone(), &mut out);
-                if verdict == Verdict::Accept {
+                if verdict == Verdict::Accept && self.report_wanted(interval) {
                     out.actions
                         .push(Action::Publish(Message::MeterReport(signed)));
                 }
@@ -787,9 +823,10 @@ impl Node {
         if r.chain_id != self.config.rules.chain_id || r.market != self.config.rules.market_id {
             return Verdict::Reject("meter report for another chain or market".into());
         }
-        if !self.shared.members.contains_key(&r.participant) {
+        let Some(&place) = self.shared.members.get(&r.participant) else {
             return Verdict::Reject("meter report from a non-member".into());
-        }
+        };
+        let place = place as usize;
         // A connection cannot carry more in an interval than an offer may
         // (the market's bound); the bound also keeps settlement's sums far
         // from overflowing.
@@ -802,32 +839,31 @@ impl Node {
         let Some(state) = self.intervals.get(&r.interval) else {
             return Verdict::Ignore;
         };
-        let known = state.reports.get(&r.participant);
-        match known {
-            Some(Some(held)) if Arc::ptr_eq(held, &signed) || **held == *signed => {
+        match &state.reports[place] {
+            ReportSlot::Held(held) if Arc::ptr_eq(held, &signed) || **held == *signed => {
                 return Verdict::Ignore;
             }
-            Some(None) => return Verdict::Ignore,
-            _ => {}
+            ReportSlot::Conflicting => return Verdict::Ignore,
+            ReportSlot::Held(_) | ReportSlot::None => {}
         }
-        if let Err(error) = self
-            .shared
-            .verifier
-            .key(&r.participant)
-            .and_then(|key| signed.verify_with(self.shared.verifier.as_ref(), &key))
-        {
+        let verifier = self.shared.verifier.as_ref();
+        if let Err(error) = check_shared(verifier, &signed, || {
+            verifier
+                .key(&r.participant)
+                .and_then(|key| signed.verify_with(verifier, &key))
+        }) {
             return Verdict::Reject(format!("meter report: {error}"));
         }
         let state = self.intervals.get_mut(&r.interval).expect("checked above");
-        let trader = state.traders.contains_key(&r.participant);
-        if let Some(Some(_)) = state.reports.get(&r.participant) {
-            state.reports.insert(r.participant, None);
+        let trader = state.trading.get(place).copied().unwrap_or(false);
+        if let ReportSlot::Held(_) = state.reports[place] {
+            state.reports[place] = ReportSlot::Conflicting;
             if trader {
                 state.reported_traders -= 1;
             }
             return Verdict::Reject("participant sent two different meter reports".into());
         }
-        state.reports.insert(r.participant, Some(signed));
+        state.reports[place] = ReportSlot::Held(signed);
         if trader {
             state.reported_traders += 1;
         }
@@ -847,7 +883,8 @@ impl Node {
         };
         let held: Vec<Arc<SignedMeterReport>> = participants
             .iter()
-            .filter_map(|p| state.reports.get(p).cloned().flatten())
+            .filter_map(|p| self.shared.members.get(p))
+            .filter_map(|&place| state.reports[place as usize].held().cloned())
             .collect();
         for chunk in held.chunks(MAX_REPORTS_PER_MESSAGE) {
             out.actions.push(Action::Send {
@@ -861,20 +898,36 @@ impl Node {
         Verdict::Accept
     }
 
+    /// Whether peers need this node's meter report for `interval`: not when
+    /// the interval is final here and the node is not among its traders
+    /// (settlement reads traders' reports only). Unknown or not yet final:
+    /// it may be a trader, so yes.
+    fn report_wanted(&self, interval: IntervalIndex) -> bool {
+        let Some(state) = self.intervals.get(&interval) else {
+            return true;
+        };
+        if state.phase != Phase::Final {
+            return true;
+        }
+        let place = self.shared.members.get(&self.me).copied();
+        place.is_some_and(|place| state.trading.get(place as usize).copied().unwrap_or(false))
+    }
+
     /// The traders of a final, unsettled interval without a (usable) report here.
     fn missing_reports(&self, interval: IntervalIndex) -> Option<Vec<ParticipantId>> {
         let state = self.intervals.get(&interval)?;
         if state.phase != Phase::Final || state.settled {
             return None;
         }
-        let mut missing: Vec<ParticipantId> = state
-            .traders
-            .keys()
-            .filter(|p| !matches!(state.reports.get(p), Some(Some(_))))
-            .copied()
-            .collect();
-        missing.sort_unstable();
-        Some(missing)
+        // Places ascend in member order, which is the participants' order.
+        Some(
+            state
+                .traders
+                .iter()
+                .filter(|&&place| state.reports[place as usize].held().is_none())
+                .map(|&place| self.shared.places[place as usize])
+                .collect(),
+        )
     }
 
     fn settle_if_complete(&mut self, interval: IntervalIndex, out: &mut Output) {
@@ -898,8 +951,8 @@ impl Node {
         // `settle` orders its accounts itself; the readings' order is free.
         let readings: Vec<MeterReading> = state
             .traders
-            .keys()
-            .filter_map(|p| state.reports.get(p).cloned().flatten())
+            .iter()
+            .filter_map(|&place| state.reports[place as usize].held())
             .map(|r| MeterReading {
                 participant: r.report.participant,
                 interval,
@@ -1117,8 +1170,7 @@ impl Node {
         }
         let (set_root, result_root, _) = state.own.as_ref()?;
         let mut quorum: Vec<Arc<SignedAttestation>> = state
-            .attestations
-            .values()
+            .attestations()
             .map(|(_, a)| a)
             .filter(|a| {
                 (a.attestation.set_root, a.attestation.result_root) == (*set_root, *result_root)
@@ -1152,19 +1204,19 @@ impl Node {
         let Some(state) = self.intervals.get(&a.interval) else {
             return Verdict::Ignore;
         };
-        let known = state
-            .attestations
-            .get(&a.attester)
-            .map(|(_, k)| (k.attestation.set_root, k.attestation.result_root));
+        let known = state.attestations[place as usize]
+            .as_ref()
+            .map(|k| (k.attestation.set_root, k.attestation.result_root));
         if known.is_some_and(|roots| roots != (a.set_root, a.result_root)) {
             return Verdict::Reject("member attested two different results".into());
         }
+        let verifier = self.shared.verifier.as_ref();
         if known.is_none()
-            && let Err(error) = self
-                .shared
-                .verifier
-                .key(&a.attester)
-                .and_then(|key| signed.verify_with(self.shared.verifier.as_ref(), &key))
+            && let Err(error) = check_shared(verifier, &signed, || {
+                verifier
+                    .key(&a.attester)
+                    .and_then(|key| signed.verify_with(verifier, &key))
+            })
         {
             return Verdict::Reject(format!("attestation: {error}"));
         }
@@ -1540,13 +1592,8 @@ impl Node {
                 }
             }
         }
-        // As many as attested recently (all members before any history).
-        let expected = match self.activity.active() {
-            0 => self.config.members.len(),
-            active => active,
-        };
         self.intervals
-            .insert(interval, IntervalState::new(expected));
+            .insert(interval, IntervalState::new(self.config.members.len()));
         self.reconcile_round(interval, out);
     }
 
@@ -1788,18 +1835,28 @@ impl Node {
         let caught_up = state.phase == Phase::CatchingUp;
         state.phase = Phase::Final;
         state.fetch = None;
-        let traders: IdMap<ParticipantId, ()> = result
-            .trades
-            .iter()
-            .flat_map(|t| [(t.buyer, ()), (t.seller, ())])
+        let members = &self.shared.members;
+        let mut trading = vec![false; state.reports.len()];
+        for trade in &result.trades {
+            for trader in [trade.buyer, trade.seller] {
+                // A result holds members' offers only (the set admits no others).
+                if let Some(&place) = members.get(&trader) {
+                    trading[place as usize] = true;
+                }
+            }
+        }
+        let traders: Vec<u32> = (0u32..)
+            .zip(&trading)
+            .filter_map(|(place, &t)| t.then_some(place))
             .collect();
         // Grouping by roots was for finding the quorum; it is found.
         state.groups = BTreeMap::new();
         state.reported_traders = traders
-            .keys()
-            .filter(|p| matches!(state.reports.get(p), Some(Some(_))))
+            .iter()
+            .filter(|&&place| state.reports[place as usize].held().is_some())
             .count();
         state.traders = traders;
+        state.trading = trading;
         if caught_up {
             // The node missed the interval's meter reports, and the
             // interval is older than the activity window's newest: it
@@ -1808,7 +1865,7 @@ impl Node {
         } else {
             self.activity.open(
                 interval,
-                state.attestations.values().map(|(place, _)| *place),
+                state.attestations().map(|(place, _)| place),
                 self.config.active_window.max(1),
             );
             self.update_threshold();

@@ -35,7 +35,7 @@ use crate::offer::{Offer, SignatureError, SignedOffer, verify_offers};
 use crate::reconcile::IdSum;
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
-use crate::verify::{Ed25519Verifier, SignatureVerifier};
+use crate::verify::{Ed25519Verifier, SignatureVerifier, check_shared};
 
 /// The rules of one market that offers are checked against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -416,12 +416,17 @@ impl OfferPool {
         if let Some(verdict) = self.cheap_verdict(rules, &offer) {
             return verdict;
         }
-        let key = match self.key(&offer.offer.participant) {
-            Ok(key) => key,
-            Err(error) => return Validation::Reject(Reject::BadSignature(error)),
-        };
-        if !verify_offers(self.verifier.as_ref(), &[&offer], &[key])[0] {
-            return Validation::Reject(Reject::BadSignature(SignatureError::Invalid));
+        let verifier = self.verifier.as_ref();
+        let checked = check_shared(verifier, &offer, || {
+            let key = verifier.key(&offer.offer.participant)?;
+            if verify_offers(verifier, &[&offer], &[key])[0] {
+                Ok(())
+            } else {
+                Err(SignatureError::Invalid)
+            }
+        });
+        if let Err(error) = checked {
+            return Validation::Reject(Reject::BadSignature(error));
         }
         self.insert_verified(rules, offer)
     }
