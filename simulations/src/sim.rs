@@ -1464,8 +1464,16 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        let roles = self.nodes.iter().map(|h| h.role).collect();
+        // Freeing a thousand nodes' maps, offers and messages one by one
+        // takes about half a second and changes no result: a helper thread
+        // does it while the caller writes the results. (If the process ends
+        // first, the kernel frees it all at once.)
+        let nodes = std::mem::take(&mut self.nodes);
+        let gossip = std::mem::take(&mut self.gossip);
+        std::thread::spawn(move || drop((nodes, gossip)));
         Outcome {
-            roles: self.nodes.iter().map(|h| h.role).collect(),
+            roles,
             households: self.households,
             intervals: self.outcome_intervals,
             per_household: self.per_household,

@@ -9,11 +9,13 @@
 //!   others share it. Each node still builds its own set and computes its
 //!   root, so nodes that hold different sets get different results.
 
+use std::hash::Hasher as _;
 use std::sync::{Arc, Mutex};
 
-use dharti_protocol::hash::{Hash32, IdMap};
-use dharti_protocol::node::{ClearingCache, IntervalResult};
+use dharti_protocol::hash::{Hash32, IdHasher, IdMap};
+use dharti_protocol::node::{ClearingCache, IntervalResult, SignedMeterReport};
 use dharti_protocol::offer::SignatureError;
+use dharti_protocol::settlement::IntervalSettlement;
 use dharti_protocol::types::{IntervalIndex, ParticipantId};
 use dharti_protocol::verify::{
     Ed25519Verifier, KeyCache, SharedMessage, SignatureItem, SignatureVerifier,
@@ -126,10 +128,21 @@ impl SignatureVerifier for MemoVerifier {
     }
 }
 
-/// Clearing results by (interval, set root).
+/// The reports one settlement was computed from, held so that their
+/// addresses name them, and the settlement.
+type SettledWith = (Vec<Arc<SignedMeterReport>>, Arc<IntervalSettlement>);
+
+/// Clearing results by (interval, set root), and settlements by (interval,
+/// result root, reports).
 #[derive(Debug, Default)]
 pub(crate) struct ClearingMemo {
     results: Mutex<IdMap<(IntervalIndex, Hash32), Arc<IntervalResult>>>,
+    /// Keyed by a hash of the reports' addresses; a hit must also have the
+    /// very same allocations, in the same order. The simulator hands every
+    /// node the same report allocations, so nodes holding the same reports
+    /// share one settlement, and a node holding a different set (one report
+    /// missing) gets its own.
+    settlements: Mutex<IdMap<(IntervalIndex, Hash32, u64), Vec<SettledWith>>>,
 }
 
 impl ClearingMemo {
@@ -141,6 +154,11 @@ impl ClearingMemo {
             .lock()
             .expect("no panics while holding the lock");
         results.retain(|(i, _), _| *i >= interval);
+        drop(results);
+        self.settlements
+            .lock()
+            .expect("no panics while holding the lock")
+            .retain(|(i, _, _), _| *i >= interval);
     }
 }
 
@@ -167,5 +185,113 @@ impl ClearingCache for ClearingMemo {
             .entry(key)
             .or_insert(result)
             .clone()
+    }
+
+    fn settle(
+        &self,
+        interval: IntervalIndex,
+        result_root: &Hash32,
+        reports: &[Arc<SignedMeterReport>],
+        settle: &mut dyn FnMut() -> IntervalSettlement,
+    ) -> Arc<IntervalSettlement> {
+        let mut hasher = IdHasher::default();
+        for report in reports {
+            hasher.write_usize(Arc::as_ptr(report) as usize >> 3);
+        }
+        let key = (interval, *result_root, hasher.finish());
+        let same = |held: &[Arc<SignedMeterReport>]| {
+            held.len() == reports.len() && held.iter().zip(reports).all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        let mut settlements = self
+            .settlements
+            .lock()
+            .expect("no panics while holding the lock");
+        let known = settlements.entry(key).or_default();
+        if let Some((_, settlement)) = known.iter().find(|(held, _)| same(held)) {
+            return settlement.clone();
+        }
+        let settlement = Arc::new(settle());
+        known.push((reports.to_vec(), settlement.clone()));
+        settlement
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dharti_protocol::node::MeterReport;
+    use dharti_protocol::types::MarketId;
+    use dharti_protocol::verify::check_shared;
+    use ed25519_dalek::SigningKey;
+
+    fn report(import_wh: u64) -> SignedMeterReport {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        MeterReport {
+            chain_id: 73_799,
+            market: MarketId([1; 32]),
+            interval: IntervalIndex(5),
+            participant: ParticipantId(key.verifying_key().to_bytes()),
+            import_wh,
+            export_wh: 0,
+        }
+        .sign(&key)
+    }
+
+    /// Checks `signed` as a node does: through the memo, by allocation.
+    fn check(memo: &MemoVerifier, signed: &Arc<SignedMeterReport>) -> Result<(), SignatureError> {
+        check_shared(memo, signed, || {
+            let key = memo.key(&signed.report.participant)?;
+            signed.verify_with(memo, &key)
+        })
+    }
+
+    #[test]
+    fn an_allocation_is_recalled_and_a_forgery_elsewhere_is_still_refused() {
+        let memo = MemoVerifier::default();
+        let honest = Arc::new(report(100));
+        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), None);
+        assert_eq!(check(&memo, &honest), Ok(()));
+        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), Some(true));
+        // The same signature over another body, in its own allocation.
+        let mut forged = report(100);
+        forged.report.import_wh = 1;
+        let forged = Arc::new(forged);
+        assert_eq!(check(&memo, &forged), Err(SignatureError::Invalid));
+        assert_eq!(memo.recall(&(forged.clone() as SharedMessage)), Some(false));
+        assert_eq!(check(&memo, &honest), Ok(()));
+        // Two generations on, an allocation is forgotten (and checked again).
+        memo.age();
+        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), Some(true));
+        memo.age();
+        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), None);
+        assert_eq!(check(&memo, &honest), Ok(()));
+    }
+
+    #[test]
+    fn settlements_are_shared_only_by_nodes_holding_the_same_reports() {
+        let memo = ClearingMemo::default();
+        let (a, b) = (Arc::new(report(100)), Arc::new(report(200)));
+        let root = [3; 32];
+        let mut computed = 0;
+        let mut settle = |reports: &[Arc<SignedMeterReport>]| {
+            memo.settle(IntervalIndex(5), &root, reports, &mut || {
+                computed += 1;
+                IntervalSettlement {
+                    interval: IntervalIndex(5),
+                    grid_operator_micro: reports.len() as u64,
+                    ..IntervalSettlement::default()
+                }
+            })
+        };
+        let both = settle(&[a.clone(), b.clone()]);
+        let again = settle(&[a.clone(), b.clone()]);
+        assert!(Arc::ptr_eq(&both, &again));
+        // One report fewer, or an equal report in another allocation: settled anew.
+        let one = settle(&[a.clone()]);
+        assert_eq!(one.grid_operator_micro, 1);
+        let copy = Arc::new((*b).clone());
+        let other = settle(&[a.clone(), copy]);
+        assert!(!Arc::ptr_eq(&both, &other));
+        assert_eq!(computed, 3);
     }
 }

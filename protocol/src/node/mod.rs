@@ -24,6 +24,7 @@ mod message;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -82,6 +83,20 @@ pub trait ClearingCache: fmt::Debug + Send + Sync {
         set_root: &Hash32,
         clear: &mut dyn FnMut() -> IntervalResult,
     ) -> Arc<IntervalResult>;
+
+    /// The settlement of the result with `result_root` in `interval` against
+    /// `reports` (the traders' held reports, in member order); `settle`
+    /// computes it. It too is a pure function of its inputs. By default it
+    /// settles on every call.
+    fn settle(
+        &self,
+        _interval: IntervalIndex,
+        _result_root: &Hash32,
+        _reports: &[Arc<SignedMeterReport>],
+        settle: &mut dyn FnMut() -> IntervalSettlement,
+    ) -> Arc<IntervalSettlement> {
+        Arc::new(settle())
+    }
 }
 
 /// No memo: clears on every call.
@@ -548,6 +563,10 @@ pub struct Node {
     /// Missed intervals given up (no peer had a usable proof in time).
     catch_up_abandoned: u64,
     shared: Shared,
+    /// [`Node::next_wakeup_ms`] as last computed, until an input may have
+    /// changed it: the simulator asks after every batch of arrivals, and a
+    /// tick with nothing due asks too.
+    wakeup: Cell<Option<Option<u64>>>,
 }
 
 impl Node {
@@ -579,6 +598,7 @@ impl Node {
             activity: Activity::default(),
             threshold: 0,
             catch_up_abandoned: 0,
+            wakeup: Cell::new(None),
             shared,
         };
         node.update_threshold();
@@ -620,6 +640,10 @@ impl Node {
     /// Handles one input.
     pub fn handle(&mut self, input: Input) -> Output {
         let mut out = Output::default();
+        // Anything but a tick with nothing due may change what is due next.
+        if !matches!(input, Input::Tick { .. }) {
+            self.wakeup.set(None);
+        }
         match input {
             Input::Tick { now_ms } => self.tick(now_ms, &mut out),
             Input::Message { from, message } => {
@@ -944,29 +968,36 @@ impl Node {
         let Some(state) = self.intervals.get_mut(&interval) else {
             return;
         };
-        let Some((_, _, result)) = state.own.as_ref() else {
+        let Some((_, result_root, result)) = state.own.as_ref() else {
             return;
         };
         state.settled = true;
-        // `settle` orders its accounts itself; the readings' order is free.
-        let readings: Vec<MeterReading> = state
+        let reports: Vec<Arc<SignedMeterReport>> = state
             .traders
             .iter()
-            .filter_map(|&place| state.reports[place as usize].held())
-            .map(|r| MeterReading {
-                participant: r.report.participant,
-                interval,
-                import_wh: r.report.import_wh,
-                export_wh: r.report.export_wh,
-            })
+            .filter_map(|&place| state.reports[place as usize].held().cloned())
             .collect();
         let rules = &self.config.rules;
         let tariff = rules.tariffs.at(rules.clock.start_s(interval));
-        let settlement = settle(interval, &tariff, &result.trades, &readings)
-            .expect("readings are one per trader, for this interval, and bounded");
+        let settlement = self
+            .shared
+            .clearing
+            .settle(interval, result_root, &reports, &mut || {
+                let readings: Vec<MeterReading> = reports
+                    .iter()
+                    .map(|r| MeterReading {
+                        participant: r.report.participant,
+                        interval,
+                        import_wh: r.report.import_wh,
+                        export_wh: r.report.export_wh,
+                    })
+                    .collect();
+                settle(interval, &tariff, &result.trades, &readings)
+                    .expect("readings are one per trader, for this interval, and bounded")
+            });
         out.actions.push(Action::Settled(Box::new(Settled {
             interval,
-            settlement: Arc::new(settlement),
+            settlement,
             missing,
         })));
     }
@@ -1364,6 +1395,15 @@ impl Node {
     /// milliseconds. A shell ticks the node then; ticks in between only
     /// update the node's notion of the time. `None` before the first tick.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
+        if let Some(known) = self.wakeup.get() {
+            return known;
+        }
+        let next = self.compute_next_wakeup_ms();
+        self.wakeup.set(Some(next));
+        next
+    }
+
+    fn compute_next_wakeup_ms(&self) -> Option<u64> {
         let mut next = self.next_close.map(|i| self.gate_ms(i))?;
         let window = self.config.reconcile_window_ms;
         for (interval, state) in &self.intervals {
@@ -1433,6 +1473,7 @@ impl Node {
         if self.next_wakeup_ms().is_some_and(|at| now_ms < at) {
             return;
         }
+        self.wakeup.set(None);
         let clock = self.config.rules.clock;
         let mut next = *self
             .next_close

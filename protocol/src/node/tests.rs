@@ -774,6 +774,46 @@ fn every_node_settles_the_traders_alike_from_their_reports() {
 }
 
 #[test]
+fn only_traders_gossip_their_meter_reports() {
+    let mut net = Net::new(6, 21, Faults::default());
+    start(&mut net);
+    net.random_offers(1);
+    net.run(2 * INTERVAL_S * 1_000 + 500);
+    net.assert_agreement(1);
+    let result = net.finals[0][&FIRST].result.clone();
+    let mut seen = (0, 0);
+    for i in 0..net.nodes.len() {
+        let id = net.nodes[i].id();
+        let trader = result
+            .trades
+            .iter()
+            .any(|t| t.buyer == id || t.seller == id);
+        let out = net.nodes[i].handle(Input::MeterReport {
+            interval: FIRST,
+            import_wh: 100,
+            export_wh: 0,
+        });
+        // Held either way (a peer may still ask a non-trader for it) ...
+        assert_eq!(out.verdict, Some(Verdict::Accept));
+        // ... but gossiped only by traders: settlement reads nobody else's.
+        let published = out
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Publish(Message::MeterReport(_))));
+        assert_eq!(published, trader, "node {i} (trader: {trader})");
+        if trader {
+            seen.0 += 1;
+        } else {
+            seen.1 += 1;
+        }
+    }
+    assert!(
+        seen.0 > 0 && seen.1 > 0,
+        "the seed should give traders and non-traders: {seen:?}"
+    );
+}
+
+#[test]
 fn two_different_meter_reports_void_the_reporter() {
     let mut net = Net::new(4, 22, Faults::default());
     start(&mut net);

@@ -28,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::clearing::{Mechanism, Order};
 use crate::hash::{Hash32, Hasher, IdMap};
@@ -144,9 +145,11 @@ struct Sent {
     /// Sorted by id. A vector, not a map: a participant has a handful of
     /// offers, and a B-tree leaf reserves room for eleven (kilobytes per
     /// participant per interval per node, which the simulator multiplies by
-    /// a thousand nodes). Shared (`Arc`): the message that brought an offer,
-    /// the pool and the replies to peers hold one copy.
-    offers: Vec<Arc<SignedOffer>>,
+    /// a thousand nodes). Two fit inline (most participants send one bid or
+    /// one ask), so most participants cost no allocation of their own.
+    /// Shared (`Arc`): the message that brought an offer, the pool and the
+    /// replies to peers hold one copy.
+    offers: SmallVec<[Arc<SignedOffer>; 2]>,
     /// Whether the participant is void for the interval: once it has two
     /// conflicting offers or more than the limit, it stays so (trimming keeps
     /// `limit + 1` offers), so the flag is set once, on the offer that does it.
