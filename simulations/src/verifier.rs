@@ -287,7 +287,7 @@ mod tests {
         let again = settle(&[a.clone(), b.clone()]);
         assert!(Arc::ptr_eq(&both, &again));
         // One report fewer, or an equal report in another allocation: settled anew.
-        let one = settle(&[a.clone()]);
+        let one = settle(std::slice::from_ref(&a));
         assert_eq!(one.grid_operator_micro, 1);
         let copy = Arc::new((*b).clone());
         let other = settle(&[a.clone(), copy]);
