@@ -734,15 +734,21 @@ fn report_as_traded(net: &mut Net, i: usize) {
     net.apply(now, i, out);
 }
 
-#[test]
-fn every_node_settles_the_traders_alike_from_their_reports() {
-    let mut net = Net::new(6, 21, Faults::default());
+/// Six nodes with random offers for FIRST, run past the end of its delivery
+/// (two intervals after the start): the net and FIRST's final result.
+fn past_first_delivery(seed: u64) -> (Net, Arc<IntervalResult>) {
+    let mut net = Net::new(6, seed, Faults::default());
     start(&mut net);
     net.random_offers(1);
-    // Past the end of FIRST's delivery (two intervals after the start).
     net.run(2 * INTERVAL_S * 1_000 + 500);
     net.assert_agreement(1);
     let result = net.finals[0][&FIRST].result.clone();
+    (net, result)
+}
+
+#[test]
+fn every_node_settles_the_traders_alike_from_their_reports() {
+    let (mut net, result) = past_first_delivery(21);
     assert!(!result.trades.is_empty(), "the seed should give trades");
     // Node 5 never reports.
     for i in 0..5 {
@@ -775,19 +781,10 @@ fn every_node_settles_the_traders_alike_from_their_reports() {
 
 #[test]
 fn only_traders_gossip_their_meter_reports() {
-    let mut net = Net::new(6, 21, Faults::default());
-    start(&mut net);
-    net.random_offers(1);
-    net.run(2 * INTERVAL_S * 1_000 + 500);
-    net.assert_agreement(1);
-    let result = net.finals[0][&FIRST].result.clone();
+    let (mut net, result) = past_first_delivery(21);
     let mut seen = (0, 0);
     for i in 0..net.nodes.len() {
-        let id = net.nodes[i].id();
-        let trader = result
-            .trades
-            .iter()
-            .any(|t| t.buyer == id || t.seller == id);
+        let trader = traded(&result, net.nodes[i].id()) != (0, 0);
         let out = net.nodes[i].handle(Input::MeterReport {
             interval: FIRST,
             import_wh: 100,
