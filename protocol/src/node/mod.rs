@@ -452,7 +452,6 @@ struct IntervalState {
     /// a waiting peer the proof), and how many there are. A thousand arrive
     /// per interval: a slot per member costs less than hashing each.
     attestations: Vec<Option<Arc<SignedAttestation>>>,
-    attested: usize,
     /// The same attestations grouped by roots (usually one or two groups),
     /// so finality is checked without regrouping on every arrival.
     groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>>,
@@ -461,12 +460,11 @@ struct IntervalState {
     rounds: u32,
     /// Meter reports by the participant's place.
     reports: Vec<ReportSlot>,
-    /// Once final: the result's traders by place (ascending, so in member
-    /// order), which places trade, and how many traders have a usable report
-    /// here (kept as reports arrive, so that completeness is known without a
-    /// pass over the trades per report).
-    traders: Vec<u32>,
+    /// Once final: which places trade in its result, how many do, and how
+    /// many of those have a usable report here (both counts kept as reports
+    /// arrive, so that completeness is known without a pass per report).
     trading: Vec<bool>,
+    traders: usize,
     reported_traders: usize,
     /// How often the node asked peers for missing reports; whether it settled.
     report_asks: u32,
@@ -508,8 +506,14 @@ impl IntervalState {
                     .push(a.attester);
             }
             *slot = Some(signed);
-            self.attested += 1;
         }
+    }
+
+    /// The places of the final result's traders, ascending (member order).
+    fn traders(&self) -> impl Iterator<Item = u32> + '_ {
+        (0u32..)
+            .zip(&self.trading)
+            .filter_map(|(place, &t)| t.then_some(place))
     }
 
     /// The attestations held, in member order.
@@ -527,13 +531,12 @@ impl IntervalState {
             own: None,
             attestation: None,
             attestations: vec![None; members],
-            attested: 0,
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
             reports: vec![ReportSlot::None; members],
-            traders: Vec::new(),
             trading: Vec::new(),
+            traders: 0,
             reported_traders: 0,
             report_asks: 0,
             settled: false,
@@ -618,7 +621,7 @@ impl Node {
                 "phase {:?}, attested {}, {} attestations in {} groups (largest {}), threshold {}, fetching {:?}",
                 s.phase,
                 s.own.is_some(),
-                s.attested,
+                s.attestations().count(),
                 s.groups.len(),
                 s.groups.values().map(Vec::len).max().unwrap_or(0),
                 self.threshold,
@@ -946,17 +949,16 @@ impl Node {
         // Places ascend in member order, which is the participants' order.
         Some(
             state
-                .traders
-                .iter()
-                .filter(|&&place| state.reports[place as usize].held().is_none())
-                .map(|&place| self.shared.places[place as usize])
+                .traders()
+                .filter(|&place| state.reports[place as usize].held().is_none())
+                .map(|place| self.shared.places[place as usize])
                 .collect(),
         )
     }
 
     fn settle_if_complete(&mut self, interval: IntervalIndex, out: &mut Output) {
         let complete = self.intervals.get(&interval).is_some_and(|s| {
-            s.phase == Phase::Final && !s.settled && s.reported_traders == s.traders.len()
+            s.phase == Phase::Final && !s.settled && s.reported_traders == s.traders
         });
         if complete {
             self.settle(interval, Vec::new(), out);
@@ -973,9 +975,8 @@ impl Node {
         };
         state.settled = true;
         let reports: Vec<Arc<SignedMeterReport>> = state
-            .traders
-            .iter()
-            .filter_map(|&place| state.reports[place as usize].held().cloned())
+            .traders()
+            .filter_map(|place| state.reports[place as usize].held().cloned())
             .collect();
         let rules = &self.config.rules;
         let tariff = rules.tariffs.at(rules.clock.start_s(interval));
@@ -1886,18 +1887,14 @@ impl Node {
                 }
             }
         }
-        let traders: Vec<u32> = (0u32..)
-            .zip(&trading)
-            .filter_map(|(place, &t)| t.then_some(place))
-            .collect();
         // Grouping by roots was for finding the quorum; it is found.
         state.groups = BTreeMap::new();
-        state.reported_traders = traders
-            .iter()
-            .filter(|&&place| state.reports[place as usize].held().is_some())
-            .count();
-        state.traders = traders;
         state.trading = trading;
+        state.traders = state.traders().count();
+        state.reported_traders = state
+            .traders()
+            .filter(|&place| state.reports[place as usize].held().is_some())
+            .count();
         if caught_up {
             // The node missed the interval's meter reports, and the
             // interval is older than the activity window's newest: it
