@@ -117,7 +117,7 @@ impl Default for NetworkSection {
             mdns: true,
             max_connections: 64,
             max_connections_per_peer: 1,
-            target_peers: 12,
+            target_peers: 10,
         }
     }
 }
@@ -598,7 +598,7 @@ max_connections = 64
 max_connections_per_peer = 1
 # Above this many peers, connections outside the gossip mesh are closed
 # (bootstrap peers stay); 0 keeps every connection.
-target_peers = 12
+target_peers = 10
 
 [api]
 # Keep it on loopback unless a reverse proxy with TLS is in front.

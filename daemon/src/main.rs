@@ -452,8 +452,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `dharti run`: logging to stderr, then the daemon on a small runtime
-/// (two workers: a Raspberry Pi has four cores and other work to do).
+/// `dharti run`: logging to stderr, then the daemon on a one-thread runtime.
+/// The daemon waits on the network far more than it computes (a thousand
+/// offers an interval is a few milliseconds of signature checks), and one
+/// thread means one malloc arena: with two workers each kept its own, and
+/// the 50-daemon bench measured 1.4 MB more per daemon, with slower
+/// one-hop gossip on a shared 2-core machine. The cost: a storage flush
+/// holds up the network task for as long as it takes (docs/operations.md).
 fn daemon(config: &Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -463,8 +468,7 @@ fn daemon(config: &Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?

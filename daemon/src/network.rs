@@ -40,6 +40,11 @@ use crate::metrics::Metrics;
 /// Largest message of the protocol (`dharti_protocol::node::MAX_MESSAGE_BYTES`)
 /// plus room for gossipsub's framing.
 const MAX_TRANSMIT_BYTES: usize = dharti_protocol::node::MAX_MESSAGE_BYTES + 1_024;
+
+/// Streams a QUIC peer may have open towards this node at once (see
+/// `build`): quinn allocates their state when the connection starts.
+const QUIC_MAX_STREAMS: u32 = 32;
+
 /// Commands and events waiting between the tasks; past this, senders wait
 /// (backpressure rather than unbounded memory).
 pub const CHANNEL_CAPACITY: usize = 1_024;
@@ -222,11 +227,12 @@ fn gossipsub_behaviour(
             MessageId::from(Sha256::digest(&message.data).to_vec())
         })
         .heartbeat_interval(Duration::from_secs(1))
-        // Gossip repeats a message for three heartbeats; a copy that comes
-        // later than this is judged again and ignored by the node (it holds
-        // the offer), so a shorter memory than the default minute costs no
-        // correctness and saves a megabyte or two under load.
-        .duplicate_cache_time(Duration::from_secs(20))
+        // Gossip repeats a message for three heartbeats and serves it for
+        // five (the message cache); a copy that comes later than this is
+        // judged again and ignored by the node (it holds the offer), so a
+        // shorter memory than the default minute costs no correctness and
+        // saves a megabyte or two under load.
+        .duplicate_cache_time(Duration::from_secs(10))
         // Small markets: a mesh of up to 6 (gossipsub's default degree) but
         // content with 2, so that a few nodes on one LAN form one.
         .mesh_n_low(2)
@@ -329,7 +335,15 @@ pub fn start(
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_quic()
+        .with_quic_config(|mut quic| {
+            // quinn sets up state for every stream the peer may open at
+            // once, up front, in every connection: at its default of 256
+            // that is about 90 KB per connection. A Dharti peer keeps a few
+            // streams open (gossip, a reconciliation or catch-up request or
+            // two, Kademlia, identify); a peer that wants more waits for one.
+            quic.max_concurrent_stream_limit = QUIC_MAX_STREAMS;
+            quic
+        })
         .with_bandwidth_metrics(registry)
         .with_behaviour(
             |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
