@@ -454,11 +454,12 @@ fn main() -> ExitCode {
 
 /// `dharti run`: logging to stderr, then the daemon on a one-thread runtime.
 /// The daemon waits on the network far more than it computes (a thousand
-/// offers an interval is a few milliseconds of signature checks), and one
-/// thread means one malloc arena: with two workers each kept its own, and
-/// the 50-daemon bench measured 1.4 MB more per daemon, with slower
-/// one-hop gossip on a shared 2-core machine. The cost: a storage flush
-/// holds up the network task for as long as it takes (docs/operations.md).
+/// offers an interval are tens of milliseconds of signature checks, well
+/// under a second on a Pi), and one thread means one malloc arena: with two
+/// workers each kept its own, and the 50-daemon bench measured 1.4 MB more
+/// per daemon, with slower one-hop gossip on a shared 2-core machine. The
+/// cost: a storage flush holds up the network and the API for as long as it
+/// takes (docs/operations.md, "Memory").
 fn daemon(config: &Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

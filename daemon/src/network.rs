@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 const MAX_TRANSMIT_BYTES: usize = dharti_protocol::node::MAX_MESSAGE_BYTES + 1_024;
 
 /// Streams a QUIC peer may have open towards this node at once (see
-/// `build`): quinn allocates their state when the connection starts.
+/// `start`): quinn allocates their state when the connection starts.
 const QUIC_MAX_STREAMS: u32 = 32;
 
 /// Commands and events waiting between the tasks; past this, senders wait
