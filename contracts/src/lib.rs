@@ -4,6 +4,9 @@
 //!
 //! Only this crate knows the chain (DESIGN.md). docs/chain.md describes the
 //! contracts, what goes on chain and what does not.
+
+#![forbid(unsafe_code)]
+
 pub mod anvil;
 pub mod batch;
 pub mod bench;

@@ -245,7 +245,11 @@ fn spawn(binary: &Path, config: &Path) -> anyhow::Result<Child> {
     std::process::Command::new(binary)
         .args(["run", "--config"])
         .arg(config)
-        .env("DHARTI_LOG", "info")
+        // The caller's log filter, if set, reaches the daemons' logs.
+        .env(
+            "DHARTI_LOG",
+            std::env::var("DHARTI_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

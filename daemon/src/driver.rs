@@ -653,6 +653,14 @@ impl Driver {
                         finality_ms = f.finality_ms,
                         "driver.final"
                     );
+                    // The interval's transient allocations are freed by
+                    // now; give their pages back (see `heap`). Off this
+                    // thread: a trim can take tens of ms on a busy machine,
+                    // and the network shares this thread.
+                    tokio::task::spawn_blocking(|| {
+                        let took = crate::heap::release_free();
+                        tracing::debug!(trim_us = took.as_micros(), "driver.trim");
+                    });
                 }
                 Action::Settled(s) => {
                     let mut batch = WriteBatch::new();

@@ -8,6 +8,7 @@
 //! - [`config`], [`identity`], [`meter`]: the node's files and meter;
 //! - [`backup`]: backup and restore of a node;
 //! - [`demo`]: real daemons on this machine; [`mesh`]: their benchmark; [`simulate`]: the simulator;
+//! - [`heap`]: freed heap back to the kernel once per interval;
 //! - [`client`]: the CLI's HTTP client; [`book`], [`mod@bench`]: offline tools.
 
 /// `println!` that does not panic when standard output is closed (piped
@@ -31,6 +32,7 @@ pub mod config;
 pub mod demo;
 pub mod demo_chain;
 pub mod driver;
+pub mod heap;
 pub mod identity;
 pub mod mesh;
 pub mod meter;

@@ -20,6 +20,8 @@
 //! - [`verify`]: signature checking behind one interface.
 //! - [`agent`]: a household's trading agent (offers and battery dispatch).
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod clearing;
 pub mod hash;

@@ -8,6 +8,8 @@
 //! - [`sim`]: the discrete-event engine, adversaries and invariants;
 //! - [`report`]: KPIs and output files;
 //! - [`plot`]: the plots, as SVG and PNG.
+
+#![forbid(unsafe_code)]
 // The simulator turns float physics (irradiance, shares of households) into
 // whole Wh and node indices; scenario validation bounds every such value, so
 // these casts cannot truncate in practice.

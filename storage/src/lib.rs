@@ -27,6 +27,8 @@
 //! Values start with a schema byte ([`SCHEMA_VERSION`]) so the format can
 //! evolve; a value that does not decode is reported as corrupt, never a panic.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::path::Path;
 
