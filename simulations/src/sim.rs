@@ -50,6 +50,7 @@ use dharti_protocol::types::{
 };
 use dharti_protocol::validation::MarketRules;
 use ed25519_dalek::SigningKey;
+use smallvec::SmallVec;
 
 use crate::households::Household;
 use crate::queue::EventQueue;
@@ -151,10 +152,17 @@ struct Gossip {
 
 /// The eager-push tree of one connectivity epoch: which churn window and
 /// which partitions were in force when it was built.
+///
+/// Node `i`'s tree links, with their latencies, are
+/// `links[start[i]..start[i + 1]]`: one small contiguous array that every
+/// forwarded message reads, so it stays in cache (a vector per node and a
+/// search of the node's neighbours for each latency cost cache misses on
+/// every hop of every message).
 #[derive(Debug, Default)]
 struct Tree {
     epoch: Option<(u64, u64)>,
-    links: Vec<Vec<usize>>,
+    start: Vec<u32>,
+    links: Vec<(u32, u32)>,
 }
 
 impl Gossip {
@@ -262,10 +270,12 @@ pub struct Sim<'a> {
     links: BTreeMap<(usize, usize), u64>,
     tree: Tree,
     queue: EventQueue<Event>,
-    /// Inboxes by slot; `open` finds the pending one of (node, arrival).
+    /// Inboxes by slot; `open[node]` lists the node's pending ones as
+    /// (arrival, slot): a few per node, scanned, in one array small enough
+    /// to stay in cache.
     inboxes: Vec<Inbox>,
     free_inboxes: Vec<usize>,
-    open: IdMap<(usize, u64), usize>,
+    open: Vec<SmallVec<[(u64, u32); 4]>>,
     /// Nodes are not woken after this (the last interval's dispatch).
     end_ms: u64,
     now_ms: u64,
@@ -491,7 +501,7 @@ impl<'a> Sim<'a> {
             queue: EventQueue::new(0),
             inboxes: Vec::new(),
             free_inboxes: Vec::new(),
-            open: IdMap::default(),
+            open: vec![SmallVec::new(); n],
             end_ms: u64::MAX,
             now_ms: 0,
             gossip: Vec::new(),
@@ -559,9 +569,10 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// The eager-push links of node `i` now: its links in the shortest-latency
-    /// spanning forest of the links that are up, rebuilt per epoch.
-    fn tree_links_mut(&mut self, i: usize) -> &mut Vec<usize> {
+    /// The eager-push links of node `i` now, as a range of `tree.links`: its
+    /// links in the shortest-latency spanning forest of the links that are
+    /// up, rebuilt per epoch.
+    fn tree_links(&mut self, i: usize) -> std::ops::Range<usize> {
         let t = self.now_ms;
         let partitions = self
             .partitions
@@ -571,12 +582,24 @@ impl<'a> Sim<'a> {
             .fold(0u64, |mask, (p, _)| mask | (1 << (p % 64)));
         let epoch = (self.churn_window(t).map_or(0, |k| k + 1), partitions);
         if self.tree.epoch != Some(epoch) {
+            let tree = self.build_tree(t);
+            let mut start = Vec::with_capacity(tree.len() + 1);
+            let mut links = Vec::new();
+            for (a, children) in tree.iter().enumerate() {
+                start.push(links.len() as u32);
+                for &b in children {
+                    let latency = self.links[&(a.min(b), a.max(b))];
+                    links.push((b as u32, u32::try_from(latency).unwrap_or(u32::MAX)));
+                }
+            }
+            start.push(links.len() as u32);
             self.tree = Tree {
                 epoch: Some(epoch),
-                links: self.build_tree(t),
+                start,
+                links,
             };
         }
-        &mut self.tree.links[i]
+        self.tree.start[i] as usize..self.tree.start[i + 1] as usize
     }
 
     /// Dijkstra from the lowest-numbered live node of each component, over
@@ -658,8 +681,9 @@ impl<'a> Sim<'a> {
     fn post(&mut self, from: usize, to: usize, latency: u64, payload: Payload) {
         let quantum = self.scenario.network.quantum_ms;
         let at = (self.now_ms + latency).div_ceil(quantum) * quantum;
-        let slot = match self.open.get(&(to, at)) {
-            Some(&slot) => slot,
+        let pending = self.open[to].iter().find(|(t, _)| *t == at);
+        let slot = match pending {
+            Some(&(_, slot)) => slot as usize,
             None => {
                 let slot = match self.free_inboxes.pop() {
                     Some(slot) => slot,
@@ -670,7 +694,7 @@ impl<'a> Sim<'a> {
                 };
                 self.inboxes[slot].to = to;
                 self.inboxes[slot].at_ms = at;
-                self.open.insert((to, at), slot);
+                self.open[to].push((at, slot as u32));
                 self.push(at, Event::Deliver(slot));
                 slot
             }
@@ -704,10 +728,21 @@ impl<'a> Sim<'a> {
         self.gossip.len() - 1
     }
 
+    /// Relays gossip `id` from `node` along its tree links (but `except`),
+    /// each transmission lost with the scenario's probability.
     fn forward(&mut self, node: usize, except: Option<usize>, id: usize) {
-        let links = std::mem::take(self.tree_links_mut(node));
-        self.send_gossip(node, &links, except, id);
-        *self.tree_links_mut(node) = links;
+        let loss = self.scenario.network.loss;
+        for e in self.tree_links(node) {
+            let (j, latency) = self.tree.links[e];
+            let j = j as usize;
+            if Some(j) == except || self.cut(node, j, self.now_ms) {
+                continue;
+            }
+            if loss > 0.0 && self.rng_loss.unit() < loss {
+                continue;
+            }
+            self.post(node, j, u64::from(latency), Payload::Gossip(id));
+        }
     }
 
     /// Transmits gossip `id` from `node` to `to` (but `except`), each
@@ -926,7 +961,10 @@ impl<'a> Sim<'a> {
     fn deliver(&mut self, slot: usize) {
         let at = self.now_ms;
         let to = self.inboxes[slot].to;
-        self.open.remove(&(to, self.inboxes[slot].at_ms));
+        let arrival = self.inboxes[slot].at_ms;
+        if let Some(k) = self.open[to].iter().position(|(t, _)| *t == arrival) {
+            self.open[to].swap_remove(k);
+        }
         let mut items = std::mem::take(&mut self.inboxes[slot].items);
         if !self.is_offline(to, at) {
             self.tick(to);
