@@ -593,7 +593,7 @@ impl Node {
             key,
             me,
             now_ms: 0,
-            pool: OfferPool::with_verifier(shared.verifier.clone()),
+            pool: OfferPool::for_members(shared.verifier.clone(), shared.members.clone()),
             peers: BTreeSet::new(),
             intervals: BTreeMap::new(),
             next_close: None,
@@ -1330,7 +1330,8 @@ impl Node {
             self.retry_fetch(interval, fetch, out);
             return Verdict::Reject("fetched set has offers from elsewhere".into());
         }
-        let mut fresh = OfferPool::with_verifier(self.shared.verifier.clone());
+        let mut fresh =
+            OfferPool::for_members(self.shared.verifier.clone(), self.shared.members.clone());
         fresh.receive_batch(&self.config.rules, offers, Arrival::Reconciliation);
         let (root, result) = self.clear_pool(&fresh, interval);
         if root != fetch.set_root || result.result_hash != fetch.result_root {

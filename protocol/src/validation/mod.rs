@@ -206,9 +206,17 @@ impl Sent {
 /// The offers of one interval, per participant.
 #[derive(Clone, Debug, Default)]
 struct IntervalPool {
-    /// Hashed: looked up for every arriving offer. What depends on an order
-    /// (the set, the book's ranking) sorts.
-    participants: IdMap<ParticipantId, Sent>,
+    /// The market's members with their places, when the pool knows them
+    /// ([`OfferPool::for_members`]).
+    members: Option<Arc<IdMap<ParticipantId, u32>>>,
+    /// A member's offers, at its place (empty until it sends one): one
+    /// array index per arriving offer, where a map costs a probe of its
+    /// control bytes and then of its bucket, each a cache miss when a
+    /// simulator holds a thousand nodes' pools.
+    by_place: Vec<Sent>,
+    /// Anyone else's, hashed. What depends on an order (the set, the
+    /// book's ranking) sorts.
+    others: IdMap<ParticipantId, Sent>,
     /// The reconciliation set, sorted by id, built on first use and then
     /// kept up to date as offers arrive (a rebuild only when a participant
     /// turns void). Reconciliation asks for it once per message.
@@ -239,10 +247,52 @@ enum SetChange {
 }
 
 impl IntervalPool {
+    fn new(
+        members: Option<Arc<IdMap<ParticipantId, u32>>>,
+        expected_others: usize,
+    ) -> IntervalPool {
+        IntervalPool {
+            by_place: vec![Sent::default(); members.as_ref().map_or(0, |m| m.len())],
+            members,
+            others: IdMap::with_capacity_and_hasher(expected_others, Default::default()),
+            set: OnceLock::new(),
+            root: OnceLock::new(),
+        }
+    }
+
+    fn place(&self, participant: &ParticipantId) -> Option<usize> {
+        let place = *self.members.as_ref()?.get(participant)? as usize;
+        (place < self.by_place.len()).then_some(place)
+    }
+
+    /// What `participant` sent, if anything.
+    fn get(&self, participant: &ParticipantId) -> Option<&Sent> {
+        match self.place(participant) {
+            Some(place) => Some(&self.by_place[place]).filter(|s| !s.offers.is_empty()),
+            None => self.others.get(participant),
+        }
+    }
+
+    /// What `participant` sent, to add to.
+    fn entry(&mut self, participant: ParticipantId) -> &mut Sent {
+        match self.place(&participant) {
+            Some(place) => &mut self.by_place[place],
+            None => self.others.entry(participant).or_default(),
+        }
+    }
+
+    /// Every participant that sent something.
+    fn participants(&self) -> impl Iterator<Item = &Sent> {
+        self.by_place
+            .iter()
+            .filter(|s| !s.offers.is_empty())
+            .chain(self.others.values())
+    }
+
     fn set(&self) -> &SetView {
         self.set.get_or_init(|| {
             let mut offers: Vec<Arc<SignedOffer>> = Vec::new();
-            for sent in self.participants.values() {
+            for sent in self.participants() {
                 if sent.void {
                     offers.extend(sent.offers.iter().cloned());
                 } else {
@@ -322,6 +372,9 @@ pub struct OfferPool {
     intervals: BTreeMap<IntervalIndex, IntervalPool>,
     evidence: Vec<Equivocation>,
     verifier: Arc<dyn SignatureVerifier>,
+    /// The market's members by place, if known: their offers are kept by
+    /// place ([`IntervalPool::by_place`]).
+    members: Option<Arc<IdMap<ParticipantId, u32>>>,
 }
 
 impl Default for OfferPool {
@@ -397,6 +450,21 @@ impl OfferPool {
             intervals: BTreeMap::new(),
             evidence: Vec::new(),
             verifier,
+            members: None,
+        }
+    }
+
+    /// A pool that checks signatures with `verifier` and keeps the offers of
+    /// `members` (participant → place, places below the map's size) by place:
+    /// what a node uses. Anyone else's offers are kept as in any pool; the
+    /// verdicts are the same either way.
+    pub fn for_members(
+        verifier: Arc<dyn SignatureVerifier>,
+        members: Arc<IdMap<ParticipantId, u32>>,
+    ) -> OfferPool {
+        OfferPool {
+            members: Some(members),
+            ..OfferPool::with_verifier(verifier)
         }
     }
 
@@ -487,11 +555,7 @@ impl OfferPool {
     /// an offer already held, or one a void participant's evidence does not need.
     fn cheap_verdict(&self, rules: &MarketRules, offer: &SignedOffer) -> Option<Validation> {
         let o = &offer.offer;
-        let sent = self
-            .intervals
-            .get(&o.interval)?
-            .participants
-            .get(&o.participant)?;
+        let sent = self.intervals.get(&o.interval)?.get(&o.participant)?;
         if sent.contains(&offer.id) {
             return Some(Validation::Ignore(Ignored::Duplicate));
         }
@@ -533,15 +597,13 @@ impl OfferPool {
             .intervals
             .values()
             .next_back()
-            .map_or(0, |p| p.participants.len());
+            .map_or(0, |p| p.others.len());
+        let members = &self.members;
         let pool = self
             .intervals
             .entry(o.interval)
-            .or_insert_with(|| IntervalPool {
-                participants: IdMap::with_capacity_and_hasher(expected, Default::default()),
-                ..IntervalPool::default()
-            });
-        let sent = pool.participants.entry(o.participant).or_default();
+            .or_insert_with(|| IntervalPool::new(members.clone(), expected));
+        let sent = pool.entry(o.participant);
         if sent.contains(&id) {
             return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
         }
@@ -622,7 +684,7 @@ impl OfferPool {
             .get(&interval)
             .into_iter()
             .flat_map(move |pool| {
-                pool.participants.values().map(move |sent| {
+                pool.participants().map(move |sent| {
                     let heads = (!sent.void).then(|| [sent.head(Side::Bid), sent.head(Side::Ask)]);
                     (sent, heads)
                 })
@@ -707,21 +769,16 @@ impl OfferPool {
         participant: &ParticipantId,
         id: &OfferId,
     ) -> Option<&Arc<SignedOffer>> {
-        let sent = self
-            .intervals
-            .get(&interval)?
-            .participants
-            .get(participant)?;
+        let sent = self.intervals.get(&interval)?.get(participant)?;
         sent.position(id).ok().map(|at| &sent.offers[at])
     }
 
     /// All kept offers of `interval`.
     pub fn offers(&self, interval: IntervalIndex) -> impl Iterator<Item = &Arc<SignedOffer>> {
-        self.intervals.get(&interval).into_iter().flat_map(|pool| {
-            pool.participants
-                .values()
-                .flat_map(|sent| sent.offers.iter())
-        })
+        self.intervals
+            .get(&interval)
+            .into_iter()
+            .flat_map(|pool| pool.participants().flat_map(|sent| sent.offers.iter()))
     }
 
     /// Equivocations seen and not yet taken.

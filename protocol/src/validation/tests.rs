@@ -361,6 +361,41 @@ mod order {
             prop_assert_eq!(state(&one_by_one), state(&batched));
         }
 
+        /// A node's pool keeps members' offers by place; with two of the
+        /// three participants members (places in another order than the
+        /// keys') it gives the same verdicts and holds the same set and book
+        /// as a pool without a member list.
+        #[test]
+        fn keeping_members_by_place_changes_no_verdict(
+            (offers, shuffled) in offers_strategy().prop_flat_map(|o| (Just(o.clone()), Just(o).prop_shuffle())),
+        ) {
+            let members: IdMap<ParticipantId, u32> = [(3u8, 0u32), (1, 1)]
+                .into_iter()
+                .map(|(seed, place)| (ParticipantId(key(seed).verifying_key().to_bytes()), place))
+                .collect();
+            let mut plain = OfferPool::new();
+            let mut placed = OfferPool::for_members(
+                std::sync::Arc::new(Ed25519Verifier::default()),
+                std::sync::Arc::new(members),
+            );
+            for o in offers.iter().chain(&shuffled) {
+                prop_assert_eq!(receive(&mut plain, o.clone()), receive(&mut placed, o.clone()));
+            }
+            prop_assert_eq!(state(&plain), state(&placed));
+            let held = |pool: &OfferPool| {
+                let mut ids: Vec<OfferId> = pool.offers(OPEN).map(|o| o.id).collect();
+                ids.sort_unstable();
+                ids
+            };
+            prop_assert_eq!(held(&plain), held(&placed));
+            for o in &offers {
+                prop_assert_eq!(
+                    plain.offer(OPEN, &o.offer.participant, &o.id).map(|o| o.id),
+                    placed.offer(OPEN, &o.offer.participant, &o.id).map(|o| o.id)
+                );
+            }
+        }
+
         #[test]
         fn two_pools_exchanging_their_sets_converge(
             offers in offers_strategy(),
