@@ -708,8 +708,11 @@ impl<'a> Sim<'a> {
     /// relays then forward along the tree.
     fn publish(&mut self, from: usize, message: Message) {
         let id = self.new_gossip(from, message);
-        let neighbours = self.nodes[from].neighbours.clone();
-        self.send_gossip(from, &neighbours, None, id);
+        for k in 0..self.nodes[from].neighbours.len() {
+            let node = &self.nodes[from];
+            let (j, latency) = (node.neighbours[k], node.latencies[k]);
+            self.transmit(from, j, latency, id);
+        }
     }
 
     /// Registers a gossip message that `from` has; returns its id.
@@ -728,37 +731,27 @@ impl<'a> Sim<'a> {
         self.gossip.len() - 1
     }
 
-    /// Relays gossip `id` from `node` along its tree links (but `except`),
-    /// each transmission lost with the scenario's probability.
+    /// Relays gossip `id` from `node` along its tree links (but `except`).
     fn forward(&mut self, node: usize, except: Option<usize>, id: usize) {
-        let loss = self.scenario.network.loss;
         for e in self.tree_links(node) {
             let (j, latency) = self.tree.links[e];
-            let j = j as usize;
-            if Some(j) == except || self.cut(node, j, self.now_ms) {
-                continue;
+            if Some(j as usize) != except {
+                self.transmit(node, j as usize, u64::from(latency), id);
             }
-            if loss > 0.0 && self.rng_loss.unit() < loss {
-                continue;
-            }
-            self.post(node, j, u64::from(latency), Payload::Gossip(id));
         }
     }
 
-    /// Transmits gossip `id` from `node` to `to` (but `except`), each
-    /// transmission lost with the scenario's probability.
-    fn send_gossip(&mut self, node: usize, to: &[usize], except: Option<usize>, id: usize) {
-        let loss = self.scenario.network.loss;
-        for &j in to {
-            if Some(j) == except || self.cut(node, j, self.now_ms) {
-                continue;
-            }
-            if loss > 0.0 && self.rng_loss.unit() < loss {
-                continue;
-            }
-            let latency = self.latency(node, j);
-            self.post(node, j, latency, Payload::Gossip(id));
+    /// Transmits gossip `id` from `node` to `j` over their link, unless a
+    /// partition cuts it; lost with the scenario's probability.
+    fn transmit(&mut self, node: usize, j: usize, latency: u64, id: usize) {
+        if self.cut(node, j, self.now_ms) {
+            return;
         }
+        let loss = self.scenario.network.loss;
+        if loss > 0.0 && self.rng_loss.unit() < loss {
+            return;
+        }
+        self.post(node, j, latency, Payload::Gossip(id));
     }
 
     fn node_time(&self, i: usize) -> u64 {

@@ -204,7 +204,7 @@ impl Sent {
 }
 
 /// The offers of one interval, per participant.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct IntervalPool {
     /// The market's members with their places, when the pool knows them
     /// ([`OfferPool::for_members`]).
