@@ -452,9 +452,11 @@ struct IntervalState {
     /// a waiting peer the proof), and how many there are. A thousand arrive
     /// per interval: a slot per member costs less than hashing each.
     attestations: Vec<Option<Arc<SignedAttestation>>>,
-    /// The same attestations grouped by roots (usually one or two groups),
-    /// so finality is checked without regrouping on every arrival.
-    groups: BTreeMap<(Hash32, Hash32), Vec<ParticipantId>>,
+    /// The attesters' places grouped by roots (usually one or two groups),
+    /// in arrival order, so finality is checked without regrouping on every
+    /// arrival. Places, not 32-byte ids: a thousand nodes each fill one of
+    /// these during the same second, and ids made that 32 MB.
+    groups: BTreeMap<(Hash32, Hash32), Vec<u32>>,
     fetch: Option<Fetch>,
     /// Reconciliation rounds started.
     rounds: u32,
@@ -503,7 +505,7 @@ impl IntervalState {
                 self.groups
                     .entry((a.set_root, a.result_root))
                     .or_default()
-                    .push(a.attester);
+                    .push(place);
             }
             *slot = Some(signed);
         }
@@ -1848,8 +1850,11 @@ impl Node {
         if own_roots == Some((set_root, result_root)) {
             self.finalize(interval, false, out);
         } else if state.fetch.as_ref().is_none_or(|f| f.set_root != set_root) {
-            let mut candidates: Vec<ParticipantId> =
-                attesters.into_iter().filter(|m| *m != self.me).collect();
+            let mut candidates: Vec<ParticipantId> = attesters
+                .into_iter()
+                .map(|place| self.shared.places[place as usize])
+                .filter(|m| *m != self.me)
+                .collect();
             // Spread fetches over the attesters: start at a place that depends on us.
             let start = usize::from(self.me.0[0]) % candidates.len().max(1);
             candidates.rotate_left(start);
