@@ -47,8 +47,9 @@ mod tests {
         // 32 MiB in 16 KiB blocks (below malloc's mmap threshold, so they
         // come from an arena), each page touched. Keep every 16th block: the
         // freed ones sit between live ones, where malloc keeps them.
+        let fill = |i: usize| u8::try_from(i % 251).unwrap_or(0) + 1;
         let mut blocks: Vec<Box<[u8]>> = (0..2_048)
-            .map(|i| vec![u8::try_from(i % 251).unwrap_or(0) + 1; 16 * 1_024].into_boxed_slice())
+            .map(|i| vec![fill(i); 16 * 1_024].into_boxed_slice())
             .collect();
         let mut kept = Vec::new();
         for (i, b) in blocks.drain(..).enumerate() {
@@ -66,11 +67,7 @@ mod tests {
         );
         // The kept blocks are intact.
         for (j, b) in kept.iter().enumerate() {
-            let i = j * 16;
-            assert!(
-                b.iter()
-                    .all(|&x| x == u8::try_from(i % 251).unwrap_or(0) + 1)
-            );
+            assert!(b.iter().all(|&x| x == fill(j * 16)));
         }
     }
 }
