@@ -23,7 +23,7 @@ pub fn run(out: &Path, data_dir: Option<PathBuf>, seed: Option<u64>) -> anyhow::
     let scenario: Scenario = toml::from_str(SCENARIO).context("the built-in demo scenario")?;
     scenario.validate().context("the built-in demo scenario")?;
     let data_dir = data_dir.unwrap_or_else(data::default_dir);
-    let (summary, outcome) = dharti_simulations::run(&scenario, &data_dir, seed, |_, _| {})
+    let (summary, outcome) = dharti_simulations::run(&scenario, &data_dir, seed, 1, |_, _| {})
         .with_context(|| {
             format!(
                 "running the demo market on the profile data in {} (set --data or DHARTI_DATA)",

@@ -27,17 +27,22 @@ pub mod time;
 mod verifier;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::Context;
 
 /// Runs `scenario` (with `seed` instead of its own, if given) on the data in
-/// `data_dir`; `progress` is told (done, total) intervals.
+/// `data_dir`, simulating up to `jobs` of its markets at once (each on one
+/// thread; the trace does not depend on `jobs`); `progress` is told (done,
+/// total) market-intervals.
 pub fn run(
     scenario: &scenario::Scenario,
     data_dir: &Path,
     seed: Option<u64>,
-    progress: impl FnMut(usize, usize),
+    jobs: usize,
+    progress: impl FnMut(usize, usize) + Send,
 ) -> anyhow::Result<(report::Summary, sim::Outcome)> {
     let started = Instant::now();
     let seed = seed.unwrap_or(scenario.simulation.seed);
@@ -54,9 +59,79 @@ pub fn run(
         &weather,
         &mut household_rng,
     );
-    let mut sim = sim::Sim::new(scenario, households, start_s, &mut rng);
-    sim.on_progress(progress);
-    let outcome = sim.run();
+    let markets = split_markets(households, scenario.households.markets);
+    let total = markets.len() * scenario.simulation.intervals as usize;
+    let progress = Mutex::new((progress, 0usize));
+    let next = AtomicUsize::new(0);
+    let outcomes: Vec<Mutex<Option<sim::Outcome>>> =
+        (0..markets.len()).map(|_| Mutex::new(None)).collect();
+    let markets: Vec<Mutex<Option<Vec<households::Household>>>> =
+        markets.into_iter().map(|m| Mutex::new(Some(m))).collect();
+    // Each market is a simulation of its own, seeded from the run's seed and
+    // its number, so markets may run side by side in any order.
+    let simulate = || {
+        loop {
+            let market = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = markets.get(market) else {
+                break;
+            };
+            let households = lock(slot).take().expect("each market is taken once");
+            // Market 0 draws from the run's stream, as a one-market run does.
+            let mut market_rng = if market == 0 {
+                rng.clone()
+            } else {
+                rng.clone().fork(MARKET_STREAM + market as u64)
+            };
+            let mut sim = sim::Sim::new(scenario, market, households, start_s, &mut market_rng);
+            sim.on_progress(|_, _| {
+                let mut p = lock(&progress);
+                p.1 += 1;
+                let done = p.1;
+                (p.0)(done, total);
+            });
+            *lock(&outcomes[market]) = Some(sim.run());
+        }
+    };
+    let jobs = jobs.clamp(1, markets.len());
+    if jobs == 1 {
+        simulate();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(simulate);
+            }
+        });
+    }
+    let outcomes: Vec<sim::Outcome> = outcomes
+        .into_iter()
+        .map(|o| {
+            o.into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .expect("every market ran")
+        })
+        .collect();
+    let outcome = sim::Outcome::merge(outcomes);
     let summary = report::summarize(&outcome, seed, started.elapsed().as_secs_f64());
     Ok((summary, outcome))
+}
+
+/// Label of the random streams of markets after the first.
+const MARKET_STREAM: u64 = 0x4d41_524b_4554_0000;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Splits households into `markets` consecutive groups whose sizes differ by
+/// at most one.
+fn split_markets(
+    households: Vec<households::Household>,
+    markets: usize,
+) -> Vec<Vec<households::Household>> {
+    let markets = markets.max(1);
+    let (per, extra) = (households.len() / markets, households.len() % markets);
+    let mut rest = households.into_iter();
+    (0..markets)
+        .map(|m| rest.by_ref().take(per + usize::from(m < extra)).collect())
+        .collect()
 }

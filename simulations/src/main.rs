@@ -39,6 +39,11 @@ enum Command {
         /// Directory with the profile data (default: $DHARTI_DATA or ../shared/data).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Markets (`households.markets`) simulated at once, each on one
+        /// thread (default: one per core). Results and trace do not depend
+        /// on it; memory grows with it.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
 }
 
@@ -50,7 +55,7 @@ const BAR_WIDTH: usize = 30;
 fn progress_bar(name: &str, done: usize, total: usize, elapsed: std::time::Duration) -> String {
     let filled = (done * BAR_WIDTH).checked_div(total).unwrap_or(BAR_WIDTH);
     format!(
-        "{name} [{}{}] {done}/{total} intervals, {:.0} s",
+        "{name} [{}{}] {done}/{total} market-intervals, {:.0} s",
         "#".repeat(filled),
         ".".repeat(BAR_WIDTH - filled),
         elapsed.as_secs_f64()
@@ -74,7 +79,14 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         out,
         check_determinism,
         data,
+        jobs,
     } = cli.command;
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
     let scenario = Scenario::load(&path)?;
     let data = data.unwrap_or_else(data::default_dir);
     let name = path
@@ -91,9 +103,9 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let (summary, outcome) = run(&scenario, &data, seed, progress)?;
+    let (summary, outcome) = run(&scenario, &data, seed, jobs, progress)?;
     if check_determinism {
-        let (again, _) = run(&scenario, &data, seed, |_, _| {})?;
+        let (again, _) = run(&scenario, &data, seed, jobs, |_, _| {})?;
         if again.trace_hash != summary.trace_hash {
             bail!(
                 "not deterministic: trace hashes {} and {} differ",

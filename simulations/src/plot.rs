@@ -9,6 +9,7 @@
 //! SVG document and [`Raster`] into pixels (with an 8×8 bitmap font)
 //! that the `png` crate encodes. No system fonts, no downloads.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -397,25 +398,33 @@ fn write_chart(dir: &Path, name: &str, panels: &[Panel<'_>]) -> anyhow::Result<(
 pub fn write(dir: &Path, outcome: &Outcome) -> anyhow::Result<()> {
     let first_start = outcome.intervals.first().map_or(0, |i| i.start_s);
     let hours = |start_s: u64| (start_s - first_start) as f64 / 3600.0;
-    let price: Vec<(f64, f64)> = outcome
-        .intervals
+    // Per interval start, over the markets: energy traded, and the clearing
+    // prices weighted by it (one market: its price and volume).
+    let mut per_start: BTreeMap<u64, (u128, u64, Option<u64>)> = BTreeMap::new();
+    for i in &outcome.intervals {
+        let entry = per_start.entry(i.start_s).or_default();
+        if let Some(r) = &i.result {
+            entry.1 += r.volume_wh;
+            if let Some(p) = r.clearing_price_micro_per_kwh {
+                entry.0 += u128::from(p) * u128::from(r.volume_wh);
+                entry.2 = Some(entry.2.map_or(p, |q| q.max(p)));
+            }
+        }
+    }
+    let price: Vec<(f64, f64)> = per_start
         .iter()
-        .map(|i| {
-            let p = i
-                .result
-                .as_ref()
-                .and_then(|r| r.clearing_price_micro_per_kwh)
-                .map_or(f64::NAN, |p| p as f64 / 10_000.0);
-            (hours(i.start_s), p)
+        .map(|(&start, &(weighted, volume, any))| {
+            let p = match (volume, any) {
+                (0, Some(p)) => p as f64,
+                (0, None) => f64::NAN,
+                (v, _) => weighted as f64 / v as f64,
+            };
+            (hours(start), p / 10_000.0)
         })
         .collect();
-    let volume: Vec<(f64, f64)> = outcome
-        .intervals
+    let volume: Vec<(f64, f64)> = per_start
         .iter()
-        .map(|i| {
-            let wh = i.result.as_ref().map_or(0, |r| r.volume_wh);
-            (hours(i.start_s), wh as f64 / 1_000.0)
-        })
+        .map(|(&start, &(_, wh, _))| (hours(start), wh as f64 / 1_000.0))
         .collect();
     let half = f64::from(HEIGHT) / 2.0;
     write_chart(

@@ -12,6 +12,8 @@ use crate::sim::Outcome;
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub nodes: usize,
+    /// Separate markets (feeders) the households were split into.
+    pub markets: usize,
     pub intervals: usize,
     pub seed: u64,
     pub trace_hash: String,
@@ -51,7 +53,14 @@ pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
 
 pub fn summarize(outcome: &Outcome, seed: u64, wall_s: f64) -> Summary {
     let nodes = outcome.households.len();
-    let intervals = outcome.intervals.len();
+    let markets = outcome
+        .intervals
+        .iter()
+        .map(|i| i.market + 1)
+        .max()
+        .unwrap_or(1);
+    // Per market: every market runs the scenario's intervals.
+    let intervals = outcome.intervals.len() / markets;
     let mut finality: Vec<u64> = outcome
         .intervals
         .iter()
@@ -98,6 +107,7 @@ pub fn summarize(outcome: &Outcome, seed: u64, wall_s: f64) -> Summary {
     let matching: usize = outcome.intervals.iter().map(|i| i.settled_matching).sum();
     Summary {
         nodes,
+        markets,
         intervals,
         seed,
         trace_hash: hex::encode(outcome.trace_hash),
@@ -137,7 +147,10 @@ pub fn summarize(outcome: &Outcome, seed: u64, wall_s: f64) -> Summary {
             .then(|| (revenue as f64 / at_feed_in as f64 - 1.0) * 100.0),
         messages_per_node_per_interval: outcome.messages as f64 / per_node_interval,
         bytes_per_node_per_interval: outcome.bytes as f64 / per_node_interval,
-        payload_bytes_per_interval: outcome.payload_bytes as f64 / intervals.max(1) as f64,
+        // What one market's members publish: each node receives its own
+        // market's payload only.
+        payload_bytes_per_interval: outcome.payload_bytes as f64
+            / (intervals * markets).max(1) as f64,
         settlements_complete: settled,
         settlement_agreement_rate: if settled == 0 {
             1.0
@@ -158,7 +171,7 @@ pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome) -> anyhow::Result
     std::fs::write(dir.join("summary.json"), json + "\n").context("cannot write summary.json")?;
 
     let mut csv = String::from(
-        "interval,start_unix_s,clearing_price_micro_per_kwh,volume_wh,agreement,finality_ms_p50,self_sufficiency,offers\n",
+        "market,interval,start_unix_s,clearing_price_micro_per_kwh,volume_wh,agreement,finality_ms_p50,self_sufficiency,offers\n",
     );
     for i in &outcome.intervals {
         let mut finality = i.finality_ms.clone();
@@ -180,7 +193,8 @@ pub fn write(dir: &Path, summary: &Summary, outcome: &Outcome) -> anyhow::Result
         };
         writeln!(
             csv,
-            "{},{},{},{},{:.4},{},{:.4},{}",
+            "{},{},{},{},{},{:.4},{},{:.4},{}",
+            i.market,
             i.index,
             i.start_s,
             price.map_or(String::new(), |p| p.to_string()),

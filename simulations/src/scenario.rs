@@ -67,6 +67,11 @@ impl Default for Market {
 #[serde(deny_unknown_fields)]
 pub struct Households {
     pub count: usize,
+    /// The households are split into this many markets of equal size (one
+    /// low-voltage feeder each): separate Dharti markets with their own
+    /// members and network, which do not trade with each other.
+    #[serde(default = "one_market")]
+    pub markets: usize,
     #[serde(default = "annual_kwh")]
     pub annual_kwh: [f64; 2],
     #[serde(default)]
@@ -81,6 +86,9 @@ pub struct Households {
     pub weather: String,
 }
 
+fn one_market() -> usize {
+    1
+}
 fn annual_kwh() -> [f64; 2] {
     [2_000.0, 6_000.0]
 }
@@ -214,6 +222,11 @@ impl Scenario {
             h.count <= 100_000,
             "households.count above 100,000 is not supported"
         );
+        ensure!(
+            h.markets >= 1 && h.count / h.markets.max(1) >= 2,
+            "households.markets = {} must be at least 1 and leave each market at least 2 households",
+            h.markets
+        );
         range("households.annual_kwh", h.annual_kwh)?;
         range("households.pv_kwp", h.pv_kwp)?;
         range("households.battery_kwh", h.battery_kwh)?;
@@ -277,6 +290,7 @@ count = 10
         assert_eq!(s.market.interval_s, 900);
         assert_eq!(s.network.degree, 8);
         assert_eq!(s.households.weather, "try2010_potsdam");
+        assert_eq!(s.households.markets, 1);
     }
 
     #[test]
@@ -299,6 +313,17 @@ count = 10
         let mut s: Scenario = toml::from_str(MINIMAL).unwrap();
         s.market.mechanism = "dutch".into();
         assert!(format!("{:#}", s.validate().unwrap_err()).contains("market.mechanism"));
+        for markets in [0, 6] {
+            let mut s: Scenario = toml::from_str(MINIMAL).unwrap();
+            s.households.markets = markets;
+            assert!(
+                s.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("households.markets"),
+                "{markets} markets of 10 households"
+            );
+        }
         let mut s: Scenario = toml::from_str(MINIMAL).unwrap();
         s.households.weather = "mars".into();
         assert!(

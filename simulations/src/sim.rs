@@ -185,6 +185,8 @@ pub struct NodeFinal {
 /// Per-interval outcome.
 #[derive(Clone, Debug, Default)]
 pub struct IntervalOutcome {
+    /// The market (feeder) it belongs to, 0 when there is one.
+    pub market: usize,
     pub index: u64,
     pub start_s: u64,
     pub reference: Option<(Hash32, Hash32)>,
@@ -237,6 +239,50 @@ pub struct Outcome {
     pub trace_hash: Hash32,
 }
 
+impl Outcome {
+    /// One outcome of independent markets' outcomes, in market order: their
+    /// households, intervals and counts side by side. One market's outcome
+    /// is returned as it is; several markets' trace hash hashes theirs in order.
+    pub fn merge(outcomes: Vec<Outcome>) -> Outcome {
+        if outcomes.len() == 1 {
+            return outcomes.into_iter().next().expect("one");
+        }
+        let mut trace = Hasher::new(b"DHARTI-SIM-MARKETS");
+        let mut all = Outcome {
+            roles: Vec::new(),
+            households: Vec::new(),
+            intervals: Vec::new(),
+            per_household: Vec::new(),
+            invariant_violations: 0,
+            violations: Vec::new(),
+            messages: 0,
+            bytes: 0,
+            payload_bytes: 0,
+            offers_total: 0,
+            trace_hash: [0; 32],
+        };
+        for (market, o) in outcomes.into_iter().enumerate() {
+            trace.write(&o.trace_hash);
+            all.roles.extend(o.roles);
+            all.households.extend(o.households);
+            all.intervals.extend(o.intervals);
+            all.per_household.extend(o.per_household);
+            all.invariant_violations += o.invariant_violations;
+            all.violations.extend(
+                o.violations
+                    .into_iter()
+                    .map(|v| format!("market {market}: {v}")),
+            );
+            all.messages += o.messages;
+            all.bytes += o.bytes;
+            all.payload_bytes += o.payload_bytes;
+            all.offers_total += o.offers_total;
+        }
+        all.trace_hash = trace.finish();
+        all
+    }
+}
+
 struct Household2 {
     node: Node,
     role: Role,
@@ -259,6 +305,7 @@ struct Household2 {
 
 pub struct Sim<'a> {
     scenario: &'a Scenario,
+    market: usize,
     rules: MarketRules,
     tariff: Tariff,
     first: IntervalIndex,
@@ -323,8 +370,10 @@ fn gate_ms(rules: &MarketRules, interval: IntervalIndex) -> u64 {
 }
 
 impl<'a> Sim<'a> {
+    /// Market `market` of `scenario` (0 when it has one), with these households.
     pub fn new(
         scenario: &'a Scenario,
+        market: usize,
         households: Vec<Household>,
         start_s: u64,
         rng: &mut Rng,
@@ -339,7 +388,11 @@ impl<'a> Sim<'a> {
         let clock = IntervalClock::new(m.interval_s, m.gate_lead_s).expect("validated scenario");
         let rules = MarketRules {
             chain_id: CHAIN_ID_VOLTA,
-            market_id: MarketId::from_name("dharti-sim"),
+            market_id: if market == 0 {
+                MarketId::from_name("dharti-sim")
+            } else {
+                MarketId::from_name(&format!("dharti-sim-{market}"))
+            },
             clock,
             max_intervals_ahead: 4,
             max_offer_energy_wh: 100_000,
@@ -487,6 +540,7 @@ impl<'a> Sim<'a> {
 
         Sim {
             scenario,
+            market,
             rules,
             tariff,
             first,
@@ -1223,6 +1277,7 @@ impl<'a> Sim<'a> {
         let reference = votes.iter().max_by_key(|(_, c)| **c).map(|(r, _)| *r);
         let result = reference.and_then(|(s, r)| self.results_seen.get(&(k, s, r)).cloned());
         let mut outcome = IntervalOutcome {
+            market: self.market,
             index: interval.0,
             start_s: self.rules.clock.start_s(interval),
             reference,

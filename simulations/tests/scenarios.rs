@@ -17,7 +17,7 @@ fn scenario(text: &str, intervals: u32) -> Scenario {
 }
 
 fn check(s: &Scenario, seed: u64) -> dharti_simulations::report::Summary {
-    let (summary, _) = run(s, &data::default_dir(), Some(seed), |_, _| {}).expect("runs");
+    let (summary, _) = run(s, &data::default_dir(), Some(seed), 1, |_, _| {}).expect("runs");
     assert_eq!(
         summary.invariant_violations, 0,
         "seed {seed}: {:?}",
@@ -86,6 +86,50 @@ fn the_same_seed_gives_the_same_trace() {
 }
 
 #[test]
+fn markets_run_apart_and_side_by_side_alike() {
+    let mut s = scenario(DEMO, 3);
+    s.households.count = 60;
+    s.households.markets = 3;
+    s.validate().expect("valid");
+    let data = data::default_dir();
+    let (one, outcome) = run(&s, &data, Some(2), 1, |_, _| {}).expect("runs");
+    let mut calls = 0;
+    let (three, _) = run(&s, &data, Some(2), 3, |_, _| calls += 1).expect("runs");
+    assert_eq!(calls, 3 * 3, "progress counts market-intervals");
+    assert_eq!(
+        one.trace_hash, three.trace_hash,
+        "the trace depends on --jobs"
+    );
+    assert_eq!((one.nodes, one.markets, one.intervals), (60, 3, 3));
+    assert_eq!(one.intervals_finalized, 3 * 3);
+    assert_eq!(one.invariant_violations, 0, "{:?}", one.violations);
+    assert_eq!(one.agreement_rate, 1.0);
+    for market in 0..3 {
+        assert_eq!(
+            outcome
+                .intervals
+                .iter()
+                .filter(|i| i.market == market)
+                .count(),
+            3
+        );
+    }
+    // Markets are separate: their results differ, and so does a run that
+    // keeps all sixty households in one market.
+    let results: std::collections::BTreeSet<_> = outcome
+        .intervals
+        .iter()
+        .filter(|i| i.index == outcome.intervals[0].index)
+        .map(|i| i.reference)
+        .collect();
+    assert_eq!(results.len(), 3);
+    s.households.markets = 1;
+    let (single, _) = run(&s, &data, Some(2), 1, |_, _| {}).expect("runs");
+    assert_ne!(single.trace_hash, one.trace_hash);
+    assert_eq!(single.nodes, 60);
+}
+
+#[test]
 fn kpis_are_in_range() {
     let s = scenario(DEMO, 8);
     let summary = check(&s, 7);
@@ -117,7 +161,7 @@ fn kpis_are_in_range() {
 #[test]
 fn a_run_writes_its_tables_and_plots() {
     let s = scenario(DEMO, 4);
-    let (summary, outcome) = run(&s, &data::default_dir(), Some(1), |_, _| {}).expect("runs");
+    let (summary, outcome) = run(&s, &data::default_dir(), Some(1), 1, |_, _| {}).expect("runs");
     let dir = std::env::temp_dir().join(format!("dharti-sim-plots-{}", std::process::id()));
     dharti_simulations::report::write(&dir, &summary, &outcome).expect("writes");
     for name in ["price_volume", "finality", "savings"] {
