@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
 use dharti_protocol::clearing::Mechanism;
-use dharti_protocol::node::{DEFAULT_QUORUM_PPM, NodeConfig};
+use dharti_protocol::node::{DEFAULT_QUORUM_PPM, MIN_ATTESTERS, NodeConfig};
 use dharti_protocol::tariff::{Tariff, TariffSchedule};
 use dharti_protocol::types::{
     CHAIN_ID_EWC, CHAIN_ID_VOLTA, IntervalClock, MarketId, ParticipantId,
@@ -69,6 +69,9 @@ pub struct MarketSection {
     pub retail_micro_per_kwh: u64,
     pub grid_fee_micro_per_kwh: u64,
     pub quorum: f64,
+    /// Members that attest each interval (a committee drawn per interval);
+    /// 0: every member.
+    pub attesters: usize,
     /// Offers (first, replacements, cancels) one participant may send for
     /// one interval; more void it.
     pub max_offers_per_participant: u32,
@@ -89,6 +92,7 @@ impl Default for MarketSection {
             retail_micro_per_kwh: 300_000,
             grid_fee_micro_per_kwh: 20_000,
             quorum: f64::from(DEFAULT_QUORUM_PPM) / 1e6,
+            attesters: 0,
             max_offers_per_participant: DEFAULT_MAX_OFFERS_PER_PARTICIPANT,
             members: Vec::new(),
         }
@@ -321,6 +325,11 @@ impl Config {
             q > 0.5 && q < 1.0,
             "market.quorum = {q}: use a share above 0.5 and below 1 (the default is 0.666667)"
         );
+        let attesters = self.market.attesters;
+        ensure!(
+            attesters == 0 || attesters >= MIN_ATTESTERS,
+            "market.attesters = {attesters}: use 0 (every member attests) or a committee of at least {MIN_ATTESTERS}"
+        );
         ensure!(
             self.network.max_connections >= 1,
             "network.max_connections must be at least 1"
@@ -532,6 +541,7 @@ impl Config {
             quorum_ppm: (self.market.quorum * 1e6).round() as u32,
             reconcile_fanout: 3,
             active_window: 4,
+            attesters: self.market.attesters,
         })
     }
 }
@@ -581,6 +591,10 @@ retail_micro_per_kwh = 300000
 grid_fee_micro_per_kwh = 20000
 # A result is final when more than this share of the active members attests it.
 quorum = 0.666667
+# 0: every member attests each interval. In a market of hundreds, a committee
+# of this many members, drawn afresh per interval, attests instead (fewer
+# messages; safe while far fewer than a third of the members are hostile).
+attesters = 0
 # Offers (first, replacements, cancels) one member may send per interval; more void it.
 max_offers_per_participant = 16
 # Participant ids of the members (this node's is first); add your neighbours'.
@@ -736,6 +750,7 @@ mod tests {
                 "api.listen",
             ),
             ("quorum = 0.666667", "quorum = 0.4", "market.quorum"),
+            ("attesters = 0", "attesters = 2", "market.attesters"),
             ("kind = \"none\"", "kind = \"mqtt\"", "meter.kind"),
             (
                 "max_connections = 64",

@@ -46,6 +46,10 @@ pub struct Market {
     pub grid_fee_micro_per_kwh: u64,
     /// Share of the active members needed for finality (more than this).
     pub quorum: f64,
+    /// Members that attest each interval (a committee drawn per interval);
+    /// 0: every member.
+    #[serde(default)]
+    pub attesters: usize,
 }
 
 impl Default for Market {
@@ -59,6 +63,7 @@ impl Default for Market {
             retail_micro_per_kwh: 300_000,
             grid_fee_micro_per_kwh: 20_000,
             quorum: 0.67,
+            attesters: 0,
         }
     }
 }
@@ -215,6 +220,12 @@ impl Scenario {
             m.quorum > 0.0 && m.quorum < 1.0,
             "market.quorum = {} must be between 0 and 1",
             m.quorum
+        );
+        ensure!(
+            m.attesters == 0 || m.attesters >= dharti_protocol::node::MIN_ATTESTERS,
+            "market.attesters = {}: use 0 (every member attests) or a committee of at least {}",
+            m.attesters,
+            dharti_protocol::node::MIN_ATTESTERS
         );
         let h = &self.households;
         ensure!(h.count >= 2, "households.count must be at least 2");

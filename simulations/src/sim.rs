@@ -425,6 +425,7 @@ impl<'a> Sim<'a> {
             quorum_ppm: (m.quorum * 1_000_000.0).round() as u32,
             reconcile_fanout: 3,
             active_window: 4,
+            attesters: m.attesters,
         };
 
         // Roles: a seeded choice of adversaries.

@@ -66,6 +66,24 @@ fn adversarial_sweep_seeds_151_to_200() {
 }
 
 #[test]
+fn a_committee_of_ten_keeps_the_adversarial_market_safe() {
+    // A third of the members attest each interval; hostile members are
+    // drawn onto committees like anyone.
+    let mut s = scenario(ADVERSARIAL, 4);
+    s.market.attesters = 10;
+    s.validate().expect("valid");
+    let all = scenario(ADVERSARIAL, 4);
+    for seed in 1..=25 {
+        let committee = check(&s, seed);
+        let everyone = check(&all, seed);
+        assert!(
+            committee.messages_per_node_per_interval < everyone.messages_per_node_per_interval,
+            "seed {seed}: a committee should send fewer messages"
+        );
+    }
+}
+
+#[test]
 fn a_partition_heals_and_everyone_agrees() {
     let s = scenario(PARTITION, 6);
     let summary = check(&s, 5);

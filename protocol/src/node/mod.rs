@@ -33,11 +33,11 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::clearing::{ClearingResult, clear};
-use crate::hash::{Hash32, IdMap, sha256};
+use crate::hash::{Hash32, Hasher, IdMap, sha256};
 use crate::offer::{Offer, SignedOffer};
 use crate::reconcile::{initiate_with, respond_with};
 use crate::settlement::{IntervalSettlement, MeterReading, settle};
-use crate::types::{IntervalIndex, OfferId, ParticipantId, Side};
+use crate::types::{IntervalIndex, MarketId, OfferId, ParticipantId, Side};
 use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
 use crate::verify::{Ed25519Verifier, SignatureVerifier, check_shared};
 
@@ -64,6 +64,13 @@ pub struct NodeConfig {
     /// Members count as active if they attested in one of this many recent
     /// final intervals (default 4); before any history, all members are.
     pub active_window: usize,
+    /// Attesters per interval: when set and smaller than the member list,
+    /// each interval's attestations come from a committee of this many
+    /// members, drawn afresh per interval ([`committee_scores`]); quorum is
+    /// then counted among the committee. 0 (the default): every member
+    /// attests, as DESIGN.md describes.
+    #[serde(default)]
+    pub attesters: usize,
 }
 
 /// What a node's result for an interval is.
@@ -126,6 +133,9 @@ pub struct Shared {
     members: Arc<IdMap<ParticipantId, u32>>,
     /// The members by place.
     places: Arc<Vec<ParticipantId>>,
+    /// Per place, the member's committee key: the first eight bytes of
+    /// `SHA-256("DHARTI-COMMITTEE-V1" || id)`, hashed once.
+    committee_keys: Arc<Vec<u64>>,
 }
 
 impl Shared {
@@ -155,14 +165,56 @@ impl Shared {
                     .collect(),
             ),
             places: Arc::new(config.members.iter().copied().collect()),
+            committee_keys: Arc::new(
+                config
+                    .members
+                    .iter()
+                    .map(|member| {
+                        let mut h = Hasher::new(COMMITTEE_DOMAIN);
+                        h.write(&member.0);
+                        first_u64(&h.finish())
+                    })
+                    .collect(),
+            ),
         }
     }
+}
+
+const COMMITTEE_DOMAIN: &[u8] = b"DHARTI-COMMITTEE-V1";
+
+fn first_u64(hash: &Hash32) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("eight bytes"))
+}
+
+/// Each member's committee score in `interval` of `market`, by place: the
+/// members with the lowest scores (ties by place) attest. A score is
+/// SplitMix64's finalizer (a bijection) over the member's committee key
+/// XOR the interval's seed, the first eight bytes of
+/// `SHA-256("DHARTI-COMMITTEE-V1" || market id || interval u64 LE)`: a
+/// fresh, evenly spread choice per interval that costs one hash per interval
+/// and a multiplication per member.
+pub fn committee_scores(keys: &[u64], market: &MarketId, interval: IntervalIndex) -> Vec<u64> {
+    let mut h = Hasher::new(COMMITTEE_DOMAIN);
+    h.write(&market.0);
+    h.write_u64(interval.0);
+    let seed = first_u64(&h.finish());
+    keys.iter()
+        .map(|key| {
+            let mut z = key ^ seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+        .collect()
 }
 
 /// Default for [`NodeConfig::reconcile_window_ms`].
 pub const DEFAULT_RECONCILE_WINDOW_MS: u64 = 20_000;
 /// Default for [`NodeConfig::quorum_ppm`].
 pub const DEFAULT_QUORUM_PPM: u32 = 666_667;
+/// The smallest committee [`NodeConfig::attesters`] should name (configs
+/// check it): fewer attesters could not outvote one hostile one.
+pub const MIN_ATTESTERS: usize = 4;
 
 /// Reconciliation rounds per window, evenly spread over its first three
 /// quarters (the last quarter is left for the final exchanges to land).
@@ -226,6 +278,16 @@ pub enum Verdict {
     Ignore,
     /// The sender broke a rule: do not propagate, score it down.
     Reject(String),
+}
+
+/// What a node that waits for `interval`'s quorum asks a peer: with its own
+/// attestation (`Pending`, which also hands the peer that attestation), or,
+/// outside the committee, with none (`WantFinal`).
+fn ask_for_quorum(interval: IntervalIndex, own: Option<&Arc<SignedAttestation>>) -> Message {
+    match own {
+        Some(signed) => Message::Pending(signed.clone()),
+        None => Message::WantFinal { interval },
+    }
 }
 
 /// The verdict on a message that carried many items: the first rejection
@@ -343,10 +405,14 @@ struct Activity {
     window: VecDeque<(IntervalIndex, Vec<u64>)>,
     counts: Vec<u32>,
     active: usize,
+    /// Bumped whenever a member's count changes, so that what is derived
+    /// from the counts (a committee's threshold) can be kept until then.
+    generation: u64,
 }
 
 impl Activity {
     fn bump(&mut self, member: usize) {
+        self.generation += 1;
         if self.counts.len() <= member {
             self.counts.resize(member + 1, 0);
         }
@@ -382,6 +448,7 @@ impl Activity {
                     let member = word_index * 64 + word.trailing_zeros() as usize;
                     word &= word - 1;
                     self.counts[member] -= 1;
+                    self.generation += 1;
                     if self.counts[member] == 0 {
                         self.active -= 1;
                     }
@@ -409,6 +476,11 @@ impl Activity {
 
     fn active(&self) -> usize {
         self.active
+    }
+
+    /// Whether the member at `place` is active; before any history, all are.
+    fn is_active(&self, place: u32) -> bool {
+        self.window.is_empty() || self.counts.get(place as usize).is_some_and(|&c| c > 0)
     }
 }
 
@@ -445,9 +517,16 @@ struct Fetch {
 struct IntervalState {
     phase: Phase,
     own: Option<(Hash32, Hash32, Arc<IntervalResult>)>,
-    /// Our signed attestation, when we last asked peers for the quorum's
-    /// and how often.
-    attestation: Option<(Arc<SignedAttestation>, u64, u32)>,
+    /// Once the node has its own result: its signed attestation (none when
+    /// it is outside the interval's committee), when it last asked peers
+    /// for the quorum's, and how often.
+    attestation: Option<(Option<Arc<SignedAttestation>>, u64, u32)>,
+    /// The interval's attesters as a bitset of places, when a committee
+    /// attests ([`NodeConfig::attesters`]); `None`: every member.
+    committee: Option<Vec<u64>>,
+    /// The committee's threshold, and the activity generation it was
+    /// counted at.
+    committee_threshold: Option<(u64, usize)>,
     /// Every member's signed attestation by the member's place (kept to hand
     /// a waiting peer the proof), and how many there are. A thousand arrive
     /// per interval: a slot per member costs less than hashing each.
@@ -511,6 +590,14 @@ impl IntervalState {
         }
     }
 
+    /// Whether the member at `place` attests in this interval.
+    fn attests(&self, place: u32) -> bool {
+        self.committee.as_ref().is_none_or(|bits| {
+            bits.get(place as usize / 64)
+                .is_some_and(|word| word & (1 << (place % 64)) != 0)
+        })
+    }
+
     /// The places of the final result's traders, ascending (member order).
     fn traders(&self) -> impl Iterator<Item = u32> + '_ {
         (0u32..)
@@ -527,11 +614,13 @@ impl IntervalState {
 
     /// A new interval of a market of `members`: a slot per member for its
     /// attestation and its report.
-    fn new(members: usize) -> IntervalState {
+    fn new(members: usize, committee: Option<Vec<u64>>) -> IntervalState {
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
+            committee,
+            committee_threshold: None,
             attestations: vec![None; members],
             groups: BTreeMap::new(),
             rounds: 0,
@@ -1238,6 +1327,11 @@ impl Node {
         let Some(state) = self.intervals.get(&a.interval) else {
             return Verdict::Ignore;
         };
+        if !state.attests(place) {
+            return Verdict::Reject(
+                "attestation from a member outside the interval's committee".into(),
+            );
+        }
         let known = state.attestations[place as usize]
             .as_ref()
             .map(|k| (k.attestation.set_root, k.attestation.result_root));
@@ -1536,7 +1630,7 @@ impl Node {
             self.ask_next(interval, out);
         }
         self.catch_up_round(out);
-        let mut asks: Vec<(IntervalIndex, u32, Arc<SignedAttestation>)> = Vec::new();
+        let mut asks: Vec<(IntervalIndex, u32, Option<Arc<SignedAttestation>>)> = Vec::new();
         for (interval, state) in self.intervals.iter_mut() {
             if state.phase == Phase::Attested
                 && let Some((signed, asked_ms, times)) = state.attestation.as_mut()
@@ -1596,7 +1690,7 @@ impl Node {
             for peer in self.reconcile_partners(interval, round) {
                 out.actions.push(Action::Send {
                     to: peer,
-                    message: Message::Pending(signed.clone()),
+                    message: ask_for_quorum(interval, signed.as_ref()),
                 });
             }
         }
@@ -1618,6 +1712,27 @@ impl Node {
         self.sequences = self.sequences.split_off(&(oldest.min(horizon), Side::Bid));
     }
 
+    /// A fresh state for `interval`, with its committee if one attests.
+    fn new_interval(&self, interval: IntervalIndex) -> IntervalState {
+        let members = self.config.members.len();
+        let size = self.config.attesters;
+        let committee = (size > 0 && size < members).then(|| {
+            let scores = committee_scores(
+                &self.shared.committee_keys,
+                &self.config.rules.market_id,
+                interval,
+            );
+            let mut ranked: Vec<(u64, u32)> = scores.into_iter().zip(0u32..).collect();
+            ranked.select_nth_unstable(size - 1);
+            let mut bits = vec![0u64; members.div_ceil(64)];
+            for &(_, place) in &ranked[..size] {
+                bits[place as usize / 64] |= 1 << (place % 64);
+            }
+            bits
+        });
+        IntervalState::new(members, committee)
+    }
+
     fn close_gate(&mut self, interval: IntervalIndex, out: &mut Output) {
         // Intervals still waiting for a quorum ask every connected peer at
         // each gate closure (`Pending`); final peers answer with the quorum's
@@ -1625,20 +1740,20 @@ impl Node {
         // its asking lasted finds the quorum once it is reconnected.
         // (Gossiping the same attestation again would not do: gossipsub drops
         // messages it has seen.)
-        for state in self.intervals.values() {
+        for (waiting, state) in &self.intervals {
             if state.phase == Phase::Attested
                 && let Some((signed, _, _)) = &state.attestation
             {
                 for peer in &self.peers {
                     out.actions.push(Action::Send {
                         to: *peer,
-                        message: Message::Pending(signed.clone()),
+                        message: ask_for_quorum(*waiting, signed.as_ref()),
                     });
                 }
             }
         }
-        self.intervals
-            .insert(interval, IntervalState::new(self.config.members.len()));
+        let state = self.new_interval(interval);
+        self.intervals.insert(interval, state);
         self.reconcile_round(interval, out);
     }
 
@@ -1717,14 +1832,22 @@ impl Node {
         }
         .sign(&self.key);
         let signed = Arc::new(signed);
-        if let Some(state) = self.intervals.get_mut(&interval) {
-            // A node outside the member list attests for its own use only:
-            // nobody counts it, so neither does it.
-            if let Some(&place) = self.shared.members.get(&self.me) {
-                state.record(place, signed.clone());
-            }
-            state.attestation = Some((signed.clone(), self.now_ms, 0));
+        let place = self.shared.members.get(&self.me).copied();
+        let Some(state) = self.intervals.get_mut(&interval) else {
+            return;
+        };
+        // Outside the committee, the node waits for the committee's quorum
+        // without signing.
+        if place.is_some_and(|place| !state.attests(place)) {
+            state.attestation = Some((None, self.now_ms, 0));
+            return;
         }
+        // A node outside the member list attests for its own use only:
+        // nobody counts it, so neither does it.
+        if let Some(place) = place {
+            state.record(place, signed.clone());
+        }
+        state.attestation = Some((Some(signed.clone()), self.now_ms, 0));
         out.actions
             .push(Action::Publish(Message::Attestation(signed)));
     }
@@ -1738,14 +1861,14 @@ impl Node {
         let from = from.max(IntervalIndex(
             first_live.0.saturating_sub(MAX_CATCH_UP_INTERVALS),
         ));
-        let members = self.config.members.len();
         for k in from.0..first_live.0 {
-            self.intervals.entry(IntervalIndex(k)).or_insert_with(|| {
-                let mut state = IntervalState::new(members);
+            let interval = IntervalIndex(k);
+            if !self.intervals.contains_key(&interval) {
+                let mut state = self.new_interval(interval);
                 state.phase = Phase::CatchingUp;
                 state.catch_up = Some(CatchUp::default());
-                state
-            });
+                self.intervals.insert(interval, state);
+            }
         }
         self.catch_up_round(out);
     }
@@ -1813,11 +1936,6 @@ impl Node {
         (pending, self.catch_up_abandoned)
     }
 
-    /// Members needed for a quorum now.
-    fn threshold(&self) -> usize {
-        self.threshold
-    }
-
     /// Recomputes the quorum threshold from the recent attesters.
     fn update_threshold(&mut self) {
         let active = match self.activity.active() {
@@ -1829,8 +1947,44 @@ impl Node {
         self.threshold = (share + 1).min(active).max(1);
     }
 
+    /// Attestations that make `interval` final: with a committee, more than
+    /// the quorum share of its active members (all of them before any
+    /// history), counted again only when activity changed; otherwise
+    /// the member-wide threshold.
+    fn threshold_of(&mut self, interval: IntervalIndex) -> usize {
+        let generation = self.activity.generation;
+        let Some(state) = self.intervals.get_mut(&interval) else {
+            return self.threshold;
+        };
+        let Some(bits) = &state.committee else {
+            return self.threshold;
+        };
+        if let Some((at, threshold)) = state.committee_threshold
+            && at == generation
+        {
+            return threshold;
+        }
+        let mut committee = 0;
+        let mut active = 0;
+        for (base, &word) in (0u32..).step_by(64).zip(bits) {
+            let mut word = word;
+            while word != 0 {
+                let place = base + word.trailing_zeros();
+                word &= word - 1;
+                committee += 1;
+                active += usize::from(self.activity.is_active(place));
+            }
+        }
+        let active = if active == 0 { committee } else { active };
+        let share = u128::from(active as u64) * u128::from(self.config.quorum_ppm) / 1_000_000;
+        let share = usize::try_from(share).expect("a share of the committee fits");
+        let threshold = (share + 1).min(active).max(1);
+        state.committee_threshold = Some((generation, threshold));
+        threshold
+    }
+
     fn check_finality(&mut self, interval: IntervalIndex, out: &mut Output) {
-        let threshold = self.threshold();
+        let threshold = self.threshold_of(interval);
         let Some(state) = self.intervals.get(&interval) else {
             return;
         };
@@ -1907,9 +2061,16 @@ impl Node {
             // neither settles it nor counts its attesters as recent.
             state.settled = true;
         } else {
+            // With a committee, few members attest in a window: members
+            // that sent an offer count as active too.
+            let offerers = if state.committee.is_some() {
+                self.pool.member_places(interval)
+            } else {
+                Vec::new()
+            };
             self.activity.open(
                 interval,
-                state.attestations().map(|(place, _)| place),
+                state.attestations().map(|(place, _)| place).chain(offerers),
                 self.config.active_window.max(1),
             );
             self.update_threshold();

@@ -76,10 +76,16 @@ struct Net {
     settled: Vec<BTreeMap<IntervalIndex, Settled>>,
     accepted_offers: BTreeMap<IntervalIndex, BTreeSet<OfferId>>,
     verdicts: Vec<Verdict>,
+    /// Who published an attestation, per interval.
+    attesters: BTreeMap<IntervalIndex, BTreeSet<ParticipantId>>,
 }
 
 impl Net {
     fn new(n: usize, seed: u64, faults: Faults) -> Net {
+        Net::with_attesters(n, seed, faults, 0)
+    }
+
+    fn with_attesters(n: usize, seed: u64, faults: Faults, attesters: usize) -> Net {
         let members: BTreeSet<ParticipantId> = (0..n)
             .map(|i| ParticipantId(key(i).verifying_key().to_bytes()))
             .collect();
@@ -90,6 +96,7 @@ impl Net {
             quorum_ppm: DEFAULT_QUORUM_PPM,
             reconcile_fanout: 2,
             active_window: 4,
+            attesters,
         };
         let mut nodes: Vec<Node> = (0..n).map(|i| Node::new(config.clone(), key(i))).collect();
         let ids: Vec<ParticipantId> = nodes.iter().map(Node::id).collect();
@@ -111,6 +118,7 @@ impl Net {
             settled: vec![BTreeMap::new(); n],
             accepted_offers: BTreeMap::new(),
             verdicts: Vec::new(),
+            attesters: BTreeMap::new(),
         }
     }
 
@@ -140,6 +148,13 @@ impl Net {
         for action in output.actions {
             match action {
                 Action::Publish(message) => {
+                    if let Message::Attestation(a) = &message {
+                        let a = &a.attestation;
+                        self.attesters
+                            .entry(a.interval)
+                            .or_default()
+                            .insert(a.attester);
+                    }
                     for to in 0..self.nodes.len() {
                         self.enqueue(now_ms, node, to, message.clone());
                     }
@@ -392,6 +407,89 @@ fn a_restarted_node_never_reuses_a_sequence_number() {
         panic!("the replacement is published: {out:?}");
     };
     assert_eq!(second.offer.sequence, 2);
+}
+
+#[test]
+fn a_committee_attests_for_everyone_and_outsiders_cannot() {
+    const N: usize = 12;
+    const COMMITTEE: usize = 5;
+    let mut net = Net::with_attesters(N, 9, Faults::default(), COMMITTEE);
+    start(&mut net);
+    net.random_offers(3);
+    net.run(4 * INTERVAL_S * 1_000);
+    net.assert_agreement(3);
+    let mut committees = BTreeSet::new();
+    for k in 0..3 {
+        let interval = IntervalIndex(FIRST.0 + k);
+        let published = &net.attesters[&interval];
+        assert_eq!(published.len(), COMMITTEE, "{interval:?}: {published:?}");
+        for node in 0..N {
+            let quorum: BTreeSet<ParticipantId> = net.nodes[node]
+                .final_attestations(interval)
+                .expect("final")
+                .iter()
+                .map(|a| a.attestation.attester)
+                .collect();
+            // More than two thirds of the five: four at least, all members
+            // of the committee.
+            assert!(
+                quorum.len() >= 4 && quorum.is_subset(published),
+                "{quorum:?}"
+            );
+        }
+        committees.insert(published.clone());
+    }
+    assert!(committees.len() > 1, "the committee never changed");
+    // A member outside the first interval's committee signs an attestation
+    // for it: refused, whatever it says.
+    let outsider = (0..N)
+        .find(|&i| !net.attesters[&FIRST].contains(&net.nodes[i].id()))
+        .expect("seven members are outside");
+    let f = &net.finals[0][&FIRST];
+    let signed = Attestation {
+        chain_id: CHAIN_ID_VOLTA,
+        market: rules().market_id,
+        interval: FIRST,
+        set_root: f.set_root,
+        result_root: f.result.result_hash,
+        attester: net.nodes[outsider].id(),
+    }
+    .sign(&key(outsider));
+    let receiver = (outsider + 1) % N;
+    let from = net.nodes[outsider].id();
+    let out = net.nodes[receiver].handle(Input::Message {
+        from,
+        message: Message::Attestation(Arc::new(signed)),
+    });
+    assert!(
+        matches!(&out.verdict, Some(Verdict::Reject(reason)) if reason.contains("committee")),
+        "{:?}",
+        out.verdict
+    );
+}
+
+#[test]
+fn committee_scores_spread_over_members_and_intervals() {
+    let keys: Vec<u64> = (0..100u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    let market = rules().market_id;
+    let mut chosen = vec![0u32; keys.len()];
+    for k in 0..200 {
+        let scores = committee_scores(&keys, &market, IntervalIndex(k));
+        let mut ranked: Vec<(u64, usize)> = scores.into_iter().zip(0..).collect();
+        ranked.sort_unstable();
+        for &(_, place) in &ranked[..10] {
+            chosen[place] += 1;
+        }
+    }
+    // Each member is on about 20 of the 200 committees of ten.
+    assert!(chosen.iter().all(|&c| (3..=45).contains(&c)), "{chosen:?}");
+    let other = MarketId::from_name("another market");
+    assert_ne!(
+        committee_scores(&keys, &market, FIRST),
+        committee_scores(&keys, &other, FIRST)
+    );
 }
 
 #[test]
