@@ -233,9 +233,12 @@ fn writes_need_the_token_and_acknowledged_offers_survive_kill_9() {
     let open = market["open_intervals"].as_array().unwrap();
     // Far enough ahead to still be open after the restart below.
     let interval = open[open.len() - 1].as_u64().unwrap();
-    let offer = format!(
-        r#"{{"interval": {interval}, "side": "bid", "energy_wh": 700, "price_micro_per_kwh": 250000}}"#
-    );
+    let offer_of = |energy_wh: u64| {
+        format!(
+            r#"{{"interval": {interval}, "side": "bid", "energy_wh": {energy_wh}, "price_micro_per_kwh": 250000}}"#
+        )
+    };
+    let offer = offer_of(700);
     assert_eq!(http(&url, "POST", "/api/v1/offers", None, &offer).0, 401);
     assert_eq!(
         http(
@@ -325,7 +328,9 @@ fn writes_need_the_token_and_acknowledged_offers_survive_kill_9() {
         "POST",
         "/api/v1/offers",
         Some(token),
-        &offer.replace("700", "800"),
+        // Not a text replacement of the first: interval numbers (unix
+        // seconds over ten) may contain "700" themselves.
+        &offer_of(800),
     );
     assert_eq!(code, 201, "{body}");
     let replaced: serde_json::Value = serde_json::from_str(&body).unwrap();
