@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
 use dharti_protocol::clearing::Mechanism;
-use dharti_protocol::node::{DEFAULT_QUORUM_PPM, MIN_ATTESTERS, NodeConfig};
+use dharti_protocol::node::{DEFAULT_QUORUM_PPM, NodeConfig, check_attesters};
 use dharti_protocol::tariff::{Tariff, TariffSchedule};
 use dharti_protocol::types::{
     CHAIN_ID_EWC, CHAIN_ID_VOLTA, IntervalClock, MarketId, ParticipantId,
@@ -325,11 +325,8 @@ impl Config {
             q > 0.5 && q < 1.0,
             "market.quorum = {q}: use a share above 0.5 and below 1 (the default is 0.666667)"
         );
-        let attesters = self.market.attesters;
-        ensure!(
-            attesters == 0 || attesters >= MIN_ATTESTERS,
-            "market.attesters = {attesters}: use 0 (every member attests) or a committee of at least {MIN_ATTESTERS}"
-        );
+        check_attesters(self.market.attesters)
+            .map_err(|e| anyhow::anyhow!("market.attesters = {e}"))?;
         ensure!(
             self.network.max_connections >= 1,
             "network.max_connections must be at least 1"
@@ -591,9 +588,11 @@ retail_micro_per_kwh = 300000
 grid_fee_micro_per_kwh = 20000
 # A result is final when more than this share of the active members attests it.
 quorum = 0.666667
-# 0: every member attests each interval. In a market of hundreds, a committee
-# of this many members, drawn afresh per interval, attests instead (fewer
-# messages; safe while far fewer than a third of the members are hostile).
+# 0: every member attests each interval (safe while fewer than a third of
+# the members are hostile). In a market of hundreds, a committee of this many
+# members (at least 4), drawn afresh per interval, may attest instead: fewer
+# messages, but a smaller margin; with 128, safe while well under a tenth of
+# the members are hostile (docs/simulations.md, Committees).
 attesters = 0
 # Offers (first, replacements, cancels) one member may send per interval; more void it.
 max_offers_per_participant = 16

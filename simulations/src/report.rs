@@ -1,6 +1,7 @@
 //! What a run writes: `summary.json`, `intervals.csv`, `nodes.csv` and the
 //! plots (every field documented in docs/simulations.md).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -111,11 +112,14 @@ pub fn summarize(outcome: &Outcome, seed: u64, wall_s: f64) -> Summary {
         intervals,
         seed,
         trace_hash: hex::encode(outcome.trace_hash),
-        intervals_finalized: outcome
-            .intervals
-            .iter()
-            .filter(|i| i.reference.is_some())
-            .count(),
+        // Intervals that every market finalized.
+        intervals_finalized: {
+            let mut finalized: BTreeMap<u64, usize> = BTreeMap::new();
+            for i in outcome.intervals.iter().filter(|i| i.reference.is_some()) {
+                *finalized.entry(i.index).or_default() += 1;
+            }
+            finalized.values().filter(|&&n| n == markets).count()
+        },
         agreement_rate: if online == 0 {
             1.0
         } else {

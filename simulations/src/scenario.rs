@@ -221,12 +221,8 @@ impl Scenario {
             "market.quorum = {} must be between 0 and 1",
             m.quorum
         );
-        ensure!(
-            m.attesters == 0 || m.attesters >= dharti_protocol::node::MIN_ATTESTERS,
-            "market.attesters = {}: use 0 (every member attests) or a committee of at least {}",
-            m.attesters,
-            dharti_protocol::node::MIN_ATTESTERS
-        );
+        dharti_protocol::node::check_attesters(m.attesters)
+            .map_err(|e| anyhow::anyhow!("market.attesters = {e}"))?;
         let h = &self.households;
         ensure!(h.count >= 2, "households.count must be at least 2");
         ensure!(

@@ -13,7 +13,9 @@
 //!    attestation of (interval, offer-set root, result root).
 //! 4. The result is final once a quorum of members (more than two thirds of
 //!    the members active in recent intervals, by default) attests the same
-//!    roots. A node whose roots differ fetches the set from an attester of
+//!    roots. A market may name a committee size instead
+//!    ([`NodeConfig::attesters`]): then only the interval's committee
+//!    attests, and the quorum is more than two thirds of the committee. A node whose roots differ fetches the set from an attester of
 //!    the quorum, checks its root, clears it and adopts it: offers outside
 //!    the final set are dropped.
 //!
@@ -206,6 +208,75 @@ pub fn committee_scores(keys: &[u64], market: &MarketId, interval: IntervalIndex
             z ^ (z >> 31)
         })
         .collect()
+}
+
+/// One interval's attesting committee: its members' places, as a bitset
+/// over the member list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committee {
+    bits: Vec<u64>,
+    size: usize,
+}
+
+impl Committee {
+    /// The `size` members with the lowest [`committee_scores`] in
+    /// `interval` (ties by place), from every member's committee key by
+    /// place.
+    pub fn draw(
+        keys: &[u64],
+        market: &MarketId,
+        interval: IntervalIndex,
+        size: usize,
+    ) -> Committee {
+        let size = size.min(keys.len());
+        let mut ranked: Vec<(u64, u32)> = committee_scores(keys, market, interval)
+            .into_iter()
+            .zip(0u32..)
+            .collect();
+        if size > 0 {
+            ranked.select_nth_unstable(size - 1);
+        }
+        let mut bits = vec![0u64; keys.len().div_ceil(64)];
+        for &(_, place) in &ranked[..size] {
+            bits[place as usize / 64] |= 1 << (place % 64);
+        }
+        Committee { bits, size }
+    }
+
+    pub fn contains(&self, place: u32) -> bool {
+        self.bits
+            .get(place as usize / 64)
+            .is_some_and(|word| word & (1 << (place % 64)) != 0)
+    }
+
+    /// Members on the committee.
+    pub fn len(&self) -> usize {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+}
+
+/// Members needed for a quorum of `quorum_ppm` among `n`: more than that
+/// share, at least one, at most all.
+fn quorum_of(n: usize, quorum_ppm: u32) -> usize {
+    let share = u128::from(n as u64) * u128::from(quorum_ppm) / 1_000_000;
+    let share = usize::try_from(share).expect("a share of the members fits");
+    (share + 1).min(n).max(1)
+}
+
+/// Checks a market's committee size ([`NodeConfig::attesters`]): 0 (every
+/// member attests) or at least [`MIN_ATTESTERS`].
+pub fn check_attesters(attesters: usize) -> Result<(), String> {
+    if attesters == 0 || attesters >= MIN_ATTESTERS {
+        Ok(())
+    } else {
+        Err(format!(
+            "{attesters}: use 0 (every member attests) or a committee of at least {MIN_ATTESTERS}"
+        ))
+    }
 }
 
 /// Default for [`NodeConfig::reconcile_window_ms`].
@@ -405,14 +476,10 @@ struct Activity {
     window: VecDeque<(IntervalIndex, Vec<u64>)>,
     counts: Vec<u32>,
     active: usize,
-    /// Bumped whenever a member's count changes, so that what is derived
-    /// from the counts (a committee's threshold) can be kept until then.
-    generation: u64,
 }
 
 impl Activity {
     fn bump(&mut self, member: usize) {
-        self.generation += 1;
         if self.counts.len() <= member {
             self.counts.resize(member + 1, 0);
         }
@@ -448,7 +515,6 @@ impl Activity {
                     let member = word_index * 64 + word.trailing_zeros() as usize;
                     word &= word - 1;
                     self.counts[member] -= 1;
-                    self.generation += 1;
                     if self.counts[member] == 0 {
                         self.active -= 1;
                     }
@@ -476,11 +542,6 @@ impl Activity {
 
     fn active(&self) -> usize {
         self.active
-    }
-
-    /// Whether the member at `place` is active; before any history, all are.
-    fn is_active(&self, place: u32) -> bool {
-        self.window.is_empty() || self.counts.get(place as usize).is_some_and(|&c| c > 0)
     }
 }
 
@@ -521,12 +582,9 @@ struct IntervalState {
     /// it is outside the interval's committee), when it last asked peers
     /// for the quorum's, and how often.
     attestation: Option<(Option<Arc<SignedAttestation>>, u64, u32)>,
-    /// The interval's attesters as a bitset of places, when a committee
-    /// attests ([`NodeConfig::attesters`]); `None`: every member.
-    committee: Option<Vec<u64>>,
-    /// The committee's threshold, and the activity generation it was
-    /// counted at.
-    committee_threshold: Option<(u64, usize)>,
+    /// The interval's committee, when one attests
+    /// ([`NodeConfig::attesters`]); `None`: every member.
+    committee: Option<Committee>,
     /// Every member's signed attestation by the member's place (kept to hand
     /// a waiting peer the proof), and how many there are. A thousand arrive
     /// per interval: a slot per member costs less than hashing each.
@@ -592,10 +650,7 @@ impl IntervalState {
 
     /// Whether the member at `place` attests in this interval.
     fn attests(&self, place: u32) -> bool {
-        self.committee.as_ref().is_none_or(|bits| {
-            bits.get(place as usize / 64)
-                .is_some_and(|word| word & (1 << (place % 64)) != 0)
-        })
+        self.committee.as_ref().is_none_or(|c| c.contains(place))
     }
 
     /// The places of the final result's traders, ascending (member order).
@@ -614,13 +669,12 @@ impl IntervalState {
 
     /// A new interval of a market of `members`: a slot per member for its
     /// attestation and its report.
-    fn new(members: usize, committee: Option<Vec<u64>>) -> IntervalState {
+    fn new(members: usize, committee: Option<Committee>) -> IntervalState {
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
             committee,
-            committee_threshold: None,
             attestations: vec![None; members],
             groups: BTreeMap::new(),
             rounds: 0,
@@ -715,7 +769,7 @@ impl Node {
                 s.attestations().count(),
                 s.groups.len(),
                 s.groups.values().map(Vec::len).max().unwrap_or(0),
-                self.threshold,
+                self.threshold_of(interval),
                 s.fetch
                     .as_ref()
                     .map(|f| (f.next, f.candidates.len(), f.chunks.len())),
@@ -1717,18 +1771,12 @@ impl Node {
         let members = self.config.members.len();
         let size = self.config.attesters;
         let committee = (size > 0 && size < members).then(|| {
-            let scores = committee_scores(
+            Committee::draw(
                 &self.shared.committee_keys,
                 &self.config.rules.market_id,
                 interval,
-            );
-            let mut ranked: Vec<(u64, u32)> = scores.into_iter().zip(0u32..).collect();
-            ranked.select_nth_unstable(size - 1);
-            let mut bits = vec![0u64; members.div_ceil(64)];
-            for &(_, place) in &ranked[..size] {
-                bits[place as usize / 64] |= 1 << (place % 64);
-            }
-            bits
+                size,
+            )
         });
         IntervalState::new(members, committee)
     }
@@ -1942,45 +1990,22 @@ impl Node {
             0 => self.config.members.len(),
             active => active,
         };
-        let share = u128::from(active as u64) * u128::from(self.config.quorum_ppm) / 1_000_000;
-        let share = usize::try_from(share).expect("a share of the members fits");
-        self.threshold = (share + 1).min(active).max(1);
+        self.threshold = quorum_of(active, self.config.quorum_ppm);
     }
 
-    /// Attestations that make `interval` final: with a committee, more than
-    /// the quorum share of its active members (all of them before any
-    /// history), counted again only when activity changed; otherwise
-    /// the member-wide threshold.
-    fn threshold_of(&mut self, interval: IntervalIndex) -> usize {
-        let generation = self.activity.generation;
-        let Some(state) = self.intervals.get_mut(&interval) else {
-            return self.threshold;
-        };
-        let Some(bits) = &state.committee else {
-            return self.threshold;
-        };
-        if let Some((at, threshold)) = state.committee_threshold
-            && at == generation
+    /// Attestations that make `interval` final: with a committee, more
+    /// than the quorum share of the whole committee (whether its members
+    /// are active is not known: few of them attested lately); otherwise more
+    /// than the quorum share of the active members.
+    fn threshold_of(&self, interval: IntervalIndex) -> usize {
+        match self
+            .intervals
+            .get(&interval)
+            .and_then(|s| s.committee.as_ref())
         {
-            return threshold;
+            Some(committee) => quorum_of(committee.len(), self.config.quorum_ppm),
+            None => self.threshold,
         }
-        let mut committee = 0;
-        let mut active = 0;
-        for (base, &word) in (0u32..).step_by(64).zip(bits) {
-            let mut word = word;
-            while word != 0 {
-                let place = base + word.trailing_zeros();
-                word &= word - 1;
-                committee += 1;
-                active += usize::from(self.activity.is_active(place));
-            }
-        }
-        let active = if active == 0 { committee } else { active };
-        let share = u128::from(active as u64) * u128::from(self.config.quorum_ppm) / 1_000_000;
-        let share = usize::try_from(share).expect("a share of the committee fits");
-        let threshold = (share + 1).min(active).max(1);
-        state.committee_threshold = Some((generation, threshold));
-        threshold
     }
 
     fn check_finality(&mut self, interval: IntervalIndex, out: &mut Output) {
@@ -2061,16 +2086,9 @@ impl Node {
             // neither settles it nor counts its attesters as recent.
             state.settled = true;
         } else {
-            // With a committee, few members attest in a window: members
-            // that sent an offer count as active too.
-            let offerers = if state.committee.is_some() {
-                self.pool.member_places(interval)
-            } else {
-                Vec::new()
-            };
             self.activity.open(
                 interval,
-                state.attestations().map(|(place, _)| place).chain(offerers),
+                state.attestations().map(|(place, _)| place),
                 self.config.active_window.max(1),
             );
             self.update_threshold();

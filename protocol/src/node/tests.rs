@@ -469,27 +469,38 @@ fn a_committee_attests_for_everyone_and_outsiders_cannot() {
 }
 
 #[test]
-fn committee_scores_spread_over_members_and_intervals() {
+fn committees_spread_over_members_and_intervals() {
     let keys: Vec<u64> = (0..100u64)
         .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         .collect();
     let market = rules().market_id;
     let mut chosen = vec![0u32; keys.len()];
     for k in 0..200 {
+        let committee = Committee::draw(&keys, &market, IntervalIndex(k), 10);
+        assert_eq!(committee.len(), 10);
+        let members: Vec<u32> = (0..100).filter(|&p| committee.contains(p)).collect();
+        assert_eq!(members.len(), 10, "interval {k}: {members:?}");
+        // The ten lowest scores, as `draw` promises.
         let scores = committee_scores(&keys, &market, IntervalIndex(k));
-        let mut ranked: Vec<(u64, usize)> = scores.into_iter().zip(0..).collect();
-        ranked.sort_unstable();
-        for &(_, place) in &ranked[..10] {
-            chosen[place] += 1;
+        let worst_in = members.iter().map(|&p| scores[p as usize]).max().unwrap();
+        assert!(
+            (0..100u32)
+                .filter(|p| !committee.contains(*p))
+                .all(|p| scores[p as usize] > worst_in)
+        );
+        for place in members {
+            chosen[place as usize] += 1;
         }
     }
     // Each member is on about 20 of the 200 committees of ten.
     assert!(chosen.iter().all(|&c| (3..=45).contains(&c)), "{chosen:?}");
     let other = MarketId::from_name("another market");
     assert_ne!(
-        committee_scores(&keys, &market, FIRST),
-        committee_scores(&keys, &other, FIRST)
+        Committee::draw(&keys, &market, FIRST, 10),
+        Committee::draw(&keys, &other, FIRST, 10)
     );
+    assert!(check_attesters(0).is_ok() && check_attesters(4).is_ok());
+    assert!(check_attesters(3).is_err());
 }
 
 #[test]

@@ -722,18 +722,6 @@ impl OfferPool {
             .map_or(&[], |pool| pool.set().ids.as_slice())
     }
 
-    /// The places of the members that sent offers for `interval` (a pool
-    /// made [`OfferPool::for_members`]; none otherwise), ascending.
-    pub fn member_places(&self, interval: IntervalIndex) -> Vec<u32> {
-        self.intervals.get(&interval).map_or_else(Vec::new, |pool| {
-            (0u32..)
-                .zip(&pool.by_place)
-                .filter(|(_, sent)| !sent.offers.is_empty())
-                .map(|(place, _)| place)
-                .collect()
-        })
-    }
-
     /// The sum of [`OfferPool::set_ids`], for reconciliation fingerprints.
     pub fn set_sum(&self, interval: IntervalIndex) -> IdSum {
         self.intervals
