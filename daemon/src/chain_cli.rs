@@ -8,6 +8,7 @@ use anyhow::{Context, bail, ensure};
 use dharti_contracts::alloy::primitives::{Address, B256, U256, keccak256};
 use dharti_contracts::bindings::{EnergyCertificates, SettlementLedger};
 use dharti_contracts::{Chain, Contract, Preset, deploy_all};
+use dharti_protocol::node::quorum_of;
 use serde::Serialize;
 
 use crate::anchor::{self, ChainSettings};
@@ -162,9 +163,7 @@ pub async fn deploy(
         )
         .await?;
     // More than the market's quorum share of the members, as finality.
-    let quorum_ppm = u128::from(config.node_config()?.quorum_ppm);
-    let share = members.len() as u128 * quorum_ppm / 1_000_000;
-    let threshold = (usize::try_from(share).unwrap_or(usize::MAX) + 1).min(members.len());
+    let threshold = quorum_of(members.len(), config.node_config()?.quorum_ppm);
     ledger
         .send(
             me,

@@ -586,13 +586,14 @@ mechanism = "pay-as-clear"
 feed_in_micro_per_kwh = 80000
 retail_micro_per_kwh = 300000
 grid_fee_micro_per_kwh = 20000
-# A result is final when more than this share of the active members attests it.
+# A result is final when more than this share of the active members (with
+# attesters below, of the interval's committee) attests it.
 quorum = 0.666667
 # 0: every member attests each interval (safe while fewer than a third of
 # the members are hostile). In a market of hundreds, a committee of this many
 # members (at least 4), drawn afresh per interval, may attest instead: fewer
-# messages, but a smaller margin; with 128, safe while well under a tenth of
-# the members are hostile (docs/simulations.md, Committees).
+# messages, but a smaller margin; with 128, fine for a tenth of hostile
+# members, not for a fifth (docs/simulations.md, Committees).
 attesters = 0
 # Offers (first, replacements, cancels) one member may send per interval; more void it.
 max_offers_per_participant = 16

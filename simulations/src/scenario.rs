@@ -44,7 +44,8 @@ pub struct Market {
     pub feed_in_micro_per_kwh: u64,
     pub retail_micro_per_kwh: u64,
     pub grid_fee_micro_per_kwh: u64,
-    /// Share of the active members needed for finality (more than this).
+    /// Share of the active members (with `attesters`, of the interval's
+    /// committee) needed for finality (more than this).
     pub quorum: f64,
     /// Members that attest each interval (a committee drawn per interval);
     /// 0: every member.

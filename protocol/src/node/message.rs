@@ -278,7 +278,8 @@ pub enum Message {
         reports: Vec<Arc<SignedMeterReport>>,
     },
     /// "Send me the proof that `interval` is final", from a node that missed
-    /// it (it was down). Answered with the quorum's `Attestations`; the
+    /// it (it was down), or from one outside the interval's committee that
+    /// has not seen the committee's quorum yet. Answered with the quorum's `Attestations`; the
     /// asker then fetches the set (`FetchSet`) from an attester, checks it
     /// against the roots and clears it itself. Peers that no longer hold the
     /// interval in memory answer from storage.

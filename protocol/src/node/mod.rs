@@ -58,8 +58,10 @@ pub struct NodeConfig {
     pub members: BTreeSet<ParticipantId>,
     /// Reconciliation runs from gate closure for this long (default 20 s).
     pub reconcile_window_ms: u64,
-    /// Quorum as a share of the active members in ppm; a result is final when
-    /// more than this share attests it (default 666,667: more than two thirds).
+    /// Quorum as a share of the active members in ppm (with
+    /// [`NodeConfig::attesters`], of the interval's committee); a result is
+    /// final when more than this share attests it (default 666,667: more
+    /// than two thirds).
     pub quorum_ppm: u32,
     /// Peers reconciled with at gate closure (default 3).
     pub reconcile_fanout: usize,
@@ -221,14 +223,14 @@ pub struct Committee {
 impl Committee {
     /// The `size` members with the lowest [`committee_scores`] in
     /// `interval` (ties by place), from every member's committee key by
-    /// place.
+    /// place; `size` is clamped to between one and the members.
     pub fn draw(
         keys: &[u64],
         market: &MarketId,
         interval: IntervalIndex,
         size: usize,
     ) -> Committee {
-        let size = size.min(keys.len());
+        let size = size.max(1).min(keys.len());
         let mut ranked: Vec<(u64, u32)> = committee_scores(keys, market, interval)
             .into_iter()
             .zip(0u32..)
@@ -260,8 +262,9 @@ impl Committee {
 }
 
 /// Members needed for a quorum of `quorum_ppm` among `n`: more than that
-/// share, at least one, at most all.
-fn quorum_of(n: usize, quorum_ppm: u32) -> usize {
+/// share, at most all, and at least one (also of none: nothing is final
+/// without an attestation).
+pub fn quorum_of(n: usize, quorum_ppm: u32) -> usize {
     let share = u128::from(n as u64) * u128::from(quorum_ppm) / 1_000_000;
     let share = usize::try_from(share).expect("a share of the members fits");
     (share + 1).min(n).max(1)
@@ -1316,7 +1319,9 @@ impl Node {
         Verdict::Accept
     }
 
-    /// A peer that missed `interval` asks for the proof that it is final.
+    /// A peer that missed `interval` (it was down), or that is outside the
+    /// interval's committee and has not seen its quorum yet, asks for the
+    /// proof that it is final.
     /// A node that holds it final answers with the quorum's attestations;
     /// one that does not ignores the ask (its shell may answer from storage).
     fn on_want_final(
@@ -1783,7 +1788,8 @@ impl Node {
 
     fn close_gate(&mut self, interval: IntervalIndex, out: &mut Output) {
         // Intervals still waiting for a quorum ask every connected peer at
-        // each gate closure (`Pending`); final peers answer with the quorum's
+        // each gate closure (`Pending`, or `WantFinal` outside the
+        // interval's committee); final peers answer with the quorum's
         // attestations. That is how a node that was cut off for longer than
         // its asking lasted finds the quorum once it is reconnected.
         // (Gossiping the same attestation again would not do: gossipsub drops
@@ -1870,32 +1876,34 @@ impl Node {
         result_root: Hash32,
         out: &mut Output,
     ) {
-        let signed = Attestation {
-            chain_id: self.config.rules.chain_id,
-            market: self.config.rules.market_id,
-            interval,
-            set_root,
-            result_root,
-            attester: self.me,
-        }
-        .sign(&self.key);
-        let signed = Arc::new(signed);
         let place = self.shared.members.get(&self.me).copied();
+        let now_ms = self.now_ms;
         let Some(state) = self.intervals.get_mut(&interval) else {
             return;
         };
         // Outside the committee, the node waits for the committee's quorum
         // without signing.
         if place.is_some_and(|place| !state.attests(place)) {
-            state.attestation = Some((None, self.now_ms, 0));
+            state.attestation = Some((None, now_ms, 0));
             return;
         }
+        let signed = Arc::new(
+            Attestation {
+                chain_id: self.config.rules.chain_id,
+                market: self.config.rules.market_id,
+                interval,
+                set_root,
+                result_root,
+                attester: self.me,
+            }
+            .sign(&self.key),
+        );
         // A node outside the member list attests for its own use only:
         // nobody counts it, so neither does it.
         if let Some(place) = place {
             state.record(place, signed.clone());
         }
-        state.attestation = Some((Some(signed.clone()), self.now_ms, 0));
+        state.attestation = Some((Some(signed.clone()), now_ms, 0));
         out.actions
             .push(Action::Publish(Message::Attestation(signed)));
     }
@@ -1949,7 +1957,8 @@ impl Node {
             .collect();
         for interval in waiting {
             // The threshold may have changed since attestations came (live
-            // intervals have shown who is active).
+            // intervals have shown who is active; a committee's does not
+            // change).
             self.check_finality(interval, out);
             let Some(state) = self.intervals.get_mut(&interval) else {
                 continue;

@@ -469,6 +469,36 @@ fn a_committee_attests_for_everyone_and_outsiders_cannot() {
 }
 
 #[test]
+fn a_committee_needs_its_quorum_however_few_members_look_active() {
+    const COMMITTEE: usize = 5;
+    let mut net = Net::with_attesters(12, 4, Faults::default(), COMMITTEE);
+    start(&mut net);
+    net.random_offers(1);
+    // Past FIRST's gate and window: its committee exists and has attested.
+    net.run(INTERVAL_S * 1_000);
+    let node = &mut net.nodes[0];
+    let committee = node.intervals[&FIRST]
+        .committee
+        .clone()
+        .expect("a committee");
+    let attester = (0u32..12).find(|&p| committee.contains(p)).expect("five");
+    // Recent history where one member of FIRST's committee attested: the
+    // member-wide threshold follows it down to one...
+    node.activity = Activity::default();
+    node.activity
+        .open(IntervalIndex(1), [attester].into_iter(), 4);
+    node.update_threshold();
+    assert_eq!(node.threshold, 1);
+    // ...but a committee interval still needs more than two thirds of its
+    // committee, whoever of it attested lately.
+    assert_eq!(
+        node.threshold_of(FIRST),
+        quorum_of(COMMITTEE, DEFAULT_QUORUM_PPM)
+    );
+    assert_eq!(quorum_of(COMMITTEE, DEFAULT_QUORUM_PPM), 4);
+}
+
+#[test]
 fn committees_spread_over_members_and_intervals() {
     let keys: Vec<u64> = (0..100u64)
         .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -501,6 +531,11 @@ fn committees_spread_over_members_and_intervals() {
     );
     assert!(check_attesters(0).is_ok() && check_attesters(4).is_ok());
     assert!(check_attesters(3).is_err());
+    // Sizes are clamped: none asked gives one member, too many gives all.
+    assert_eq!(Committee::draw(&keys, &market, FIRST, 0).len(), 1);
+    let all = Committee::draw(&keys, &market, FIRST, 1_000);
+    assert_eq!(all.len(), 100);
+    assert!((0..100).all(|p| all.contains(p)));
 }
 
 #[test]
