@@ -27,7 +27,6 @@ pub mod time;
 mod verifier;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -61,21 +60,18 @@ pub fn run(
     );
     let markets = split_markets(households, scenario.households.markets);
     let total = markets.len() * scenario.simulation.intervals as usize;
+    let jobs = jobs.clamp(1, markets.len());
     let progress = Mutex::new((progress, 0usize));
-    let next = AtomicUsize::new(0);
-    let outcomes: Vec<Mutex<Option<sim::Outcome>>> =
-        (0..markets.len()).map(|_| Mutex::new(None)).collect();
-    let markets: Vec<Mutex<Option<Vec<households::Household>>>> =
-        markets.into_iter().map(|m| Mutex::new(Some(m))).collect();
-    // Each market is a simulation of its own, seeded from the run's seed and
-    // its number, so markets may run side by side in any order.
+    // Markets waiting for a thread, by number. Each market is a simulation
+    // of its own, seeded from the run's seed and its number, so markets may
+    // run side by side in any order.
+    let queue = Mutex::new(markets.into_iter().enumerate());
     let simulate = || {
+        let mut done = Vec::new();
         loop {
-            let market = next.fetch_add(1, Ordering::Relaxed);
-            let Some(slot) = markets.get(market) else {
-                break;
+            let Some((market, households)) = lock(&queue).next() else {
+                return done;
             };
-            let households = lock(slot).take().expect("each market is taken once");
             // Market 0 draws from the run's stream, as a one-market run does.
             let mut market_rng = if market == 0 {
                 rng.clone()
@@ -89,27 +85,22 @@ pub fn run(
                 let done = p.1;
                 (p.0)(done, total);
             });
-            *lock(&outcomes[market]) = Some(sim.run());
+            done.push((market, sim.run()));
         }
     };
-    let jobs = jobs.clamp(1, markets.len());
-    if jobs == 1 {
-        simulate();
+    let mut outcomes: Vec<(usize, sim::Outcome)> = if jobs == 1 {
+        simulate()
     } else {
         std::thread::scope(|scope| {
-            for _ in 0..jobs {
-                scope.spawn(simulate);
-            }
-        });
-    }
-    let outcomes: Vec<sim::Outcome> = outcomes
-        .into_iter()
-        .map(|o| {
-            o.into_inner()
-                .unwrap_or_else(PoisonError::into_inner)
-                .expect("every market ran")
+            let threads: Vec<_> = (0..jobs).map(|_| scope.spawn(simulate)).collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().expect("a market's simulation panicked"))
+                .collect()
         })
-        .collect();
+    };
+    outcomes.sort_unstable_by_key(|(market, _)| *market);
+    let outcomes: Vec<sim::Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
     let outcome = sim::Outcome::merge(outcomes);
     let summary = report::summarize(&outcome, seed, started.elapsed().as_secs_f64());
     Ok((summary, outcome))

@@ -15,9 +15,10 @@
 //!    the members active in recent intervals, by default) attests the same
 //!    roots. A market may name a committee size instead
 //!    ([`NodeConfig::attesters`]): then only the interval's committee
-//!    attests, and the quorum is more than two thirds of the committee. A node whose roots differ fetches the set from an attester of
-//!    the quorum, checks its root, clears it and adopts it: offers outside
-//!    the final set are dropped.
+//!    attests, and the quorum is more than two thirds of the committee. A
+//!    node whose roots differ fetches the set from an attester of the
+//!    quorum, checks its root, clears it and adopts it: offers outside the
+//!    final set are dropped.
 //!
 //! Everything a node holds is bounded: intervals beyond the open horizon are
 //! refused, final intervals are pruned, messages and their lists are capped.
@@ -217,7 +218,6 @@ pub fn committee_scores(keys: &[u64], market: &MarketId, interval: IntervalIndex
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committee {
     bits: Vec<u64>,
-    size: usize,
 }
 
 impl Committee {
@@ -242,7 +242,7 @@ impl Committee {
         for &(_, place) in &ranked[..size] {
             bits[place as usize / 64] |= 1 << (place % 64);
         }
-        Committee { bits, size }
+        Committee { bits }
     }
 
     pub fn contains(&self, place: u32) -> bool {
@@ -253,11 +253,14 @@ impl Committee {
 
     /// Members on the committee.
     pub fn len(&self) -> usize {
-        self.size
+        self.bits
+            .iter()
+            .map(|word| word.count_ones() as usize)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.size == 0
+        self.bits.iter().all(|&word| word == 0)
     }
 }
 
