@@ -384,6 +384,12 @@ impl WriteBatch {
     }
 }
 
+/// How long [`Store::open`] waits for the directory's lock when it is held
+/// (a store of it closed a moment ago), before reporting it as in use...
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// ...trying again this often.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A node's durable history. Flushes on drop; call [`Store::close`] to see
 /// whether that last flush worked.
 #[derive(Debug)]
@@ -393,19 +399,35 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in directory `path`.
+    /// Opens (or creates) the store in directory `path`. If another store
+    /// holds the directory, it waits up to two seconds for it to close, then
+    /// fails (the error names the lock).
     pub fn open(path: impl AsRef<Path>) -> Result<Store, OpenError> {
         let path = path.as_ref();
         let engine = |source| OpenError::Engine {
             path: path.display().to_string(),
             source: EngineError(source),
         };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .map_err(engine)?;
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                // A store of this directory closed a moment ago may still
+                // hold sled's file lock: sled releases it when the last of
+                // its background references drops, after `close` returned.
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                opened => break opened.map_err(engine)?,
+            }
+        };
         let tree = db.open_tree(TREE).map_err(engine)?;
         Ok(Store { db, tree })
     }

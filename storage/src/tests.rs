@@ -406,6 +406,20 @@ impl Model {
     }
 }
 
+#[test]
+fn a_closed_store_reopens_at_once_and_a_held_one_is_refused() {
+    let dir = TempDir::new("lock");
+    // sled lets go of the directory's lock a moment after `close`.
+    for _ in 0..30 {
+        Store::open(&dir.0).unwrap().close().unwrap();
+    }
+    let held = Store::open(&dir.0).unwrap();
+    let error = Store::open(&dir.0).unwrap_err().to_string();
+    assert!(error.contains("lock"), "{error}");
+    held.close().unwrap();
+    Store::open(&dir.0).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
