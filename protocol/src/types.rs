@@ -44,8 +44,38 @@ impl fmt::Display for MarketId {
 
 /// A participant: its ed25519 public key, which is also its libp2p peer id
 /// and its `did:key`.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ParticipantId(pub [u8; 32]);
+
+/// Byte order, as a derived `Ord` would give, but deciding on the first eight
+/// bytes as one big-endian word: keys and hashes are uniformly random, so
+/// that word nearly always decides, without a call to `memcmp` (which
+/// reconciliation's range checks made a twentieth of a simulation's time).
+fn cmp_bytes32(a: &[u8; 32], b: &[u8; 32]) -> std::cmp::Ordering {
+    fn word(bytes: &[u8; 32]) -> u64 {
+        u64::from_be_bytes(bytes[..8].try_into().expect("8 of 32 bytes"))
+    }
+    word(a).cmp(&word(b)).then_with(|| a[8..].cmp(&b[8..]))
+}
+
+macro_rules! ord_by_bytes {
+    ($t:ty) => {
+        impl Ord for $t {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                cmp_bytes32(&self.0, &other.0)
+            }
+        }
+
+        impl PartialOrd for $t {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+    };
+}
+
+ord_by_bytes!(ParticipantId);
+ord_by_bytes!(OfferId);
 
 impl fmt::Debug for ParticipantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,7 +91,7 @@ impl fmt::Display for ParticipantId {
 
 /// The id of a signed offer: SHA-256 of its complete wire bytes (body and
 /// signature), see docs/protocol.md.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OfferId(pub [u8; 32]);
 
 impl fmt::Debug for OfferId {
@@ -257,5 +287,18 @@ mod tests {
     fn market_ids_differ_by_name() {
         assert_ne!(MarketId::from_name("a"), MarketId::from_name("b"));
         assert_eq!(MarketId::from_name("a"), MarketId::from_name("a"));
+    }
+
+    proptest::proptest! {
+        /// Ids and keys order as their bytes do, also when the first
+        /// eight bytes tie (the second id shares a prefix of the first).
+        #[test]
+        fn ids_order_as_their_bytes(a: [u8; 32], b: [u8; 32], shared in 0usize..=32) {
+            let mut b = b;
+            b[..shared].copy_from_slice(&a[..shared]);
+            proptest::prop_assert_eq!(OfferId(a).cmp(&OfferId(b)), a.cmp(&b));
+            proptest::prop_assert_eq!(ParticipantId(a).cmp(&ParticipantId(b)), a.cmp(&b));
+            proptest::prop_assert_eq!(OfferId(a).partial_cmp(&OfferId(b)), Some(a.cmp(&b)));
+        }
     }
 }
