@@ -603,8 +603,13 @@ struct IntervalState {
     fetch: Option<Fetch>,
     /// Reconciliation rounds started.
     rounds: u32,
-    /// Meter reports by the participant's place.
-    reports: Vec<ReportSlot>,
+    /// Meter reports by the participant's place: eight bytes a place, as
+    /// a thousand nodes' slots for the interval being settled then fit in
+    /// the processor's cache. A participant that sent two different reports
+    /// is settled as if it had none, whatever order they came in: its place
+    /// is empty and it is in `conflicting`.
+    reports: Vec<Option<Arc<SignedMeterReport>>>,
+    conflicting: BTreeSet<u32>,
     /// Once final: which places trade in its result, how many do, and how
     /// many of those have a usable report here (both counts kept as reports
     /// arrive, so that completeness is known without a pass per report).
@@ -616,26 +621,6 @@ struct IntervalState {
     settled: bool,
     /// Set while the interval is caught up, and after.
     catch_up: Option<CatchUp>,
-}
-
-/// One participant's meter report for an interval, as far as this node knows.
-#[derive(Clone, Debug, Default)]
-enum ReportSlot {
-    #[default]
-    None,
-    Held(Arc<SignedMeterReport>),
-    /// The participant sent two different reports: it is settled as if it
-    /// had none, whatever order they came in.
-    Conflicting,
-}
-
-impl ReportSlot {
-    fn held(&self) -> Option<&Arc<SignedMeterReport>> {
-        match self {
-            ReportSlot::Held(report) => Some(report),
-            ReportSlot::None | ReportSlot::Conflicting => None,
-        }
-    }
 }
 
 impl IntervalState {
@@ -685,7 +670,8 @@ impl IntervalState {
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
-            reports: vec![ReportSlot::None; members],
+            reports: vec![None; members],
+            conflicting: BTreeSet::new(),
             trading: Vec::new(),
             traders: 0,
             reported_traders: 0,
@@ -794,8 +780,20 @@ impl Node {
     /// Handles one input.
     pub fn handle(&mut self, input: Input) -> Output {
         let mut out = Output::default();
-        // Anything but a tick with nothing due may change what is due next.
-        if !matches!(input, Input::Tick { .. }) {
+        // Anything but a tick with nothing due may change what is due next,
+        // except the two inputs a node gets most: a gossiped offer (it only
+        // enters the pool of an interval whose gate is open, which nothing
+        // due depends on) and a meter report (which changes what is due only
+        // when it completes a settlement: `settle` forgets it then).
+        let keeps_wakeup = matches!(
+            input,
+            Input::Tick { .. }
+                | Input::Message {
+                    message: Message::Offer(_) | Message::MeterReport(_),
+                    ..
+                }
+        );
+        if !keeps_wakeup {
             self.wakeup.set(None);
         }
         match input {
@@ -1001,10 +999,10 @@ impl Node {
         if r.chain_id != self.config.rules.chain_id || r.market != self.config.rules.market_id {
             return Verdict::Reject("meter report for another chain or market".into());
         }
-        let Some(&place) = self.shared.members.get(&r.participant) else {
+        let Some(&member) = self.shared.members.get(&r.participant) else {
             return Verdict::Reject("meter report from a non-member".into());
         };
-        let place = place as usize;
+        let place = member as usize;
         // A connection cannot carry more in an interval than an offer may
         // (the market's bound); the bound also keeps settlement's sums far
         // from overflowing.
@@ -1018,11 +1016,11 @@ impl Node {
             return Verdict::Ignore;
         };
         match &state.reports[place] {
-            ReportSlot::Held(held) if Arc::ptr_eq(held, &signed) || **held == *signed => {
+            Some(held) if Arc::ptr_eq(held, &signed) || **held == *signed => {
                 return Verdict::Ignore;
             }
-            ReportSlot::Conflicting => return Verdict::Ignore,
-            ReportSlot::Held(_) | ReportSlot::None => {}
+            None if state.conflicting.contains(&member) => return Verdict::Ignore,
+            Some(_) | None => {}
         }
         let verifier = self.shared.verifier.as_ref();
         if let Err(error) = check_shared(verifier, &signed, || {
@@ -1034,14 +1032,14 @@ impl Node {
         }
         let state = self.intervals.get_mut(&r.interval).expect("checked above");
         let trader = state.trading.get(place).copied().unwrap_or(false);
-        if let ReportSlot::Held(_) = state.reports[place] {
-            state.reports[place] = ReportSlot::Conflicting;
+        if state.reports[place].take().is_some() {
+            state.conflicting.insert(member);
             if trader {
                 state.reported_traders -= 1;
             }
             return Verdict::Reject("participant sent two different meter reports".into());
         }
-        state.reports[place] = ReportSlot::Held(signed);
+        state.reports[place] = Some(signed);
         if trader {
             state.reported_traders += 1;
         }
@@ -1062,7 +1060,7 @@ impl Node {
         let held: Vec<Arc<SignedMeterReport>> = participants
             .iter()
             .filter_map(|p| self.shared.members.get(p))
-            .filter_map(|&place| state.reports[place as usize].held().cloned())
+            .filter_map(|&place| state.reports[place as usize].clone())
             .collect();
         for chunk in held.chunks(MAX_REPORTS_PER_MESSAGE) {
             out.actions.push(Action::Send {
@@ -1101,7 +1099,7 @@ impl Node {
         Some(
             state
                 .traders()
-                .filter(|&place| state.reports[place as usize].held().is_none())
+                .filter(|&place| state.reports[place as usize].is_none())
                 .map(|place| self.shared.places[place as usize])
                 .collect(),
         )
@@ -1125,9 +1123,10 @@ impl Node {
             return;
         };
         state.settled = true;
+        self.wakeup.set(None);
         let reports: Vec<Arc<SignedMeterReport>> = state
             .traders()
-            .filter_map(|place| state.reports[place as usize].held().cloned())
+            .filter_map(|place| state.reports[place as usize].clone())
             .collect();
         let rules = &self.config.rules;
         let tariff = rules.tariffs.at(rules.clock.start_s(interval));
@@ -1556,6 +1555,11 @@ impl Node {
     /// update the node's notion of the time. `None` before the first tick.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
         if let Some(known) = self.wakeup.get() {
+            debug_assert_eq!(
+                known,
+                self.compute_next_wakeup_ms(),
+                "an input changed what is due without forgetting the wake-up"
+            );
             return known;
         }
         let next = self.compute_next_wakeup_ms();
@@ -2090,7 +2094,7 @@ impl Node {
         state.traders = state.traders().count();
         state.reported_traders = state
             .traders()
-            .filter(|&place| state.reports[place as usize].held().is_some())
+            .filter(|&place| state.reports[place as usize].is_some())
             .count();
         if caught_up {
             // The node missed the interval's meter reports, and the

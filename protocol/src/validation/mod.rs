@@ -143,12 +143,8 @@ pub struct Equivocation {
 #[derive(Clone, Debug, Default)]
 struct Sent {
     /// Sorted by id. A vector, not a map: a participant has a handful of
-    /// offers, and a B-tree leaf reserves room for eleven (kilobytes per
-    /// participant per interval per node, which the simulator multiplies by
-    /// a thousand nodes). Two fit inline (most participants send one bid or
-    /// one ask), so most participants cost no allocation of their own.
-    /// Shared (`Arc`): the message that brought an offer, the pool and the
-    /// replies to peers hold one copy.
+    /// offers. Shared (`Arc`): the message that brought an offer, the pool
+    /// and the replies to peers hold one copy.
     offers: SmallVec<[Arc<SignedOffer>; 2]>,
     /// Whether the participant is void for the interval: once it has two
     /// conflicting offers or more than the limit, it stays so (trimming keeps
@@ -156,10 +152,17 @@ struct Sent {
     void: bool,
 }
 
-impl Sent {
+/// A participant's offers for an interval, however the pool keeps them.
+#[derive(Clone, Copy, Debug)]
+struct SentRef<'a> {
+    offers: &'a [Arc<SignedOffer>],
+    void: bool,
+}
+
+impl<'a> SentRef<'a> {
     /// A kept offer that conflicts with `new`: same side and sequence
     /// number, different body.
-    fn conflicting(&self, new: &SignedOffer) -> Option<&Arc<SignedOffer>> {
+    fn conflicting(self, new: &SignedOffer) -> Option<&'a Arc<SignedOffer>> {
         self.offers.iter().find(|o| {
             o.offer.side == new.offer.side
                 && o.offer.sequence == new.offer.sequence
@@ -169,7 +172,7 @@ impl Sent {
 
     /// The offer in force for `side`: the highest sequence number; equal
     /// sequence numbers here have equal bodies, the smallest id stands for them.
-    fn head(&self, side: Side) -> Option<&Arc<SignedOffer>> {
+    fn head(self, side: Side) -> Option<&'a Arc<SignedOffer>> {
         self.offers
             .iter()
             .filter(|o| o.offer.side == side)
@@ -181,16 +184,25 @@ impl Sent {
             })
     }
 
-    fn position(&self, id: &OfferId) -> Result<usize, usize> {
+    fn position(self, id: &OfferId) -> Result<usize, usize> {
         self.offers.binary_search_by_key(id, |o| o.id)
     }
 
-    fn contains(&self, id: &OfferId) -> bool {
+    fn contains(self, id: &OfferId) -> bool {
         self.position(id).is_ok()
+    }
+}
+
+impl Sent {
+    fn as_ref(&self) -> SentRef<'_> {
+        SentRef {
+            offers: &self.offers,
+            void: self.void,
+        }
     }
 
     fn insert(&mut self, offer: Arc<SignedOffer>) {
-        if let Err(at) = self.position(&offer.id) {
+        if let Err(at) = self.as_ref().position(&offer.id) {
             self.offers.insert(at, offer);
         }
     }
@@ -204,16 +216,25 @@ impl Sent {
 }
 
 /// The offers of one interval, per participant.
+///
+/// A member that sent one offer (most members, most intervals) costs the
+/// pool one pointer at its place. A simulator holds a thousand nodes' pools,
+/// and the arrival of an offer touches the sender's place in a pool that is
+/// cold: at eight bytes a place, the pools of all nodes for the interval
+/// being gossiped fit in the processor's last-level cache, which at 32 bytes
+/// (a [`Sent`] per place) they did not.
 #[derive(Clone, Debug)]
 struct IntervalPool {
     /// The market's members with their places, when the pool knows them
     /// ([`OfferPool::for_members`]).
     members: Option<Arc<IdMap<ParticipantId, u32>>>,
-    /// A member's offers, at its place (empty until it sends one): one
-    /// array index per arriving offer, where a map costs a probe of its
-    /// control bytes and then of its bucket, each a cache miss when a
-    /// simulator holds a thousand nodes' pools.
-    by_place: Vec<Sent>,
+    /// A member's offer at its place while it is the only one the member
+    /// sent and the member is not void.
+    single: Vec<Option<Arc<SignedOffer>>>,
+    /// Bit `place` set: the member sent more than one offer or is void, and
+    /// everything it sent is in `many` (its place in `single` is empty).
+    many_bits: Vec<u64>,
+    many: BTreeMap<usize, Sent>,
     /// Anyone else's, hashed. What depends on an order (the set, the
     /// book's ranking) sorts.
     others: IdMap<ParticipantId, Sent>,
@@ -251,8 +272,11 @@ impl IntervalPool {
         members: Option<Arc<IdMap<ParticipantId, u32>>>,
         expected_others: usize,
     ) -> IntervalPool {
+        let n = members.as_ref().map_or(0, |m| m.len());
         IntervalPool {
-            by_place: vec![Sent::default(); members.as_ref().map_or(0, |m| m.len())],
+            single: vec![None; n],
+            many_bits: vec![0; n.div_ceil(64)],
+            many: BTreeMap::new(),
             members,
             others: IdMap::with_capacity_and_hasher(expected_others, Default::default()),
             set: OnceLock::new(),
@@ -262,31 +286,58 @@ impl IntervalPool {
 
     fn place(&self, participant: &ParticipantId) -> Option<usize> {
         let place = *self.members.as_ref()?.get(participant)? as usize;
-        (place < self.by_place.len()).then_some(place)
+        (place < self.single.len()).then_some(place)
+    }
+
+    fn is_many(&self, place: usize) -> bool {
+        self.many_bits[place / 64] & (1 << (place % 64)) != 0
+    }
+
+    /// What the member at `place` sent, if anything.
+    fn at(&self, place: usize) -> Option<SentRef<'_>> {
+        if let Some(offer) = &self.single[place] {
+            return Some(SentRef {
+                offers: std::slice::from_ref(offer),
+                void: false,
+            });
+        }
+        if self.is_many(place) {
+            return self.many.get(&place).map(Sent::as_ref);
+        }
+        None
     }
 
     /// What `participant` sent, if anything.
-    fn get(&self, participant: &ParticipantId) -> Option<&Sent> {
+    fn get(&self, participant: &ParticipantId) -> Option<SentRef<'_>> {
         match self.place(participant) {
-            Some(place) => Some(&self.by_place[place]).filter(|s| !s.offers.is_empty()),
-            None => self.others.get(participant),
+            Some(place) => self.at(place),
+            None => self.others.get(participant).map(Sent::as_ref),
         }
     }
 
-    /// What `participant` sent, to add to.
+    /// What `participant` sent, to add to (a member's single offer moves
+    /// into `many` first).
     fn entry(&mut self, participant: ParticipantId) -> &mut Sent {
-        match self.place(&participant) {
-            Some(place) => &mut self.by_place[place],
-            None => self.others.entry(participant).or_default(),
+        let Some(place) = self.place(&participant) else {
+            return self.others.entry(participant).or_default();
+        };
+        if !self.is_many(place) {
+            self.many_bits[place / 64] |= 1 << (place % 64);
+            let mut sent = Sent::default();
+            sent.offers.extend(self.single[place].take());
+            self.many.insert(place, sent);
         }
+        self.many
+            .get_mut(&place)
+            .expect("a member flagged in many_bits is in many")
     }
 
-    /// Every participant that sent something.
-    fn participants(&self) -> impl Iterator<Item = &Sent> {
-        self.by_place
-            .iter()
-            .filter(|s| !s.offers.is_empty())
-            .chain(self.others.values())
+    /// Every participant that sent something: members in member order,
+    /// then anyone else.
+    fn participants(&self) -> impl Iterator<Item = SentRef<'_>> {
+        (0..self.single.len())
+            .filter_map(|place| self.at(place))
+            .chain(self.others.values().map(Sent::as_ref))
     }
 
     fn set(&self) -> &SetView {
@@ -340,19 +391,9 @@ impl IntervalPool {
     }
 }
 
-/// Sorts offers by id (uniformly random SHA-256 outputs) comparing their
-/// first eight bytes as a big-endian integer, and only on a tie the rest:
-/// the same order as comparing whole ids, without a 32-byte `memcmp` per
-/// comparison.
+/// Sorts offers by id (`OfferId`'s order decides on a first word).
 fn sort_offers(offers: &mut [Arc<SignedOffer>]) {
-    fn prefix(id: &OfferId) -> u64 {
-        u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"))
-    }
-    offers.sort_unstable_by(|a, b| {
-        prefix(&a.id)
-            .cmp(&prefix(&b.id))
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    offers.sort_unstable_by_key(|offer| offer.id);
 }
 
 /// Domain of the offer-set root.
@@ -603,8 +644,34 @@ impl OfferPool {
             .intervals
             .entry(o.interval)
             .or_insert_with(|| IntervalPool::new(members.clone(), expected));
+        // A member's first offer (within the limit, so it cannot be void)
+        // takes its empty place; a second one moves both into `many`.
+        if limit >= 1
+            && let Some(place) = pool.place(&o.participant)
+            && !pool.is_many(place)
+        {
+            match &pool.single[place] {
+                None => {
+                    pool.single[place] = Some(offer.clone());
+                    let accepted = if o.energy_wh == 0 {
+                        Accepted::Cancelled { previous: None }
+                    } else {
+                        Accepted::New
+                    };
+                    let change = SetChange::Swap {
+                        remove: None,
+                        insert: offer,
+                    };
+                    return (Validation::Accept(accepted), change);
+                }
+                Some(held) if held.id == id => {
+                    return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
+                }
+                Some(_) => {}
+            }
+        }
         let sent = pool.entry(o.participant);
-        if sent.contains(&id) {
+        if sent.as_ref().contains(&id) {
             return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
         }
         let shared = offer.clone();
@@ -612,12 +679,12 @@ impl OfferPool {
         let previous = if was_void {
             None
         } else {
-            sent.head(o.side).cloned()
+            sent.as_ref().head(o.side).cloned()
         };
         let conflict = if was_void {
             None
         } else {
-            sent.conflicting(&offer).cloned()
+            sent.as_ref().conflicting(&offer).cloned()
         };
         let evidence = conflict.map(|first| Equivocation {
             first: (*first).clone(),
@@ -679,7 +746,7 @@ impl OfferPool {
     fn standings(
         &self,
         interval: IntervalIndex,
-    ) -> impl Iterator<Item = (&Sent, Option<[Option<&Arc<SignedOffer>>; 2]>)> {
+    ) -> impl Iterator<Item = (SentRef<'_>, Option<[Option<&Arc<SignedOffer>>; 2]>)> {
         self.intervals
             .get(&interval)
             .into_iter()
