@@ -10,6 +10,7 @@
 //! - [`offer`]: offers, their canonical encoding and ed25519 signatures.
 //! - [`validation`]: Accept / Ignore / Reject for arriving offers; the offer
 //!   pool whose book and set root depend only on which offers arrived.
+//! - [`places`]: sets of members by their place in the member list, a bit each.
 //! - [`reconcile`]: range-based set reconciliation of offer ids.
 //! - [`node`]: the per-participant state machine that agrees on each
 //!   interval's offer set and result.
@@ -27,6 +28,7 @@ pub mod clearing;
 pub mod hash;
 pub mod node;
 pub mod offer;
+pub mod places;
 pub mod pricing;
 pub mod reconcile;
 pub mod settlement;

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::clearing::{ClearingResult, clear};
 use crate::hash::{Hash32, Hasher, IdMap, sha256};
 use crate::offer::{Offer, SignedOffer};
+use crate::places::{PlaceMap, PlaceSet};
 use crate::reconcile::{initiate_with, respond_with};
 use crate::settlement::{IntervalSettlement, MeterReading, settle};
 use crate::types::{IntervalIndex, MarketId, OfferId, ParticipantId, Side};
@@ -217,7 +218,7 @@ pub fn committee_scores(keys: &[u64], market: &MarketId, interval: IntervalIndex
 /// over the member list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committee {
-    bits: Vec<u64>,
+    places: PlaceSet,
 }
 
 impl Committee {
@@ -238,29 +239,24 @@ impl Committee {
         if size > 0 {
             ranked.select_nth_unstable(size - 1);
         }
-        let mut bits = vec![0u64; keys.len().div_ceil(64)];
+        let mut places = PlaceSet::with_members(keys.len());
         for &(_, place) in &ranked[..size] {
-            bits[place as usize / 64] |= 1 << (place % 64);
+            places.insert(place as usize);
         }
-        Committee { bits }
+        Committee { places }
     }
 
     pub fn contains(&self, place: u32) -> bool {
-        self.bits
-            .get(place as usize / 64)
-            .is_some_and(|word| word & (1 << (place % 64)) != 0)
+        self.places.contains(place as usize)
     }
 
     /// Members on the committee.
     pub fn len(&self) -> usize {
-        self.bits
-            .iter()
-            .map(|word| word.count_ones() as usize)
-            .sum()
+        self.places.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bits.iter().all(|&word| word == 0)
+        self.places.is_empty()
     }
 }
 
@@ -591,10 +587,11 @@ struct IntervalState {
     /// The interval's committee, when one attests
     /// ([`NodeConfig::attesters`]); `None`: every member.
     committee: Option<Committee>,
-    /// Every member's signed attestation by the member's place (kept to hand
-    /// a waiting peer the proof), and how many there are. A thousand arrive
-    /// per interval: a slot per member costs less than hashing each.
-    attestations: Vec<Option<Arc<SignedAttestation>>>,
+    /// The signed attestations held, by the member's place (kept to hand a
+    /// waiting peer the proof). An arrival tests a bit per member
+    /// ([`PlaceMap`]), which stays in the cache of a simulator of a thousand
+    /// nodes where a slot per member did not.
+    attestations: PlaceMap<Arc<SignedAttestation>>,
     /// The attesters' places grouped by roots (usually one or two groups),
     /// in arrival order, so finality is checked without regrouping on every
     /// arrival. Places, not 32-byte ids: a thousand nodes each fill one of
@@ -603,17 +600,16 @@ struct IntervalState {
     fetch: Option<Fetch>,
     /// Reconciliation rounds started.
     rounds: u32,
-    /// Meter reports by the participant's place: eight bytes a place, as
-    /// a thousand nodes' slots for the interval being settled then fit in
-    /// the processor's cache. A participant that sent two different reports
-    /// is settled as if it had none, whatever order they came in: its place
-    /// is empty and it is in `conflicting`.
-    reports: Vec<Option<Arc<SignedMeterReport>>>,
-    conflicting: BTreeSet<u32>,
+    /// The meter reports held, by the participant's place (as
+    /// `attestations`). A participant that sent two different reports is
+    /// settled as if it had none, whatever order they came in: it is in
+    /// `conflicting` instead.
+    reports: PlaceMap<Arc<SignedMeterReport>>,
+    conflicting: PlaceSet,
     /// Once final: which places trade in its result, how many do, and how
     /// many of those have a usable report here (both counts kept as reports
     /// arrive, so that completeness is known without a pass per report).
-    trading: Vec<bool>,
+    trading: PlaceSet,
     traders: usize,
     reported_traders: usize,
     /// How often the node asked peers for missing reports; whether it settled.
@@ -625,18 +621,20 @@ struct IntervalState {
 
 impl IntervalState {
     fn record(&mut self, place: u32, signed: Arc<SignedAttestation>) {
-        let a = &signed.attestation;
-        let slot = &mut self.attestations[place as usize];
-        if slot.is_none() {
+        let roots = (signed.attestation.set_root, signed.attestation.result_root);
+        if self.attestations.insert(place, signed) {
             // Grouping finds the quorum; once final, it is found.
             if self.phase != Phase::Final {
-                self.groups
-                    .entry((a.set_root, a.result_root))
-                    .or_default()
-                    .push(place);
+                self.groups.entry(roots).or_default().push(place);
             }
-            *slot = Some(signed);
         }
+    }
+
+    /// The held reports of the members at `places`, in that order.
+    fn reports_of(&self, places: impl Iterator<Item = u32>) -> Vec<Arc<SignedMeterReport>> {
+        places
+            .filter_map(|place| self.reports.get(place).cloned())
+            .collect()
     }
 
     /// Whether the member at `place` attests in this interval.
@@ -646,16 +644,14 @@ impl IntervalState {
 
     /// The places of the final result's traders, ascending (member order).
     fn traders(&self) -> impl Iterator<Item = u32> + '_ {
-        (0u32..)
-            .zip(&self.trading)
-            .filter_map(|(place, &t)| t.then_some(place))
+        self.trading
+            .iter()
+            .filter_map(|place| u32::try_from(place).ok())
     }
 
     /// The attestations held, in member order.
     fn attestations(&self) -> impl Iterator<Item = (u32, &Arc<SignedAttestation>)> {
-        (0u32..)
-            .zip(&self.attestations)
-            .filter_map(|(place, a)| a.as_ref().map(|a| (place, a)))
+        self.attestations.in_member_order().into_iter()
     }
 
     /// A new interval of a market of `members`: a slot per member for its
@@ -666,13 +662,13 @@ impl IntervalState {
             own: None,
             attestation: None,
             committee,
-            attestations: vec![None; members],
+            attestations: PlaceMap::with_members(members),
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
-            reports: vec![None; members],
-            conflicting: BTreeSet::new(),
-            trading: Vec::new(),
+            reports: PlaceMap::with_members(members),
+            conflicting: PlaceSet::default(),
+            trading: PlaceSet::default(),
             traders: 0,
             reported_traders: 0,
             report_asks: 0,
@@ -1015,11 +1011,11 @@ impl Node {
         let Some(state) = self.intervals.get(&r.interval) else {
             return Verdict::Ignore;
         };
-        match &state.reports[place] {
+        match state.reports.get(member) {
             Some(held) if Arc::ptr_eq(held, &signed) || **held == *signed => {
                 return Verdict::Ignore;
             }
-            None if state.conflicting.contains(&member) => return Verdict::Ignore,
+            None if state.conflicting.contains(place) => return Verdict::Ignore,
             Some(_) | None => {}
         }
         let verifier = self.shared.verifier.as_ref();
@@ -1031,15 +1027,15 @@ impl Node {
             return Verdict::Reject(format!("meter report: {error}"));
         }
         let state = self.intervals.get_mut(&r.interval).expect("checked above");
-        let trader = state.trading.get(place).copied().unwrap_or(false);
-        if state.reports[place].take().is_some() {
-            state.conflicting.insert(member);
+        let trader = state.trading.contains(place);
+        if state.reports.remove(member).is_some() {
+            state.conflicting.insert(place);
             if trader {
                 state.reported_traders -= 1;
             }
             return Verdict::Reject("participant sent two different meter reports".into());
         }
-        state.reports[place] = Some(signed);
+        state.reports.insert(member, signed);
         if trader {
             state.reported_traders += 1;
         }
@@ -1057,11 +1053,11 @@ impl Node {
         let Some(state) = self.intervals.get(&interval) else {
             return Verdict::Ignore;
         };
-        let held: Vec<Arc<SignedMeterReport>> = participants
-            .iter()
-            .filter_map(|p| self.shared.members.get(p))
-            .filter_map(|&place| state.reports[place as usize].clone())
-            .collect();
+        let held = state.reports_of(
+            participants
+                .iter()
+                .filter_map(|p| self.shared.members.get(p).copied()),
+        );
         for chunk in held.chunks(MAX_REPORTS_PER_MESSAGE) {
             out.actions.push(Action::Send {
                 to: from,
@@ -1086,7 +1082,7 @@ impl Node {
             return true;
         }
         let place = self.shared.members.get(&self.me).copied();
-        place.is_some_and(|place| state.trading.get(place as usize).copied().unwrap_or(false))
+        place.is_some_and(|place| state.trading.contains(place as usize))
     }
 
     /// The traders of a final, unsettled interval without a (usable) report here.
@@ -1099,7 +1095,7 @@ impl Node {
         Some(
             state
                 .traders()
-                .filter(|&place| state.reports[place as usize].is_none())
+                .filter(|&place| !state.reports.contains(place))
                 .map(|place| self.shared.places[place as usize])
                 .collect(),
         )
@@ -1124,10 +1120,7 @@ impl Node {
         };
         state.settled = true;
         self.wakeup.set(None);
-        let reports: Vec<Arc<SignedMeterReport>> = state
-            .traders()
-            .filter_map(|place| state.reports[place as usize].clone())
-            .collect();
+        let reports = state.reports_of(state.traders());
         let rules = &self.config.rules;
         let tariff = rules.tariffs.at(rules.clock.start_s(interval));
         let settlement = self
@@ -1393,8 +1386,9 @@ impl Node {
                 "attestation from a member outside the interval's committee".into(),
             );
         }
-        let known = state.attestations[place as usize]
-            .as_ref()
+        let known = state
+            .attestations
+            .get(place)
             .map(|k| (k.attestation.set_root, k.attestation.result_root));
         if known.is_some_and(|roots| roots != (a.set_root, a.result_root)) {
             return Verdict::Reject("member attested two different results".into());
@@ -2079,12 +2073,12 @@ impl Node {
         state.phase = Phase::Final;
         state.fetch = None;
         let members = &self.shared.members;
-        let mut trading = vec![false; state.reports.len()];
+        let mut trading = PlaceSet::with_members(members.len());
         for trade in &result.trades {
             for trader in [trade.buyer, trade.seller] {
                 // A result holds members' offers only (the set admits no others).
                 if let Some(&place) = members.get(&trader) {
-                    trading[place as usize] = true;
+                    trading.insert(place as usize);
                 }
             }
         }
@@ -2094,7 +2088,7 @@ impl Node {
         state.traders = state.traders().count();
         state.reported_traders = state
             .traders()
-            .filter(|&place| state.reports[place as usize].is_some())
+            .filter(|&place| state.reports.contains(place))
             .count();
         if caught_up {
             // The node missed the interval's meter reports, and the

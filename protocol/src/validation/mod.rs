@@ -33,6 +33,7 @@ use smallvec::SmallVec;
 use crate::clearing::{Mechanism, Order};
 use crate::hash::{Hash32, Hasher, IdMap};
 use crate::offer::{Offer, SignatureError, SignedOffer, verify_offers};
+use crate::places::{PlaceMap, PlaceSet};
 use crate::reconcile::IdSum;
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
@@ -217,23 +218,21 @@ impl Sent {
 
 /// The offers of one interval, per participant.
 ///
-/// A member that sent one offer (most members, most intervals) costs the
-/// pool one pointer at its place. A simulator holds a thousand nodes' pools,
-/// and the arrival of an offer touches the sender's place in a pool that is
-/// cold: at eight bytes a place, the pools of all nodes for the interval
-/// being gossiped fit in the processor's last-level cache, which at 32 bytes
-/// (a [`Sent`] per place) they did not.
+/// A member that sent one offer (most members, most intervals: every member
+/// in honest simulations) is an entry in `first`. A simulator holds a
+/// thousand nodes' pools, and an arriving offer is checked against its
+/// sender's entry in a pool that is cold: [`PlaceMap`] tests a bit per
+/// member, and a thousand nodes' bits stay in the processor's cache, where a
+/// pointer per member missed it on nearly every arrival.
 #[derive(Clone, Debug)]
 struct IntervalPool {
     /// The market's members with their places, when the pool knows them
     /// ([`OfferPool::for_members`]).
     members: Option<Arc<IdMap<ParticipantId, u32>>>,
-    /// A member's offer at its place while it is the only one the member
-    /// sent and the member is not void.
-    single: Vec<Option<Arc<SignedOffer>>>,
-    /// Bit `place` set: the member sent more than one offer or is void, and
-    /// everything it sent is in `many` (its place in `single` is empty).
-    many_bits: Vec<u64>,
+    /// The only offer of a member that sent one and is not void.
+    first: PlaceMap<Arc<SignedOffer>>,
+    /// The members that sent more, or are void, and their offers.
+    many_places: PlaceSet,
     many: BTreeMap<usize, Sent>,
     /// Anyone else's, hashed. What depends on an order (the set, the
     /// book's ranking) sorts.
@@ -274,8 +273,8 @@ impl IntervalPool {
     ) -> IntervalPool {
         let n = members.as_ref().map_or(0, |m| m.len());
         IntervalPool {
-            single: vec![None; n],
-            many_bits: vec![0; n.div_ceil(64)],
+            first: PlaceMap::with_members(n),
+            many_places: PlaceSet::default(),
             many: BTreeMap::new(),
             members,
             others: IdMap::with_capacity_and_hasher(expected_others, Default::default()),
@@ -285,23 +284,18 @@ impl IntervalPool {
     }
 
     fn place(&self, participant: &ParticipantId) -> Option<usize> {
-        let place = *self.members.as_ref()?.get(participant)? as usize;
-        (place < self.single.len()).then_some(place)
-    }
-
-    fn is_many(&self, place: usize) -> bool {
-        self.many_bits[place / 64] & (1 << (place % 64)) != 0
+        Some(*self.members.as_ref()?.get(participant)? as usize)
     }
 
     /// What the member at `place` sent, if anything.
     fn at(&self, place: usize) -> Option<SentRef<'_>> {
-        if let Some(offer) = &self.single[place] {
+        if let Some(offer) = u32::try_from(place).ok().and_then(|p| self.first.get(p)) {
             return Some(SentRef {
                 offers: std::slice::from_ref(offer),
                 void: false,
             });
         }
-        if self.is_many(place) {
+        if self.many_places.contains(place) {
             return self.many.get(&place).map(Sent::as_ref);
         }
         None
@@ -315,28 +309,44 @@ impl IntervalPool {
         }
     }
 
-    /// What `participant` sent, to add to (a member's single offer moves
-    /// into `many` first).
+    /// Keeps `offer` as the first and only one of the member at `place`, if
+    /// it sent nothing before; whether it did.
+    fn insert_first(&mut self, place: usize, offer: &Arc<SignedOffer>) -> bool {
+        let Ok(member) = u32::try_from(place) else {
+            return false;
+        };
+        if self.many_places.contains(place) || self.first.contains(member) {
+            return false;
+        }
+        self.first.insert(member, offer.clone())
+    }
+
+    /// What `participant` sent, to add to (a member's only offer moves
+    /// from `first` into `many`).
     fn entry(&mut self, participant: ParticipantId) -> &mut Sent {
         let Some(place) = self.place(&participant) else {
             return self.others.entry(participant).or_default();
         };
-        if !self.is_many(place) {
-            self.many_bits[place / 64] |= 1 << (place % 64);
+        if self.many_places.insert(place) {
             let mut sent = Sent::default();
-            sent.offers.extend(self.single[place].take());
+            sent.offers
+                .extend(u32::try_from(place).ok().and_then(|p| self.first.remove(p)));
             self.many.insert(place, sent);
         }
         self.many
             .get_mut(&place)
-            .expect("a member flagged in many_bits is in many")
+            .expect("a member in many_places is in many")
     }
 
-    /// Every participant that sent something: members in member order,
-    /// then anyone else.
+    /// Every participant that sent something, in no particular order.
     fn participants(&self) -> impl Iterator<Item = SentRef<'_>> {
-        (0..self.single.len())
-            .filter_map(|place| self.at(place))
+        self.first
+            .iter()
+            .map(|(_, offer)| SentRef {
+                offers: std::slice::from_ref(offer),
+                void: false,
+            })
+            .chain(self.many.values().map(Sent::as_ref))
             .chain(self.others.values().map(Sent::as_ref))
     }
 
@@ -384,6 +394,11 @@ impl IntervalPool {
                         view.ids.insert(at, insert.id);
                         view.offers.insert(at, insert);
                     }
+                } else {
+                    // No set yet, so no root (made from the set) either:
+                    // nothing to forget, and the field is not touched, as
+                    // offers arrive by the thousand before gate closure.
+                    return;
                 }
             }
         }
@@ -645,29 +660,24 @@ impl OfferPool {
             .entry(o.interval)
             .or_insert_with(|| IntervalPool::new(members.clone(), expected));
         // A member's first offer (within the limit, so it cannot be void)
-        // takes its empty place; a second one moves both into `many`.
+        // is kept as its only one; a second one moves both into `many`.
         if limit >= 1
             && let Some(place) = pool.place(&o.participant)
-            && !pool.is_many(place)
         {
-            match &pool.single[place] {
-                None => {
-                    pool.single[place] = Some(offer.clone());
-                    let accepted = if o.energy_wh == 0 {
-                        Accepted::Cancelled { previous: None }
-                    } else {
-                        Accepted::New
-                    };
-                    let change = SetChange::Swap {
-                        remove: None,
-                        insert: offer,
-                    };
-                    return (Validation::Accept(accepted), change);
-                }
-                Some(held) if held.id == id => {
-                    return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
-                }
-                Some(_) => {}
+            if pool.insert_first(place, &offer) {
+                let accepted = if o.energy_wh == 0 {
+                    Accepted::Cancelled { previous: None }
+                } else {
+                    Accepted::New
+                };
+                let change = SetChange::Swap {
+                    remove: None,
+                    insert: offer,
+                };
+                return (Validation::Accept(accepted), change);
+            }
+            if pool.at(place).is_some_and(|sent| sent.contains(&id)) {
+                return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
             }
         }
         let sent = pool.entry(o.participant);

@@ -1,0 +1,251 @@
+//! Sets of member places (a member's index in the market's member list),
+//! one bit per member.
+//!
+//! A node keeps several per interval: who sent an offer, who reported, who
+//! attests. A thousand members fit in 128 bytes, so a simulator's thousand
+//! nodes keep theirs in the processor's cache, where a pointer per member
+//! (8 kB per node) missed it on nearly every arrival.
+
+use std::sync::OnceLock;
+
+/// A set of member places.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlaceSet {
+    words: Vec<u64>,
+}
+
+impl PlaceSet {
+    /// An empty set with room for places below `members`.
+    pub fn with_members(members: usize) -> PlaceSet {
+        PlaceSet {
+            words: vec![0; members.div_ceil(64)],
+        }
+    }
+
+    pub fn contains(&self, place: usize) -> bool {
+        self.words
+            .get(place / 64)
+            .is_some_and(|word| word & (1 << (place % 64)) != 0)
+    }
+
+    /// Adds `place`; whether it was new. Grows the set if needed.
+    pub fn insert(&mut self, place: usize) -> bool {
+        let word = place / 64;
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let bit = 1 << (place % 64);
+        let new = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        new
+    }
+
+    /// Removes `place`; whether it was there.
+    pub fn remove(&mut self, place: usize) -> bool {
+        let Some(word) = self.words.get_mut(place / 64) else {
+            return false;
+        };
+        let bit = 1 << (place % 64);
+        let was = *word & bit != 0;
+        *word &= !bit;
+        was
+    }
+
+    /// Places below this fit without growing the set.
+    pub fn capacity(&self) -> usize {
+        self.words.len() * 64
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
+    /// The places in the set, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    w * 64 + bit
+                })
+            })
+        })
+    }
+}
+
+/// Values by member place, kept in arrival order: what a node holds per
+/// member and interval (an offer, an attestation, a meter report).
+///
+/// An arrival tests and sets a bit ([`PlaceSet`]) and appends, touching
+/// no memory per member outside the bitset. The index from place to
+/// position is built on the first lookup of a held place (a duplicate, a
+/// conflict) and kept up to date from then on.
+#[derive(Clone, Debug, Default)]
+pub struct PlaceMap<T> {
+    held: PlaceSet,
+    /// Position in `items` by place, valid where `held` has the place.
+    index: OnceLock<Vec<u32>>,
+    items: Vec<(u32, T)>,
+}
+
+impl<T> PlaceMap<T> {
+    /// An empty map for places below `members` (others are kept too).
+    pub fn with_members(members: usize) -> PlaceMap<T> {
+        PlaceMap {
+            held: PlaceSet::with_members(members),
+            index: OnceLock::new(),
+            items: Vec::new(),
+        }
+    }
+
+    pub fn contains(&self, place: u32) -> bool {
+        self.held.contains(place as usize)
+    }
+
+    /// Position in `items` by place, built on first use.
+    fn index(&self) -> &Vec<u32> {
+        self.index.get_or_init(|| {
+            let mut index = vec![0; self.held.capacity()];
+            for (at, &(place, _)) in (0u32..).zip(&self.items) {
+                index[place as usize] = at;
+            }
+            index
+        })
+    }
+
+    pub fn get(&self, place: u32) -> Option<&T> {
+        if !self.contains(place) {
+            return None;
+        }
+        Some(&self.items[self.index()[place as usize] as usize].1)
+    }
+
+    pub fn get_mut(&mut self, place: u32) -> Option<&mut T> {
+        if !self.contains(place) {
+            return None;
+        }
+        let at = self.index()[place as usize] as usize;
+        Some(&mut self.items[at].1)
+    }
+
+    /// Keeps `value` for `place` unless it holds one; whether it was new.
+    pub fn insert(&mut self, place: u32, value: T) -> bool {
+        let at = place as usize;
+        if !self.held.insert(at) {
+            return false;
+        }
+        let position = u32::try_from(self.items.len()).expect("fewer entries than places");
+        if let Some(index) = self.index.get_mut() {
+            if index.len() <= at {
+                index.resize(self.held.capacity(), 0);
+            }
+            index[at] = position;
+        }
+        self.items.push((place, value));
+        true
+    }
+
+    /// Takes the value of `place` out.
+    pub fn remove(&mut self, place: u32) -> Option<T> {
+        if !self.held.remove(place as usize) {
+            return None;
+        }
+        let at = self.index()[place as usize] as usize;
+        let (_, value) = self.items.swap_remove(at);
+        if let (Some(&(moved, _)), Some(index)) = (self.items.get(at), self.index.get_mut()) {
+            index[moved as usize] = index[place as usize];
+        }
+        Some(value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The places held.
+    pub fn places(&self) -> &PlaceSet {
+        &self.held
+    }
+
+    /// Places and values in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.items.iter().map(|(place, value)| (*place, value))
+    }
+
+    /// Places and values in member order.
+    pub fn in_member_order(&self) -> Vec<(u32, &T)> {
+        let mut all: Vec<(u32, &T)> = self.iter().collect();
+        all.sort_unstable_by_key(|(place, _)| *place);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_removes_and_lists_in_order() {
+        let mut set = PlaceSet::with_members(130);
+        assert!(set.is_empty());
+        assert!(set.insert(129));
+        assert!(set.insert(0));
+        assert!(set.insert(64));
+        assert!(!set.insert(64), "a second insert is not new");
+        assert!(set.contains(129) && set.contains(0) && !set.contains(1));
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 64, 129]);
+        assert_eq!(set.len(), 3);
+        assert!(set.remove(64));
+        assert!(!set.remove(64));
+        assert!(!set.contains(64));
+        assert_eq!(set.len(), 2);
+        // Beyond the members it was made for: absent, and it grows.
+        assert!(!set.contains(1_000));
+        assert!(!set.remove(1_000));
+        assert!(set.insert(1_000));
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 129, 1_000]);
+    }
+
+    #[test]
+    fn a_place_map_finds_removes_and_orders() {
+        let mut map = PlaceMap::with_members(100);
+        assert!(map.insert(70, "a"));
+        assert!(map.insert(3, "b"));
+        assert!(map.insert(99, "c"));
+        assert!(!map.insert(3, "x"), "a place holds its first value");
+        assert_eq!(map.get(3), Some(&"b"));
+        assert_eq!(map.get(4), None);
+        assert_eq!(
+            map.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            vec![70, 3, 99]
+        );
+        assert_eq!(
+            map.in_member_order(),
+            vec![(3, &"b"), (70, &"a"), (99, &"c")]
+        );
+        // Removing the first moves the last into its position.
+        assert_eq!(map.remove(70), Some("a"));
+        assert_eq!(map.remove(70), None);
+        assert_eq!(map.get(99), Some(&"c"));
+        assert_eq!(map.get(3), Some(&"b"));
+        *map.get_mut(99).unwrap() = "d";
+        assert_eq!(map.get(99), Some(&"d"));
+        assert_eq!(map.len(), 2);
+        assert!(
+            map.insert(500, "e"),
+            "places beyond the members are kept too"
+        );
+        assert_eq!(map.get(500), Some(&"e"));
+        assert!(map.places().contains(500));
+    }
+}
