@@ -118,7 +118,7 @@ pub struct Network {
     pub clock_skew_ms: u64,
     pub partitions: Vec<Partition>,
     /// Arrivals are rounded up to a multiple of this, and everything that
-    /// reaches one node in the same quantum is handled as one batch.
+    /// reaches one node in the same quantum is handled in the order sent.
     pub quantum_ms: u64,
 }
 

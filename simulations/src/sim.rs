@@ -16,9 +16,11 @@
 //!   fewer towards a quorum. Direct messages (reconciliation, fetches) travel
 //!   over a reliable connection with one link's latency.
 //! - **Arrivals** are rounded up to the next multiple of `quantum_ms`
-//!   (default 10 ms, well below the 20 ms and more of a link), and a node
-//!   handles everything that reaches it in one quantum as one batch: its
-//!   clock is ticked once, then each message in the order it was sent.
+//!   (default 10 ms, well below the 20 ms and more of a link). Each message
+//!   is its own event, carried in the event queue: the node's clock is
+//!   ticked to the arrival time (nothing happens if it was already), then it
+//!   handles the message. Messages reaching one node in one quantum are
+//!   handled in the order they were sent.
 //! - **Churn**: each interval, a share of the households is offline from half
 //!   an interval before its gate closure to half an interval after.
 //! - **Partitions**: a share of the nodes is cut off from the others.
@@ -50,7 +52,6 @@ use dharti_protocol::types::{
 };
 use dharti_protocol::validation::MarketRules;
 use ed25519_dalek::SigningKey;
-use smallvec::SmallVec;
 
 use crate::households::Household;
 use crate::queue::EventQueue;
@@ -108,8 +109,13 @@ enum Event {
         node: usize,
         k: usize,
     },
-    /// Everything that reaches one node in one quantum (`Sim::inboxes`).
-    Deliver(usize),
+    /// A message reaching node `to` from `from`. Carried in the event, so
+    /// that the queue's buckets, read in order, hold what is delivered.
+    Deliver {
+        to: u32,
+        from: u32,
+        payload: Payload,
+    },
     Withheld {
         node: usize,
         offer: Box<SignedOffer>,
@@ -119,8 +125,8 @@ enum Event {
     },
     /// A household's meter report for interval `k`, when the interval ends.
     Report {
-        node: usize,
-        k: usize,
+        node: u32,
+        k: u32,
         import_wh: u64,
         export_wh: u64,
     },
@@ -130,15 +136,6 @@ enum Event {
 enum Payload {
     Gossip(usize),
     Direct(Box<Message>),
-}
-
-/// Messages arriving at node `to` in one quantum, with their senders, in
-/// the order they were sent.
-#[derive(Debug, Default)]
-struct Inbox {
-    to: usize,
-    at_ms: u64,
-    items: Vec<(usize, Payload)>,
 }
 
 /// One gossiped message and who has seen it.
@@ -317,12 +314,6 @@ pub struct Sim<'a> {
     links: BTreeMap<(usize, usize), u64>,
     tree: Tree,
     queue: EventQueue<Event>,
-    /// Inboxes by slot; `open[node]` lists the node's pending ones as
-    /// (arrival, slot): a few per node, scanned, in one array small enough
-    /// to stay in cache.
-    inboxes: Vec<Inbox>,
-    free_inboxes: Vec<usize>,
-    open: Vec<SmallVec<[(u64, u32); 4]>>,
     /// Nodes are not woken after this (the last interval's dispatch).
     end_ms: u64,
     now_ms: u64,
@@ -554,9 +545,6 @@ impl<'a> Sim<'a> {
             links,
             tree: Tree::default(),
             queue: EventQueue::new(0),
-            inboxes: Vec::new(),
-            free_inboxes: Vec::new(),
-            open: vec![SmallVec::new(); n],
             end_ms: u64::MAX,
             now_ms: 0,
             gossip: Vec::new(),
@@ -731,30 +719,15 @@ impl<'a> Sim<'a> {
         self.post(from, to, latency, Payload::Direct(Box::new(message)));
     }
 
-    /// Puts `payload` from `from` into `to`'s inbox for the quantum in which
-    /// it arrives, `latency` from now.
+    /// Sends `payload` from `from` to `to`, arriving at the end of the
+    /// quantum in which it arrives, `latency` from now.
     fn post(&mut self, from: usize, to: usize, latency: u64, payload: Payload) {
         let quantum = self.scenario.network.quantum_ms;
         let at = (self.now_ms + latency).div_ceil(quantum) * quantum;
-        let pending = self.open[to].iter().find(|(t, _)| *t == at);
-        let slot = match pending {
-            Some(&(_, slot)) => slot as usize,
-            None => {
-                let slot = match self.free_inboxes.pop() {
-                    Some(slot) => slot,
-                    None => {
-                        self.inboxes.push(Inbox::default());
-                        self.inboxes.len() - 1
-                    }
-                };
-                self.inboxes[slot].to = to;
-                self.inboxes[slot].at_ms = at;
-                self.open[to].push((at, slot as u32));
-                self.push(at, Event::Deliver(slot));
-                slot
-            }
-        };
-        self.inboxes[slot].items.push((from, payload));
+        let node =
+            |i: usize| u32::try_from(i).expect("at most 100,000 households (scenario check)");
+        let (to, from) = (node(to), node(from));
+        self.push(at, Event::Deliver { to, from, payload });
     }
 
     /// Starts a gossip message at `from` (which has it already).
@@ -968,13 +941,16 @@ impl<'a> Sim<'a> {
                 }
                 Event::PlanRound { k } => self.plan_round(k),
                 Event::Plan { node, k } => self.plan(node, k),
-                Event::Deliver(slot) => self.deliver(slot),
+                Event::Deliver { to, from, payload } => {
+                    self.deliver(to as usize, from as usize, payload);
+                }
                 Event::Report {
                     node,
                     k,
                     import_wh,
                     export_wh,
                 } => {
+                    let (node, k) = (node as usize, k as usize);
                     if !self.is_offline(node, at) {
                         self.tick(node);
                         let interval = self.interval(k);
@@ -1004,28 +980,15 @@ impl<'a> Sim<'a> {
         self.finish()
     }
 
-    /// Hands node `to` everything in an inbox: one tick for its clock, each
-    /// message in turn, then one look at when it next wakes.
-    fn deliver(&mut self, slot: usize) {
-        let at = self.now_ms;
-        let to = self.inboxes[slot].to;
-        let arrival = self.inboxes[slot].at_ms;
-        if let Some(k) = self.open[to].iter().position(|(t, _)| *t == arrival) {
-            self.open[to].swap_remove(k);
-        }
-        let mut items = std::mem::take(&mut self.inboxes[slot].items);
-        if !self.is_offline(to, at) {
+    /// Hands node `to` a message: a tick for its clock (nothing, if it was
+    /// ticked at this time already), the message, then one look at when it
+    /// next wakes.
+    fn deliver(&mut self, to: usize, from: usize, payload: Payload) {
+        if !self.is_offline(to, self.now_ms) {
             self.tick(to);
-            for (from, payload) in items.drain(..) {
-                self.receive(to, from, payload);
-            }
+            self.receive(to, from, payload);
             self.schedule_wakeup(to);
         }
-        items.clear();
-        // Keep the allocation for the next inbox in this slot, which is free
-        // only now (posts made while handling this one may not reuse it).
-        self.inboxes[slot].items = items;
-        self.free_inboxes.push(slot);
     }
 
     fn receive(&mut self, to: usize, from: usize, payload: Payload) {
@@ -1440,8 +1403,8 @@ impl<'a> Sim<'a> {
             self.push(
                 at,
                 Event::Report {
-                    node,
-                    k,
+                    node: u32::try_from(node).expect("node counts fit in u32"),
+                    k: u32::try_from(k).expect("interval counts fit in u32"),
                     import_wh: reading.import_wh,
                     export_wh: reading.export_wh,
                 },
