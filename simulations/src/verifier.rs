@@ -191,7 +191,7 @@ impl ClearingCache for ClearingMemo {
         &self,
         interval: IntervalIndex,
         result_root: &Hash32,
-        reports: &[Arc<SignedMeterReport>],
+        reports: &[&Arc<SignedMeterReport>],
         settle: &mut dyn FnMut() -> IntervalSettlement,
     ) -> Arc<IntervalSettlement> {
         let mut hasher = IdHasher::default();
@@ -200,7 +200,7 @@ impl ClearingCache for ClearingMemo {
         }
         let key = (interval, *result_root, hasher.finish());
         let same = |held: &[Arc<SignedMeterReport>]| {
-            held.len() == reports.len() && held.iter().zip(reports).all(|(a, b)| Arc::ptr_eq(a, b))
+            held.len() == reports.len() && held.iter().zip(reports).all(|(a, b)| Arc::ptr_eq(a, *b))
         };
         let mut settlements = self
             .settlements
@@ -211,7 +211,10 @@ impl ClearingCache for ClearingMemo {
             return settlement.clone();
         }
         let settlement = Arc::new(settle());
-        known.push((reports.to_vec(), settlement.clone()));
+        known.push((
+            reports.iter().map(|&r| r.clone()).collect(),
+            settlement.clone(),
+        ));
         settlement
     }
 }
@@ -273,7 +276,7 @@ mod tests {
         let (a, b) = (Arc::new(report(100)), Arc::new(report(200)));
         let root = [3; 32];
         let mut computed = 0;
-        let mut settle = |reports: &[Arc<SignedMeterReport>]| {
+        let mut settle = |reports: &[&Arc<SignedMeterReport>]| {
             memo.settle(IntervalIndex(5), &root, reports, &mut || {
                 computed += 1;
                 IntervalSettlement {
@@ -283,14 +286,14 @@ mod tests {
                 }
             })
         };
-        let both = settle(&[a.clone(), b.clone()]);
-        let again = settle(&[a.clone(), b.clone()]);
+        let both = settle(&[&a, &b]);
+        let again = settle(&[&a, &b]);
         assert!(Arc::ptr_eq(&both, &again));
         // One report fewer, or an equal report in another allocation: settled anew.
-        let one = settle(std::slice::from_ref(&a));
+        let one = settle(&[&a]);
         assert_eq!(one.grid_operator_micro, 1);
         let copy = Arc::new((*b).clone());
-        let other = settle(&[a.clone(), copy]);
+        let other = settle(&[&a, &copy]);
         assert!(!Arc::ptr_eq(&both, &other));
         assert_eq!(computed, 3);
     }

@@ -105,7 +105,7 @@ pub trait ClearingCache: fmt::Debug + Send + Sync {
         &self,
         _interval: IntervalIndex,
         _result_root: &Hash32,
-        _reports: &[Arc<SignedMeterReport>],
+        _reports: &[&Arc<SignedMeterReport>],
         settle: &mut dyn FnMut() -> IntervalSettlement,
     ) -> Arc<IntervalSettlement> {
         Arc::new(settle())
@@ -631,10 +631,10 @@ impl IntervalState {
     }
 
     /// The held reports of the members at `places`, in that order.
-    fn reports_of(&self, places: impl Iterator<Item = u32>) -> Vec<Arc<SignedMeterReport>> {
-        places
-            .filter_map(|place| self.reports.get(place).cloned())
-            .collect()
+    /// Borrowed: a settlement reads them, and a thousand nodes taking a
+    /// share of each report would write to its counter a thousand times.
+    fn reports_of(&self, places: impl Iterator<Item = u32>) -> Vec<&Arc<SignedMeterReport>> {
+        places.filter_map(|place| self.reports.get(place)).collect()
     }
 
     /// Whether the member at `place` attests in this interval.
@@ -1063,7 +1063,7 @@ impl Node {
                 to: from,
                 message: Message::Reports {
                     interval,
-                    reports: chunk.to_vec(),
+                    reports: chunk.iter().map(|&report| report.clone()).collect(),
                 },
             });
         }
