@@ -44,6 +44,7 @@ use dharti_protocol::clearing::{ClearingResult, Mechanism};
 use dharti_protocol::hash::{Hash32, Hasher, IdMap};
 use dharti_protocol::node::{Action, Input, Message, Node, NodeConfig, Settled, Shared, Verdict};
 use dharti_protocol::offer::{Offer, SignedOffer};
+use dharti_protocol::places::PlaceSet;
 use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price};
 use dharti_protocol::settlement::{IntervalSettlement, MeterReading, settle};
 use dharti_protocol::tariff::{Tariff, TariffSchedule};
@@ -320,7 +321,12 @@ pub struct Sim<'a> {
     gossip: Vec<Gossip>,
     rng_loss: Rng,
     rng_misc: Rng,
-    offline: Vec<BTreeSet<usize>>,
+    /// Who is offline in each churn window: a bit per node, as every
+    /// delivery asks.
+    offline: Vec<PlaceSet>,
+    /// Where the first churn window starts, and the windows' length.
+    churn_start_ms: u64,
+    churn_window_ms: u64,
     partitions: Vec<(u64, u64, Vec<bool>)>,
     outcome_intervals: Vec<IntervalOutcome>,
     per_household: Vec<HouseholdOutcome>,
@@ -515,9 +521,19 @@ impl<'a> Sim<'a> {
         // Churn and partitions, drawn up front.
         let intervals = scenario.simulation.intervals as usize;
         let mut churn_rng = rng.fork(5);
-        let offline: Vec<BTreeSet<usize>> = (0..intervals)
-            .map(|_| (0..n).filter(|_| churn_rng.unit() < net.churn).collect())
+        let offline: Vec<PlaceSet> = (0..intervals)
+            .map(|_| {
+                let mut set = PlaceSet::with_members(n);
+                for i in 0..n {
+                    if churn_rng.unit() < net.churn {
+                        set.insert(i);
+                    }
+                }
+                set
+            })
             .collect();
+        // Interval k's offline window is [gate(k) − I/2, gate(k) + I/2).
+        let churn_start_ms = gate_ms(&rules, first).saturating_sub(m.interval_s * 500);
         let mut part_rng = rng.fork(6);
         let partitions = net
             .partitions
@@ -551,6 +567,8 @@ impl<'a> Sim<'a> {
             rng_loss: rng.fork(7),
             rng_misc: rng.fork(8),
             offline,
+            churn_start_ms,
+            churn_window_ms: scenario.market.interval_s * 1_000,
             partitions,
             outcome_intervals: Vec::new(),
             violations: Vec::new(),
@@ -585,17 +603,13 @@ impl<'a> Sim<'a> {
     /// The churn window that contains `t_ms`: interval k's offline window is
     /// [gate(k) − I/2, gate(k) + I/2), so the windows tile time.
     fn churn_window(&self, t_ms: u64) -> Option<u64> {
-        let interval_ms = self.scenario.market.interval_s * 1_000;
-        let first_window = gate_ms(&self.rules, self.first).saturating_sub(interval_ms / 2);
-        (t_ms >= first_window).then(|| (t_ms - first_window) / interval_ms)
+        (t_ms >= self.churn_start_ms).then(|| (t_ms - self.churn_start_ms) / self.churn_window_ms)
     }
 
     /// When node `i`, offline at `t_ms`, is back.
     fn online_again_ms(&self, t_ms: u64) -> u64 {
-        let interval_ms = self.scenario.market.interval_s * 1_000;
-        let first_window = gate_ms(&self.rules, self.first).saturating_sub(interval_ms / 2);
         let k = self.churn_window(t_ms).unwrap_or(0);
-        first_window + (k + 1) * interval_ms
+        self.churn_start_ms + (k + 1) * self.churn_window_ms
     }
 
     /// Schedules node `i`'s next wake-up if it is earlier than the one pending.
@@ -689,7 +703,7 @@ impl<'a> Sim<'a> {
     fn is_offline(&self, i: usize, t_ms: u64) -> bool {
         self.churn_window(t_ms)
             .and_then(|k| self.offline.get(k as usize))
-            .is_some_and(|set| set.contains(&i))
+            .is_some_and(|set| set.contains(i))
     }
 
     fn cut(&self, a: usize, b: usize, t_ms: u64) -> bool {
@@ -1231,7 +1245,7 @@ impl<'a> Sim<'a> {
             if h.role != Role::Honest {
                 continue;
             }
-            if !self.offline[k].contains(&i) {
+            if !self.offline[k].contains(i) {
                 honest_online += 1;
             }
             if let Some(f) = h.finals.get(&k) {
@@ -1488,7 +1502,7 @@ impl<'a> Sim<'a> {
                 if h.role != Role::Honest {
                     continue;
                 }
-                let online = !self.offline[k].contains(&i);
+                let online = !self.offline[k].contains(i);
                 match (h.finals.get(&k), outcome.reference) {
                     (Some(f), Some(r)) if (f.set_root, f.result_hash) == r => {
                         if online {
