@@ -9,10 +9,24 @@
 use std::sync::OnceLock;
 
 /// A set of member places.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct PlaceSet {
     words: Vec<u64>,
 }
+
+/// Equal when they hold the same places, however much room each has.
+impl PartialEq for PlaceSet {
+    fn eq(&self, other: &Self) -> bool {
+        let (short, long) = if self.words.len() <= other.words.len() {
+            (&self.words, &other.words)
+        } else {
+            (&other.words, &self.words)
+        };
+        long[..short.len()] == short[..] && long[short.len()..].iter().all(|&w| w == 0)
+    }
+}
+
+impl Eq for PlaceSet {}
 
 impl PlaceSet {
     /// An empty set with room for places below `members`.
@@ -126,14 +140,6 @@ impl<T> PlaceMap<T> {
         Some(&self.items[self.index()[place as usize] as usize].1)
     }
 
-    pub fn get_mut(&mut self, place: u32) -> Option<&mut T> {
-        if !self.contains(place) {
-            return None;
-        }
-        let at = self.index()[place as usize] as usize;
-        Some(&mut self.items[at].1)
-    }
-
     /// Keeps `value` for `place` unless it holds one; whether it was new.
     pub fn insert(&mut self, place: u32, value: T) -> bool {
         let at = place as usize;
@@ -181,13 +187,6 @@ impl<T> PlaceMap<T> {
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
         self.items.iter().map(|(place, value)| (*place, value))
     }
-
-    /// Places and values in member order.
-    pub fn in_member_order(&self) -> Vec<(u32, &T)> {
-        let mut all: Vec<(u32, &T)> = self.iter().collect();
-        all.sort_unstable_by_key(|(place, _)| *place);
-        all
-    }
 }
 
 #[cfg(test)]
@@ -229,17 +228,11 @@ mod tests {
             map.iter().map(|(p, _)| p).collect::<Vec<_>>(),
             vec![70, 3, 99]
         );
-        assert_eq!(
-            map.in_member_order(),
-            vec![(3, &"b"), (70, &"a"), (99, &"c")]
-        );
         // Removing the first moves the last into its position.
         assert_eq!(map.remove(70), Some("a"));
         assert_eq!(map.remove(70), None);
         assert_eq!(map.get(99), Some(&"c"));
         assert_eq!(map.get(3), Some(&"b"));
-        *map.get_mut(99).unwrap() = "d";
-        assert_eq!(map.get(99), Some(&"d"));
         assert_eq!(map.len(), 2);
         assert!(
             map.insert(500, "e"),
@@ -247,5 +240,48 @@ mod tests {
         );
         assert_eq!(map.get(500), Some(&"e"));
         assert!(map.places().contains(500));
+    }
+
+    #[test]
+    fn sets_with_the_same_places_are_equal_whatever_their_room() {
+        let mut small = PlaceSet::default();
+        let mut large = PlaceSet::with_members(1_000);
+        assert_eq!(small, large);
+        small.insert(5);
+        assert_ne!(small, large);
+        large.insert(5);
+        assert_eq!(small, large);
+        assert_eq!(large, small);
+        large.insert(900);
+        assert_ne!(small, large);
+    }
+
+    proptest::proptest! {
+        /// A PlaceMap answers as a BTreeMap does, whether or not a lookup
+        /// built its index before an insert or a removal.
+        #[test]
+        fn a_place_map_is_a_map(ops in proptest::collection::vec((0u8..4, 0u32..150), 0..200)) {
+            let mut map = PlaceMap::with_members(100);
+            let mut model = std::collections::BTreeMap::new();
+            for (i, (op, place)) in ops.into_iter().enumerate() {
+                match op {
+                    0 => {
+                        proptest::prop_assert_eq!(
+                            map.insert(place, i),
+                            !model.contains_key(&place)
+                        );
+                        model.entry(place).or_insert(i);
+                    }
+                    1 => proptest::prop_assert_eq!(map.remove(place), model.remove(&place)),
+                    _ => proptest::prop_assert_eq!(map.get(place), model.get(&place)),
+                }
+                proptest::prop_assert_eq!(map.len(), model.len());
+                proptest::prop_assert_eq!(map.contains(place), model.contains_key(&place));
+            }
+            let mut held: Vec<(u32, usize)> = map.iter().map(|(p, &v)| (p, v)).collect();
+            held.sort_unstable();
+            let expected: Vec<(u32, usize)> = model.into_iter().collect();
+            proptest::prop_assert_eq!(held, expected);
+        }
     }
 }

@@ -18,8 +18,8 @@
 //! - **Arrivals** are rounded up to the next multiple of `quantum_ms`
 //!   (default 10 ms, well below the 20 ms and more of a link). Each message
 //!   is its own event, carried in the event queue: the node's clock is
-//!   ticked to the arrival time (nothing happens if it was already), then it
-//!   handles the message. Messages reaching one node in one quantum are
+//!   ticked to the arrival time (a tick at a time it has seen runs only what
+//!   became due since), then it handles the message. Messages reaching one node in one quantum are
 //!   handled in the order they were sent.
 //! - **Churn**: each interval, a share of the households is offline from half
 //!   an interval before its gate closure to half an interval after.

@@ -475,7 +475,7 @@ pub struct Output {
 /// attesters are a bitset and opening one costs a pass over a few words.
 #[derive(Clone, Debug, Default)]
 struct Activity {
-    window: VecDeque<(IntervalIndex, Vec<u64>)>,
+    window: VecDeque<(IntervalIndex, PlaceSet)>,
     counts: Vec<u32>,
     active: usize,
 }
@@ -492,34 +492,17 @@ impl Activity {
     }
 
     /// A newly final interval with its attesters; the oldest beyond `limit` leaves.
-    fn open(
-        &mut self,
-        interval: IntervalIndex,
-        attesters: impl Iterator<Item = u32>,
-        limit: usize,
-    ) {
-        let mut bits: Vec<u64> = Vec::new();
-        for member in attesters {
-            let member = member as usize;
-            if bits.len() <= member / 64 {
-                bits.resize(member / 64 + 1, 0);
-            }
-            if bits[member / 64] & (1 << (member % 64)) == 0 {
-                bits[member / 64] |= 1 << (member % 64);
-                self.bump(member);
-            }
+    fn open(&mut self, interval: IntervalIndex, attesters: &PlaceSet, limit: usize) {
+        for member in attesters.iter() {
+            self.bump(member);
         }
-        self.window.push_back((interval, bits));
+        self.window.push_back((interval, attesters.clone()));
         while self.window.len() > limit {
             let (_, old) = self.window.pop_front().expect("longer than the limit");
-            for (word_index, mut word) in old.into_iter().enumerate() {
-                while word != 0 {
-                    let member = word_index * 64 + word.trailing_zeros() as usize;
-                    word &= word - 1;
-                    self.counts[member] -= 1;
-                    if self.counts[member] == 0 {
-                        self.active -= 1;
-                    }
+            for member in old.iter() {
+                self.counts[member] -= 1;
+                if self.counts[member] == 0 {
+                    self.active -= 1;
                 }
             }
         }
@@ -528,16 +511,12 @@ impl Activity {
     /// A late attestation for a final interval; returns whether it is news.
     fn add(&mut self, interval: IntervalIndex, member: u32) -> bool {
         let member = member as usize;
-        let Some((_, bits)) = self.window.iter_mut().find(|(i, _)| *i == interval) else {
+        let Some((_, attesters)) = self.window.iter_mut().find(|(i, _)| *i == interval) else {
             return false;
         };
-        if bits.len() <= member / 64 {
-            bits.resize(member / 64 + 1, 0);
-        }
-        if bits[member / 64] & (1 << (member % 64)) != 0 {
+        if !attesters.insert(member) {
             return false;
         }
-        bits[member / 64] |= 1 << (member % 64);
         self.bump(member);
         true
     }
@@ -649,13 +628,8 @@ impl IntervalState {
             .filter_map(|place| u32::try_from(place).ok())
     }
 
-    /// The attestations held, in member order.
-    fn attestations(&self) -> impl Iterator<Item = (u32, &Arc<SignedAttestation>)> {
-        self.attestations.in_member_order().into_iter()
-    }
-
-    /// A new interval of a market of `members`: a slot per member for its
-    /// attestation and its report.
+    /// A new interval of a market of `members`: room for a bit per member
+    /// for its attestation and its report.
     fn new(members: usize, committee: Option<Committee>) -> IntervalState {
         IntervalState {
             phase: Phase::Reconciling,
@@ -700,8 +674,9 @@ pub struct Node {
     catch_up_abandoned: u64,
     shared: Shared,
     /// [`Node::next_wakeup_ms`] as last computed, until an input may have
-    /// changed it: the simulator asks after every batch of arrivals, and a
-    /// tick with nothing due asks too.
+    /// changed it (any input but a tick with nothing due, a gossiped offer
+    /// or a meter report; `settle` forgets it too): the simulator asks after
+    /// every message, and a tick with nothing due asks too.
     wakeup: Cell<Option<Option<u64>>>,
 }
 
@@ -754,7 +729,7 @@ impl Node {
                 "phase {:?}, attested {}, {} attestations in {} groups (largest {}), threshold {}, fetching {:?}",
                 s.phase,
                 s.own.is_some(),
-                s.attestations().count(),
+                s.attestations.len(),
                 s.groups.len(),
                 s.groups.values().map(Vec::len).max().unwrap_or(0),
                 self.threshold_of(interval),
@@ -1359,7 +1334,8 @@ impl Node {
         }
         let (set_root, result_root, _) = state.own.as_ref()?;
         let mut quorum: Vec<Arc<SignedAttestation>> = state
-            .attestations()
+            .attestations
+            .iter()
             .map(|(_, a)| a)
             .filter(|a| {
                 (a.attestation.set_root, a.attestation.result_root) == (*set_root, *result_root)
@@ -2110,7 +2086,7 @@ impl Node {
         } else {
             self.activity.open(
                 interval,
-                state.attestations().map(|(place, _)| place),
+                state.attestations.places(),
                 self.config.active_window.max(1),
             );
             self.update_threshold();

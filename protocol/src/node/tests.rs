@@ -485,8 +485,9 @@ fn a_committee_needs_its_quorum_however_few_members_look_active() {
     // Recent history where one member of FIRST's committee attested: the
     // member-wide threshold follows it down to one...
     node.activity = Activity::default();
-    node.activity
-        .open(IntervalIndex(1), [attester].into_iter(), 4);
+    let mut attesters = PlaceSet::default();
+    attesters.insert(attester as usize);
+    node.activity.open(IntervalIndex(1), &attesters, 4);
     node.update_threshold();
     assert_eq!(node.threshold, 1);
     // ...but a committee interval still needs more than two thirds of its
@@ -1062,7 +1063,8 @@ fn a_restarted_node_catches_up_the_intervals_it_missed() {
         assert_eq!(net.final_ids(6, interval), net.final_ids(0, interval));
         // It took no part: no attestation of its own for the missed interval.
         assert!(!net.nodes[0].intervals.get(&interval).is_some_and(|s| {
-            s.attestations()
+            s.attestations
+                .iter()
                 .any(|(_, a)| a.attestation.attester == net.nodes[6].id())
         }));
     }

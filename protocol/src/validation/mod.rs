@@ -231,9 +231,11 @@ struct IntervalPool {
     members: Option<Arc<IdMap<ParticipantId, u32>>>,
     /// The only offer of a member that sent one and is not void.
     first: PlaceMap<Arc<SignedOffer>>,
-    /// The members that sent more, or are void, and their offers.
+    /// The members that sent more, or are void, and their offers. The
+    /// bitset repeats `many`'s keys, so that the common miss (a member not
+    /// in `many`) costs a bit, not a tree search.
     many_places: PlaceSet,
-    many: BTreeMap<usize, Sent>,
+    many: BTreeMap<u32, Sent>,
     /// Anyone else's, hashed. What depends on an order (the set, the
     /// book's ranking) sorts.
     others: IdMap<ParticipantId, Sent>,
@@ -283,19 +285,19 @@ impl IntervalPool {
         }
     }
 
-    fn place(&self, participant: &ParticipantId) -> Option<usize> {
-        Some(*self.members.as_ref()?.get(participant)? as usize)
+    fn place(&self, participant: &ParticipantId) -> Option<u32> {
+        self.members.as_ref()?.get(participant).copied()
     }
 
     /// What the member at `place` sent, if anything.
-    fn at(&self, place: usize) -> Option<SentRef<'_>> {
-        if let Some(offer) = u32::try_from(place).ok().and_then(|p| self.first.get(p)) {
+    fn at(&self, place: u32) -> Option<SentRef<'_>> {
+        if let Some(offer) = self.first.get(place) {
             return Some(SentRef {
                 offers: std::slice::from_ref(offer),
                 void: false,
             });
         }
-        if self.many_places.contains(place) {
+        if self.many_places.contains(place as usize) {
             return self.many.get(&place).map(Sent::as_ref);
         }
         None
@@ -311,14 +313,8 @@ impl IntervalPool {
 
     /// Keeps `offer` as the first and only one of the member at `place`, if
     /// it sent nothing before; whether it did.
-    fn insert_first(&mut self, place: usize, offer: &Arc<SignedOffer>) -> bool {
-        let Ok(member) = u32::try_from(place) else {
-            return false;
-        };
-        if self.many_places.contains(place) || self.first.contains(member) {
-            return false;
-        }
-        self.first.insert(member, offer.clone())
+    fn insert_first(&mut self, place: u32, offer: &Arc<SignedOffer>) -> bool {
+        !self.many_places.contains(place as usize) && self.first.insert(place, offer.clone())
     }
 
     /// What `participant` sent, to add to (a member's only offer moves
@@ -327,10 +323,9 @@ impl IntervalPool {
         let Some(place) = self.place(&participant) else {
             return self.others.entry(participant).or_default();
         };
-        if self.many_places.insert(place) {
+        if self.many_places.insert(place as usize) {
             let mut sent = Sent::default();
-            sent.offers
-                .extend(u32::try_from(place).ok().and_then(|p| self.first.remove(p)));
+            sent.offers.extend(self.first.remove(place));
             self.many.insert(place, sent);
         }
         self.many
@@ -429,7 +424,7 @@ pub struct OfferPool {
     evidence: Vec<Equivocation>,
     verifier: Arc<dyn SignatureVerifier>,
     /// The market's members by place, if known: their offers are kept by
-    /// place ([`IntervalPool::by_place`]).
+    /// place (a [`PlaceMap`] per interval).
     members: Option<Arc<IdMap<ParticipantId, u32>>>,
 }
 

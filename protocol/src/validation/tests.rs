@@ -378,8 +378,12 @@ mod order {
                 std::sync::Arc::new(Ed25519Verifier::default()),
                 std::sync::Arc::new(members),
             );
-            for o in offers.iter().chain(&shuffled) {
+            for (i, o) in offers.iter().chain(&shuffled).enumerate() {
                 prop_assert_eq!(receive(&mut plain, o.clone()), receive(&mut placed, o.clone()));
+                // The set, once built, is kept up to date by later arrivals.
+                if i % 3 == 1 {
+                    prop_assert_eq!(plain.set_root(OPEN), placed.set_root(OPEN));
+                }
             }
             prop_assert_eq!(state(&plain), state(&placed));
             let held = |pool: &OfferPool| {
