@@ -19,8 +19,8 @@
 //!   (default 10 ms, well below the 20 ms and more of a link). Each message
 //!   is its own event, carried in the event queue: the node's clock is
 //!   ticked to the arrival time (a tick at a time it has seen runs only what
-//!   became due since), then it handles the message. Messages reaching one node in one quantum are
-//!   handled in the order they were sent.
+//!   became due since), then it handles the message. Messages reaching one
+//!   node in one quantum are handled in the order they were sent.
 //! - **Churn**: each interval, a share of the households is offline from half
 //!   an interval before its gate closure to half an interval after.
 //! - **Partitions**: a share of the nodes is cut off from the others.
@@ -994,9 +994,9 @@ impl<'a> Sim<'a> {
         self.finish()
     }
 
-    /// Hands node `to` a message: a tick for its clock (nothing, if it was
-    /// ticked at this time already), the message, then one look at when it
-    /// next wakes.
+    /// Hands node `to` a message: a tick for its clock (at a time it has
+    /// seen, it runs only what became due since), the message, then one
+    /// look at when it next wakes.
     fn deliver(&mut self, to: usize, from: usize, payload: Payload) {
         if !self.is_offline(to, self.now_ms) {
             self.tick(to);

@@ -360,7 +360,7 @@ impl IntervalPool {
                     );
                 }
             }
-            sort_offers(&mut offers);
+            offers.sort_unstable_by_key(|offer| offer.id);
             let ids: Vec<OfferId> = offers.iter().map(|o| o.id).collect();
             SetView {
                 sum: IdSum::of(&ids),
@@ -401,9 +401,19 @@ impl IntervalPool {
     }
 }
 
-/// Sorts offers by id (`OfferId`'s order decides on a first word).
-fn sort_offers(offers: &mut [Arc<SignedOffer>]) {
-    offers.sort_unstable_by_key(|offer| offer.id);
+/// The verdict and set change of a participant's first offer in force for
+/// its side: new, or a cancel of nothing (energy 0).
+fn first_offer(offer: Arc<SignedOffer>) -> (Validation, SetChange) {
+    let accepted = if offer.offer.energy_wh == 0 {
+        Accepted::Cancelled { previous: None }
+    } else {
+        Accepted::New
+    };
+    let change = SetChange::Swap {
+        remove: None,
+        insert: offer,
+    };
+    (Validation::Accept(accepted), change)
 }
 
 /// Domain of the offer-set root.
@@ -660,16 +670,7 @@ impl OfferPool {
             && let Some(place) = pool.place(&o.participant)
         {
             if pool.insert_first(place, &offer) {
-                let accepted = if o.energy_wh == 0 {
-                    Accepted::Cancelled { previous: None }
-                } else {
-                    Accepted::New
-                };
-                let change = SetChange::Swap {
-                    remove: None,
-                    insert: offer,
-                };
-                return (Validation::Accept(accepted), change);
+                return first_offer(offer);
             }
             if pool.at(place).is_some_and(|sent| sent.contains(&id)) {
                 return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
@@ -738,11 +739,7 @@ impl OfferPool {
                 Validation::Accept(Accepted::Replaced { previous: held.id }),
                 swap(Some(held.id)),
             ),
-            None if o.energy_wh == 0 => (
-                Validation::Accept(Accepted::Cancelled { previous: None }),
-                swap(None),
-            ),
-            None => (Validation::Accept(Accepted::New), swap(None)),
+            None => first_offer(shared),
         }
     }
 
