@@ -118,6 +118,11 @@ impl<T> PlaceMap<T> {
         }
     }
 
+    /// Makes room for `additional` more values without reallocating.
+    pub fn reserve(&mut self, additional: usize) {
+        self.items.reserve(additional);
+    }
+
     pub fn contains(&self, place: u32) -> bool {
         self.held.contains(place as usize)
     }

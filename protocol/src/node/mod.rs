@@ -631,12 +631,15 @@ impl IntervalState {
     /// A new interval of a market of `members`: room for a bit per member
     /// for its attestation and its report.
     fn new(members: usize, committee: Option<Committee>) -> IntervalState {
+        // Room for every attester at once (they arrive within a second).
+        let mut attestations = PlaceMap::with_members(members);
+        attestations.reserve(committee.as_ref().map_or(members, Committee::len));
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
             committee,
-            attestations: PlaceMap::with_members(members),
+            attestations,
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
@@ -1828,10 +1831,11 @@ impl Node {
             .peers
             .iter()
             .map(|p| {
-                let mut seed = interval.0.to_le_bytes().to_vec();
-                seed.extend_from_slice(&round.to_le_bytes());
-                seed.extend_from_slice(&self.me.0);
-                seed.extend_from_slice(&p.0);
+                let mut seed = [0u8; 8 + 4 + 32 + 32];
+                seed[..8].copy_from_slice(&interval.0.to_le_bytes());
+                seed[8..12].copy_from_slice(&round.to_le_bytes());
+                seed[12..44].copy_from_slice(&self.me.0);
+                seed[44..].copy_from_slice(&p.0);
                 (sha256(&seed), *p)
             })
             .collect();
@@ -2074,6 +2078,8 @@ impl Node {
         state.groups = BTreeMap::new();
         state.trading = trading;
         state.traders = state.traders().count();
+        // Room for the traders' meter reports, which are about to arrive.
+        state.reports.reserve(state.traders.saturating_sub(state.reports.len()));
         state.reported_traders = state
             .traders()
             .filter(|&place| state.reports.contains(place))

@@ -274,8 +274,12 @@ impl IntervalPool {
         expected_others: usize,
     ) -> IntervalPool {
         let n = members.as_ref().map_or(0, |m| m.len());
+        let mut first = PlaceMap::with_members(n);
+        // Most members offer in every interval: room for all of them at
+        // once, rather than ten reallocations and copies as they arrive.
+        first.reserve(n);
         IntervalPool {
-            first: PlaceMap::with_members(n),
+            first,
             many_places: PlaceSet::default(),
             many: BTreeMap::new(),
             members,
@@ -347,7 +351,12 @@ impl IntervalPool {
 
     fn set(&self) -> &SetView {
         self.set.get_or_init(|| {
-            let mut offers: Vec<Arc<SignedOffer>> = Vec::new();
+            // Room for offers that arrive after the set is built (during
+            // reconciliation), so that the first of them does not copy the
+            // set into an allocation twice its size.
+            let room = |held: usize| held + held / 16 + 16;
+            let mut offers: Vec<Arc<SignedOffer>> =
+                Vec::with_capacity(room(self.first.len() + self.many.len() + self.others.len()));
             for sent in self.participants() {
                 if sent.void {
                     offers.extend(sent.offers.iter().cloned());
@@ -361,7 +370,8 @@ impl IntervalPool {
                 }
             }
             offers.sort_unstable_by_key(|offer| offer.id);
-            let ids: Vec<OfferId> = offers.iter().map(|o| o.id).collect();
+            let mut ids: Vec<OfferId> = Vec::with_capacity(room(offers.len()));
+            ids.extend(offers.iter().map(|o| o.id));
             SetView {
                 sum: IdSum::of(&ids),
                 ids,
