@@ -454,14 +454,18 @@ impl Driver {
             }
             Event::PeerUp(peer) => {
                 self.connected.insert(peer);
-                if let Some(member) = self.members_by_peer.get(&peer) {
-                    self.node.handle(Input::PeerUp(*member));
+                if let Some(member) = self.members_by_peer.get(&peer).copied() {
+                    // A (re)connected peer is asked at once for any quorum
+                    // the node still waits for.
+                    let out = self.node.handle(Input::PeerUp(member));
+                    self.carry_out(out.actions).await;
                 }
             }
             Event::PeerDown(peer) => {
                 self.connected.remove(&peer);
-                if let Some(member) = self.members_by_peer.get(&peer) {
-                    self.node.handle(Input::PeerDown(*member));
+                if let Some(member) = self.members_by_peer.get(&peer).copied() {
+                    let out = self.node.handle(Input::PeerDown(member));
+                    self.carry_out(out.actions).await;
                 }
             }
         }

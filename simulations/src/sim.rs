@@ -124,6 +124,13 @@ enum Event {
     Dispatch {
         k: usize,
     },
+    /// Partition `p` starts (`up` false: the links it cuts go down on both
+    /// ends) or heals (`up` true: they come back, and each end is told its
+    /// peer is up again, as a reconnecting transport would).
+    Partition {
+        p: usize,
+        up: bool,
+    },
     /// A household's meter report for interval `k`, when the interval ends.
     Report {
         node: u32,
@@ -936,6 +943,11 @@ impl<'a> Sim<'a> {
                 * 1_000;
             self.end_ms = dispatch_ms.max(interval_end_ms + SETTLE_WINDOW_MS);
         }
+        for p in 0..self.partitions.len() {
+            let (from, to, _) = self.partitions[p];
+            self.push(from, Event::Partition { p, up: false });
+            self.push(to, Event::Partition { p, up: true });
+        }
         while let Some((at, event)) = self.queue.pop() {
             self.now_ms = at;
             match event {
@@ -983,6 +995,7 @@ impl<'a> Sim<'a> {
                         self.send_direct(node, j, Message::Offer(Arc::new(*offer)));
                     }
                 }
+                Event::Partition { p, up } => self.relink(p, up),
                 Event::Dispatch { k } => {
                     self.dispatch(k);
                     if let Some(progress) = self.progress.as_mut() {
@@ -992,6 +1005,43 @@ impl<'a> Sim<'a> {
             }
         }
         self.finish()
+    }
+
+    /// Tells both ends of every overlay link that partition `p` cuts that
+    /// the link went down (`up` false) or came back (`up` true; only if no
+    /// other partition still cuts it). Nodes offline at the time are not
+    /// told.
+    fn relink(&mut self, p: usize, up: bool) {
+        let at = self.now_ms;
+        for a in 0..self.nodes.len() {
+            if self.is_offline(a, at) {
+                continue;
+            }
+            let changed: Vec<usize> = self.nodes[a]
+                .neighbours
+                .iter()
+                .copied()
+                .filter(|&b| {
+                    let side = &self.partitions[p].2;
+                    side[a] != side[b] && (!up || !self.cut(a, b, at))
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            self.tick(a);
+            for b in changed {
+                let peer = self.ids[b];
+                let input = if up {
+                    Input::PeerUp(peer)
+                } else {
+                    Input::PeerDown(peer)
+                };
+                let out = self.nodes[a].node.handle(input);
+                self.carry_out(a, out.actions);
+            }
+            self.schedule_wakeup(a);
+        }
     }
 
     /// Hands node `to` a message: a tick for its clock (at a time it has

@@ -89,6 +89,16 @@ fn a_partition_heals_and_everyone_agrees() {
     let s = scenario(PARTITION, 6);
     let summary = check(&s, 5);
     assert!(summary.traded_wh > 0);
+    // The cut lasts from a minute before interval 4's gate closure to four
+    // minutes after it. The cut-off nodes are told their links are back
+    // and ask at once for the quorum, so they are final within seconds of
+    // the heal, not at the next gate closure an interval later.
+    let heal_ms = 300_000 - 60_000;
+    let p99 = summary.finality_ms_p99.expect("intervals finalized");
+    assert!(
+        (heal_ms..heal_ms + 10_000).contains(&p99),
+        "finality p99 {p99} ms: the cut-off nodes should be final just after the heal"
+    );
 }
 
 #[test]

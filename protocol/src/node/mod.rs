@@ -400,7 +400,11 @@ pub enum Input {
         import_wh: u64,
         export_wh: u64,
     },
+    /// A connection to a peer opened (or reopened, after a partition): the
+    /// node reconciles with it from now on and asks it at once for the
+    /// quorum of any interval it still waits for.
     PeerUp(ParticipantId),
+    /// The connection to a peer closed: no reconciliation with it.
     PeerDown(ParticipantId),
     /// The shell's history ends before `from` (a restart, or a new node
     /// that wants recent history): ask peers for every interval from `from`
@@ -814,8 +818,11 @@ impl Node {
             }
             Input::CatchUp { from } => self.start_catch_up(from, &mut out),
             Input::PeerUp(peer) => {
-                if self.shared.members.contains_key(&peer) && peer != self.me {
-                    self.peers.insert(peer);
+                if self.shared.members.contains_key(&peer)
+                    && peer != self.me
+                    && self.peers.insert(peer)
+                {
+                    self.ask_new_peer(peer, &mut out);
                 }
             }
             Input::PeerDown(peer) => {
@@ -1776,6 +1783,23 @@ impl Node {
             )
         });
         IntervalState::new(members, committee)
+    }
+
+    /// A peer that has just connected (or reconnected, after a partition
+    /// healed) may hold the quorum of an interval this node still waits
+    /// for: ask it at once, rather than at the next gate closure, which is up
+    /// to an interval away once the quick asks after attesting are spent.
+    fn ask_new_peer(&self, peer: ParticipantId, out: &mut Output) {
+        for (waiting, state) in &self.intervals {
+            if state.phase == Phase::Attested
+                && let Some((signed, _, _)) = &state.attestation
+            {
+                out.actions.push(Action::Send {
+                    to: peer,
+                    message: ask_for_quorum(*waiting, signed.as_ref()),
+                });
+            }
+        }
     }
 
     fn close_gate(&mut self, interval: IntervalIndex, out: &mut Output) {

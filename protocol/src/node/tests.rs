@@ -372,6 +372,51 @@ fn a_cut_off_node_fetches_the_quorum_set_and_converges() {
     );
 }
 
+/// Node 0 is cut off past its quick asks for the quorum (the window is
+/// 5 s, asks every 2 s for 10 s). Reconnecting a peer gets it the quorum at
+/// once; without that, it would ask again only at the next gate closure.
+#[test]
+fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
+    let gate_ms = (INTERVAL_S - 10) * 1_000;
+    let heal_ms = gate_ms + 30_000;
+    let cut = Faults {
+        offer_loss_pct: 0,
+        cut: Some((BTreeSet::from([0]), gate_ms - 20_000, heal_ms)),
+    };
+    let mut net = Net::new(7, 5, cut);
+    start(&mut net);
+    net.run(gate_ms - 15_000);
+    net.random_offers(1);
+    net.run(heal_ms);
+    assert!(!net.finals[0].contains_key(&FIRST), "cut off, no quorum yet");
+    let peer = net.nodes[1].id();
+    let now = net.start_ms + heal_ms;
+    // A peer that is already connected: nothing to do.
+    let again = net.nodes[0].handle(Input::PeerUp(peer));
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+    // The transport noticed the cut and now reconnects.
+    let down = net.nodes[0].handle(Input::PeerDown(peer));
+    assert!(down.actions.is_empty());
+    let up = net.nodes[0].handle(Input::PeerUp(peer));
+    assert!(
+        up.actions.iter().any(|a| matches!(
+            a,
+            Action::Send { to, message: Message::Pending(p) }
+                if *to == peer && p.attestation.interval == FIRST
+        )),
+        "the reconnected peer is asked: {:?}",
+        up.actions
+    );
+    net.apply(now, 0, up);
+    net.run(heal_ms + 3_000);
+    let finality = net.finals[0][&FIRST].finality_ms;
+    assert!(
+        (30_000..33_000).contains(&finality),
+        "node 0 should be final right after reconnecting, not at the next gate: {finality} ms"
+    );
+    net.assert_agreement(1);
+}
+
 #[test]
 fn a_restarted_node_never_reuses_a_sequence_number() {
     let mut net = Net::new(4, 4, Faults::default());
