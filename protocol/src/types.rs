@@ -94,6 +94,15 @@ impl fmt::Display for ParticipantId {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OfferId(pub [u8; 32]);
 
+impl OfferId {
+    /// The first eight bytes as a big-endian word: ids in order have their
+    /// words in order, and, ids being SHA-256 digests, the words are evenly
+    /// spread (reconciliation guesses where an id falls from it).
+    pub fn leading_word(&self) -> u64 {
+        u64::from_be_bytes(self.0[..8].try_into().expect("8 of 32 bytes"))
+    }
+}
+
 impl fmt::Debug for OfferId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Offer({})", &hex::encode(self.0)[..12])

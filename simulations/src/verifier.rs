@@ -7,7 +7,9 @@
 //! - [`ClearingMemo`]: clearing is a pure function of the offer set, so the
 //!   first node to clear a set with a given root computes the result and the
 //!   others share it. Each node still builds its own set and computes its
-//!   root, so nodes that hold different sets get different results.
+//!   root, so nodes that hold different sets get different results. The
+//!   traders of a result and the settlement of a result against the same
+//!   reports are shared the same way.
 
 use std::hash::Hasher as _;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use dharti_protocol::hash::{Hash32, IdHasher, IdMap};
 use dharti_protocol::node::{ClearingCache, IntervalResult, SignedMeterReport};
 use dharti_protocol::offer::SignatureError;
+use dharti_protocol::places::PlaceSet;
 use dharti_protocol::settlement::IntervalSettlement;
 use dharti_protocol::types::{IntervalIndex, ParticipantId};
 use dharti_protocol::verify::{
@@ -143,6 +146,8 @@ pub(crate) struct ClearingMemo {
     /// share one settlement, and a node holding a different set (one report
     /// missing) gets its own.
     settlements: Mutex<IdMap<(IntervalIndex, Hash32, u64), Vec<SettledWith>>>,
+    /// Traders' places by (interval, result root).
+    traders: Mutex<IdMap<(IntervalIndex, Hash32), PlaceSet>>,
 }
 
 impl ClearingMemo {
@@ -159,6 +164,10 @@ impl ClearingMemo {
             .lock()
             .expect("no panics while holding the lock")
             .retain(|(i, _, _), _| *i >= interval);
+        self.traders
+            .lock()
+            .expect("no panics while holding the lock")
+            .retain(|(i, _), _| *i >= interval);
     }
 }
 
@@ -216,6 +225,30 @@ impl ClearingCache for ClearingMemo {
             settlement.clone(),
         ));
         settlement
+    }
+
+    fn traders(
+        &self,
+        interval: IntervalIndex,
+        result_root: &Hash32,
+        traders: &mut dyn FnMut() -> PlaceSet,
+    ) -> PlaceSet {
+        let key = (interval, *result_root);
+        if let Some(places) = self
+            .traders
+            .lock()
+            .expect("no panics while holding the lock")
+            .get(&key)
+        {
+            return places.clone();
+        }
+        let places = traders();
+        self.traders
+            .lock()
+            .expect("no panics while holding the lock")
+            .entry(key)
+            .or_insert(places)
+            .clone()
     }
 }
 

@@ -110,6 +110,18 @@ pub trait ClearingCache: fmt::Debug + Send + Sync {
     ) -> Arc<IntervalSettlement> {
         Arc::new(settle())
     }
+
+    /// The places of the traders of the result with `result_root` in
+    /// `interval`; `traders` computes them. A pure function of the result
+    /// and the member list; by default computed on every call.
+    fn traders(
+        &self,
+        _interval: IntervalIndex,
+        _result_root: &Hash32,
+        traders: &mut dyn FnMut() -> PlaceSet,
+    ) -> PlaceSet {
+        traders()
+    }
 }
 
 /// No memo: clears on every call.
@@ -2089,15 +2101,22 @@ impl Node {
         state.phase = Phase::Final;
         state.fetch = None;
         let members = &self.shared.members;
-        let mut trading = PlaceSet::with_members(members.len());
-        for trade in &result.trades {
-            for trader in [trade.buyer, trade.seller] {
-                // A result holds members' offers only (the set admits no others).
-                if let Some(&place) = members.get(&trader) {
-                    trading.insert(place as usize);
+        let trading = self
+            .shared
+            .clearing
+            .traders(interval, &result.result_hash, &mut || {
+                let mut trading = PlaceSet::with_members(members.len());
+                for trade in &result.trades {
+                    for trader in [trade.buyer, trade.seller] {
+                        // A result holds members' offers only (the set
+                        // admits no others).
+                        if let Some(&place) = members.get(&trader) {
+                            trading.insert(place as usize);
+                        }
+                    }
                 }
-            }
-        }
+                trading
+            });
         // Grouping by roots was for finding the quorum; it is found.
         state.groups = BTreeMap::new();
         state.trading = trading;

@@ -420,3 +420,38 @@ mod order {
         }
     }
 }
+
+mod set_order {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The bucketed sort gives the order of a plain sort, for evenly
+        /// spread ids and for ids whose leading words bunch in few buckets.
+        #[test]
+        fn ids_sort_as_a_comparison_sort_would(
+            raw in prop::collection::btree_set((0u64..4, any::<u64>(), any::<u8>()), 0..400),
+            bunched in any::<bool>(),
+        ) {
+            let keyed: Vec<(OfferId, u32)> = raw
+                .into_iter()
+                .map(|(bunch, word, tail)| {
+                    let lead = if bunched { bunch << 62 | u64::from(tail) } else { word };
+                    let mut bytes = [tail; 32];
+                    bytes[..8].copy_from_slice(&lead.to_be_bytes());
+                    OfferId(bytes)
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .rev()
+                .zip(0u32..)
+                .collect();
+            let mut expected = keyed.clone();
+            expected.sort_unstable();
+            prop_assert_eq!(sort_ids(keyed), expected);
+        }
+    }
+}
