@@ -50,7 +50,16 @@ pub(crate) struct EventQueue<T> {
     in_buckets: usize,
     far: BinaryHeap<Reverse<Far<T>>>,
     seq: u64,
+    /// Buffers of drained buckets, the most recently drained last. A bucket
+    /// that starts filling takes the last: its memory was read moments ago
+    /// and is still in cache, where a bucket's own buffer was last touched a
+    /// whole turn of the ring (four seconds of simulation) ago, so that
+    /// nearly every push wrote to a cold line.
+    spare: Vec<VecDeque<T>>,
 }
+
+/// Drained buffers kept for reuse, at most.
+const SPARE_BUFFERS: usize = 64;
 
 impl<T> EventQueue<T> {
     pub(crate) fn new(start_ms: u64) -> EventQueue<T> {
@@ -60,6 +69,7 @@ impl<T> EventQueue<T> {
             in_buckets: 0,
             far: BinaryHeap::new(),
             seq: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -74,7 +84,13 @@ impl<T> EventQueue<T> {
         let at_ms = at_ms.max(self.cursor_ms);
         self.seq += 1;
         if at_ms < self.cursor_ms + RING_MS {
-            self.buckets[Self::bucket(at_ms)].push_back(item);
+            let bucket = &mut self.buckets[Self::bucket(at_ms)];
+            if bucket.capacity() == 0
+                && let Some(spare) = self.spare.pop()
+            {
+                *bucket = spare;
+            }
+            bucket.push_back(item);
             self.in_buckets += 1;
         } else {
             self.far.push(Reverse(Far {
@@ -109,6 +125,12 @@ impl<T> EventQueue<T> {
             if let Some(item) = self.buckets[Self::bucket(self.cursor_ms)].pop_front() {
                 self.in_buckets -= 1;
                 return Some((self.cursor_ms, item));
+            }
+            let drained = &mut self.buckets[Self::bucket(self.cursor_ms)];
+            if drained.capacity() > 0 && self.spare.len() < SPARE_BUFFERS {
+                let mut buffer = std::mem::take(drained);
+                buffer.clear();
+                self.spare.push(buffer);
             }
             self.cursor_ms += 1;
             self.pull_near();
