@@ -893,9 +893,9 @@ impl Node {
 
     /// A gossiped offer: only before gate closure.
     fn receive_offer(&mut self, offer: Arc<SignedOffer>, out: &mut Output) -> Verdict {
-        if !self.shared.members.contains_key(&offer.offer.participant) {
+        let Some(&place) = self.shared.members.get(&offer.offer.participant) else {
             return Verdict::Reject("offer from a participant that is not a member".into());
-        }
+        };
         // The intervals held are those whose gate has closed here, all
         // below `next_close`: an offer for a later one (nearly every offer)
         // need not look, which in a simulator's thousand nodes is a cache
@@ -919,9 +919,10 @@ impl Node {
             offer.offer.side,
             offer.offer.sequence,
         ));
-        let validation = self.pool.receive(
+        let validation = self.pool.receive_placed(
             &self.config.rules,
             offer,
+            Some(place),
             Arrival::Gossip {
                 now_s: self.now_ms / 1_000,
             },

@@ -589,10 +589,30 @@ impl OfferPool {
         arrival: Arrival,
     ) -> Validation {
         let offer: Arc<SignedOffer> = offer.into();
+        let place = self.place_of(&offer.offer.participant);
+        self.receive_placed(rules, offer, place, arrival)
+    }
+
+    /// The place of `participant` among the members the pool was made for.
+    fn place_of(&self, participant: &ParticipantId) -> Option<u32> {
+        self.members.as_ref()?.get(participant).copied()
+    }
+
+    /// [`OfferPool::receive`] with the place of the offer's participant
+    /// among the pool's members already looked up (by a node, which looks it
+    /// up to refuse non-members), so that an arrival costs one lookup.
+    pub(crate) fn receive_placed(
+        &mut self,
+        rules: &MarketRules,
+        offer: Arc<SignedOffer>,
+        place: Option<u32>,
+        arrival: Arrival,
+    ) -> Validation {
+        debug_assert_eq!(place, self.place_of(&offer.offer.participant));
         if let Err(reject) = check_stateless(rules, &offer.offer, arrival) {
             return Validation::Reject(reject);
         }
-        if let Some(verdict) = self.cheap_verdict(rules, &offer) {
+        if let Some(verdict) = self.cheap_verdict(rules, &offer, place) {
             return verdict;
         }
         let verifier = self.verifier.as_ref();
@@ -607,7 +627,7 @@ impl OfferPool {
         if let Err(error) = checked {
             return Validation::Reject(Reject::BadSignature(error));
         }
-        self.insert_verified(rules, offer)
+        self.insert_verified(rules, offer, place)
     }
 
     /// Validates many offers, checking their signatures in one batch: the
@@ -651,19 +671,31 @@ impl OfferPool {
             .zip(verdicts)
             .map(|(offer, verdict)| match verdict {
                 Some(verdict) => verdict,
-                None => match self.cheap_verdict(rules, &offer) {
-                    Some(verdict) => verdict,
-                    None => self.insert_verified(rules, offer),
-                },
+                None => {
+                    let place = self.place_of(&offer.offer.participant);
+                    match self.cheap_verdict(rules, &offer, place) {
+                        Some(verdict) => verdict,
+                        None => self.insert_verified(rules, offer, place),
+                    }
+                }
             })
             .collect()
     }
 
     /// Verdicts that need no signature check because nothing would change:
     /// an offer already held, or one a void participant's evidence does not need.
-    fn cheap_verdict(&self, rules: &MarketRules, offer: &SignedOffer) -> Option<Validation> {
+    fn cheap_verdict(
+        &self,
+        rules: &MarketRules,
+        offer: &SignedOffer,
+        place: Option<u32>,
+    ) -> Option<Validation> {
         let o = &offer.offer;
-        let sent = self.intervals.get(&o.interval)?.get(&o.participant)?;
+        let pool = self.intervals.get(&o.interval)?;
+        let sent = match place {
+            Some(place) => pool.at(place),
+            None => pool.others.get(&o.participant).map(Sent::as_ref),
+        }?;
         if sent.contains(&offer.id) {
             return Some(Validation::Ignore(Ignored::Duplicate));
         }
@@ -681,9 +713,14 @@ impl OfferPool {
     }
 
     /// Keeps an offer whose signature is known to be valid and says what it changed.
-    fn insert_verified(&mut self, rules: &MarketRules, offer: Arc<SignedOffer>) -> Validation {
+    fn insert_verified(
+        &mut self,
+        rules: &MarketRules,
+        offer: Arc<SignedOffer>,
+        place: Option<u32>,
+    ) -> Validation {
         let interval = offer.offer.interval;
-        let (verdict, change) = self.insert_into_slot(rules, offer);
+        let (verdict, change) = self.insert_into_slot(rules, offer, place);
         if let Some(pool) = self.intervals.get_mut(&interval) {
             pool.apply(change);
         }
@@ -696,6 +733,7 @@ impl OfferPool {
         &mut self,
         rules: &MarketRules,
         offer: Arc<SignedOffer>,
+        place: Option<u32>,
     ) -> (Validation, SetChange) {
         let limit = rules.max_offers_per_participant as usize;
         let o = offer.offer;
@@ -714,7 +752,7 @@ impl OfferPool {
         // A member's first offer (within the limit, so it cannot be void)
         // is kept as its only one; a second one moves both into `many`.
         if limit >= 1
-            && let Some(place) = pool.place(&o.participant)
+            && let Some(place) = place
         {
             if pool.insert_first(place, &offer) {
                 return first_offer(offer);
