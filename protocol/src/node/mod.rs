@@ -1733,27 +1733,34 @@ impl Node {
                     .get_mut(&interval)
                     .expect("listed")
                     .report_asks += 1;
-                // Ask a few peers (others each time), and each missing
-                // trader, up to a bound, for its own.
-                let mut askees = self.reconcile_partners(interval, REPORT_ASK_ROUND + asks);
-                askees.extend(
-                    missing
-                        .iter()
-                        .filter(|p| **p != self.me)
-                        .take(MAX_TRADERS_ASKED),
-                );
-                askees.sort_unstable();
-                askees.dedup();
-                for peer in askees {
+                // Ask a few peers (others each time) for every missing
+                // report, and each missing trader, up to a bound, for its
+                // own only: asked for all, each trader answered with
+                // dozens of reports the peers were sending too.
+                let partners = self.reconcile_partners(interval, REPORT_ASK_ROUND + asks);
+                for peer in &partners {
                     for chunk in missing.chunks(MAX_WANTED_IDS) {
                         out.actions.push(Action::Send {
-                            to: peer,
+                            to: *peer,
                             message: Message::WantReports {
                                 interval,
                                 participants: chunk.to_vec(),
                             },
                         });
                     }
+                }
+                for trader in missing
+                    .iter()
+                    .filter(|p| **p != self.me && !partners.contains(p))
+                    .take(MAX_TRADERS_ASKED)
+                {
+                    out.actions.push(Action::Send {
+                        to: *trader,
+                        message: Message::WantReports {
+                            interval,
+                            participants: vec![*trader],
+                        },
+                    });
                 }
             }
         }

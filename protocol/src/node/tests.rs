@@ -936,6 +936,62 @@ fn past_first_delivery(seed: u64) -> (Net, Arc<IntervalResult>) {
     (net, result)
 }
 
+/// A node missing reports asks a few peers for all of them, and the
+/// missing traders each for its own only (asked for all, every trader sent
+/// back what the peers were sending anyway).
+#[test]
+fn missing_traders_are_asked_for_their_own_report_only() {
+    let (mut net, result) = past_first_delivery(21);
+    // Every node signs its report, but none is delivered: node 0 misses
+    // every other trader's.
+    for i in 0..6 {
+        let (import_wh, export_wh) = traded(&result, net.nodes[i].id());
+        let out = net.nodes[i].handle(Input::MeterReport {
+            interval: FIRST,
+            import_wh,
+            export_wh,
+        });
+        assert_eq!(out.verdict, Some(Verdict::Accept));
+    }
+    let me = net.nodes[0].id();
+    let missing: BTreeSet<ParticipantId> = result
+        .trades
+        .iter()
+        .flat_map(|t| [t.buyer, t.seller])
+        .filter(|p| *p != me)
+        .collect();
+    assert!(missing.len() >= 3, "the seed should give several traders");
+    let end_ms = net.nodes[0].end_ms(FIRST);
+    let out = net.nodes[0].handle(Input::Tick {
+        now_ms: end_ms + REPORT_ASK_MS,
+    });
+    let mut partners = BTreeSet::new();
+    let mut traders = BTreeSet::new();
+    for action in &out.actions {
+        let Action::Send {
+            to,
+            message: Message::WantReports {
+                interval,
+                participants,
+            },
+        } = action
+        else {
+            continue;
+        };
+        assert_eq!(*interval, FIRST);
+        let asked: BTreeSet<ParticipantId> = participants.iter().copied().collect();
+        if asked == missing {
+            partners.insert(*to);
+        } else {
+            assert_eq!(participants, &vec![*to], "a trader is asked for its own");
+            traders.insert(*to);
+        }
+    }
+    assert_eq!(partners.len(), 2, "reconcile_fanout peers get the whole list");
+    let expected: BTreeSet<ParticipantId> = missing.difference(&partners).copied().collect();
+    assert_eq!(traders, expected, "every other missing trader is asked once");
+}
+
 #[test]
 fn every_node_settles_the_traders_alike_from_their_reports() {
     let (mut net, result) = past_first_delivery(21);

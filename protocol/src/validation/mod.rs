@@ -37,7 +37,7 @@ use crate::places::{PlaceMap, PlaceSet};
 use crate::reconcile::IdSum;
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
-use crate::verify::{Ed25519Verifier, SignatureVerifier, check_shared};
+use crate::verify::{Ed25519Verifier, SharedMessage, SignatureVerifier, check_shared};
 
 /// The rules of one market that offers are checked against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -643,16 +643,23 @@ impl OfferPool {
         let mut verdicts: Vec<Option<Validation>> = Vec::with_capacity(offers.len());
         let mut to_verify: Vec<usize> = Vec::with_capacity(offers.len());
         let mut keys: Vec<VerifyingKey> = Vec::with_capacity(offers.len());
+        let invalid = || Some(Validation::Reject(Reject::BadSignature(SignatureError::Invalid)));
         for (i, offer) in offers.iter().enumerate() {
             let verdict = match check_stateless(rules, &offer.offer, arrival) {
                 Err(reject) => Some(Validation::Reject(reject)),
-                Ok(()) => match self.key(&offer.offer.participant) {
-                    Err(error) => Some(Validation::Reject(Reject::BadSignature(error))),
-                    Ok(key) => {
-                        to_verify.push(i);
-                        keys.push(key);
-                        None
-                    }
+                // An allocation the verifier has the answer for (in the
+                // simulator, offers a peer sends back out of its pool).
+                Ok(()) => match self.verifier.recall(&(offer.clone() as SharedMessage)) {
+                    Some(true) => None,
+                    Some(false) => invalid(),
+                    None => match self.key(&offer.offer.participant) {
+                        Err(error) => Some(Validation::Reject(Reject::BadSignature(error))),
+                        Ok(key) => {
+                            to_verify.push(i);
+                            keys.push(key);
+                            None
+                        }
+                    },
                 },
             };
             verdicts.push(verdict);
@@ -660,10 +667,9 @@ impl OfferPool {
         let refs: Vec<&SignedOffer> = to_verify.iter().map(|&i| &*offers[i]).collect();
         let valid = verify_offers(self.verifier.as_ref(), &refs, &keys);
         for (&i, ok) in to_verify.iter().zip(valid) {
+            self.verifier.remember(offers[i].clone(), ok);
             if !ok {
-                verdicts[i] = Some(Validation::Reject(Reject::BadSignature(
-                    SignatureError::Invalid,
-                )));
+                verdicts[i] = invalid();
             }
         }
         offers
