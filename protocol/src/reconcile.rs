@@ -203,10 +203,15 @@ impl ReconcileMessage {
         let mut lower: Option<OfferId> = None;
         for range in &self.ranges {
             if let Payload::Ids(ids) = &range.payload {
-                let in_range = ids
-                    .iter()
-                    .all(|id| lower.is_none_or(|l| *id >= l) && range.upper.admits(id));
-                if !in_range || ids.windows(2).any(|w| w[0] >= w[1]) {
+                // Strictly ascending, so inside the range if its ends are.
+                let ascending = ids.windows(2).all(|w| w[0] < w[1]);
+                let in_range = match (ids.first(), ids.last()) {
+                    (Some(first), Some(last)) => {
+                        lower.is_none_or(|l| *first >= l) && range.upper.admits(last)
+                    }
+                    _ => true,
+                };
+                if !in_range || !ascending {
                     return Err(ReconcileError::IdOutsideRange);
                 }
             }
@@ -558,6 +563,26 @@ mod tests {
             ],
         };
         assert_eq!(respond(&[], &outside), Err(ReconcileError::IdOutsideRange));
+        // Listed ids out of order, or below the range's lower end.
+        for (first_range, second_range) in [
+            (vec![], vec![OfferId([7; 32]), OfferId([5; 32])]),
+            (vec![], vec![OfferId([2; 32]), OfferId([5; 32])]),
+            (vec![OfferId([1; 32]), OfferId([1; 32])], vec![]),
+        ] {
+            let bad = ReconcileMessage {
+                ranges: vec![
+                    Range {
+                        upper: Bound::Id(OfferId([3; 32])),
+                        payload: Payload::Ids(first_range),
+                    },
+                    Range {
+                        upper: Bound::End,
+                        payload: Payload::Ids(second_range),
+                    },
+                ],
+            };
+            assert_eq!(respond(&[], &bad), Err(ReconcileError::IdOutsideRange));
+        }
         let huge = ReconcileMessage {
             ranges: vec![Range {
                 upper: Bound::End,
