@@ -44,7 +44,9 @@ pub trait SignatureVerifier: fmt::Debug + Send + Sync {
 
     /// Records the answer for the message in this allocation. Implementations
     /// that remember must keep `message` alive, so that its address cannot be
-    /// reused by another message while it is remembered.
+    /// reused by another message while it is remembered. A node also records
+    /// each message it has just signed with its own key, as valid: that is
+    /// ed25519's answer for it.
     fn remember(&self, _message: SharedMessage, _valid: bool) {}
 }
 

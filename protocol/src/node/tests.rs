@@ -1221,3 +1221,82 @@ fn a_lone_member_cannot_feed_a_catching_up_node_a_history() {
     assert_eq!(net.nodes[6].catch_up_progress(), (0, missed));
     assert!(net.finals[6].is_empty());
 }
+
+/// A verifier that remembers allocations, as the simulator's does, and
+/// counts the signatures it checks.
+#[derive(Debug, Default)]
+struct Recalling {
+    checked: std::sync::Mutex<usize>,
+    known: std::sync::Mutex<Vec<(SharedMessage, bool)>>,
+}
+
+impl SignatureVerifier for Recalling {
+    fn verify(&self, items: &[crate::verify::SignatureItem<'_>]) -> Vec<bool> {
+        *self.checked.lock().unwrap() += items.len();
+        Ed25519Verifier::default().verify(items)
+    }
+
+    fn key(
+        &self,
+        participant: &ParticipantId,
+    ) -> Result<ed25519_dalek::VerifyingKey, crate::offer::SignatureError> {
+        crate::offer::participant_key(participant)
+    }
+
+    fn recall(&self, message: &SharedMessage) -> Option<bool> {
+        let known = self.known.lock().unwrap();
+        known
+            .iter()
+            .find(|(held, _)| Arc::ptr_eq(held, message))
+            .map(|(_, valid)| *valid)
+    }
+
+    fn remember(&self, message: SharedMessage, valid: bool) {
+        self.known.lock().unwrap().push((message, valid));
+    }
+}
+
+/// What a node signs itself it vouches for: its own offer is not checked
+/// again, a shared verifier answers for it, and a forgery is still checked
+/// and refused.
+#[test]
+fn a_node_vouches_for_what_it_signs_and_forgeries_are_still_checked() {
+    let verifier = Arc::new(Recalling::default());
+    let members: BTreeSet<ParticipantId> = (0..3)
+        .map(|i| ParticipantId(key(i).verifying_key().to_bytes()))
+        .collect();
+    let config = NodeConfig {
+        rules: rules(),
+        members,
+        reconcile_window_ms: 5_000,
+        quorum_ppm: DEFAULT_QUORUM_PPM,
+        reconcile_fanout: 2,
+        active_window: 4,
+        attesters: 0,
+    };
+    let shared = Shared::with(&config, verifier.clone(), Arc::new(ClearEveryTime));
+    let mut node = Node::with_shared(config, key(0), shared);
+    let start_ms = (FIRST.0 - 1) * INTERVAL_S * 1_000;
+    node.handle(Input::Tick { now_ms: start_ms });
+    let out = node.handle(Input::LocalOffer {
+        interval: FIRST,
+        side: Side::Ask,
+        energy_wh: 500,
+        price_micro_per_kwh: 120_000,
+    });
+    assert_eq!(out.verdict, Some(Verdict::Accept));
+    let Some(Action::Publish(Message::Offer(offer))) = out.actions.first() else {
+        panic!("the offer is published: {:?}", out.actions);
+    };
+    assert_eq!(*verifier.checked.lock().unwrap(), 0, "no check of its own");
+    assert_eq!(verifier.recall(&(offer.clone() as SharedMessage)), Some(true));
+    // Another member's offer with a signature over other bytes.
+    let mut forged = forge(1, FIRST, Side::Bid, 700, 1);
+    forged.offer.energy_wh = 701;
+    let out = node.handle(Input::Message {
+        from: ParticipantId(key(1).verifying_key().to_bytes()),
+        message: Message::Offer(Arc::new(forged)),
+    });
+    assert!(matches!(out.verdict, Some(Verdict::Reject(_))), "{:?}", out.verdict);
+    assert_eq!(*verifier.checked.lock().unwrap(), 1, "a forgery is checked");
+}
