@@ -107,7 +107,7 @@ const RANGE_DOMAIN: &[u8; 15] = b"DHARTI-RANGE-V1";
 /// part of a fingerprint: a set that changes by one id updates it with one
 /// [`IdSum::add`] or [`IdSum::sub`], so a node keeps its whole set's sum
 /// instead of summing two thousand ids for every message.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IdSum {
     limbs: [u64; 4],
     count: u64,

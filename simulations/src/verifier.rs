@@ -9,8 +9,10 @@
 //!   others share it. Each node still builds its own set and computes its
 //!   root, so nodes that hold different sets get different results. The
 //!   traders of a result and the settlement of a result against the same
-//!   reports are shared the same way.
+//!   reports are shared the same way, and so is a set's root among nodes
+//!   holding the same ids (compared in full).
 
+use std::collections::HashMap;
 use std::hash::Hasher as _;
 use std::sync::{Arc, Mutex};
 
@@ -18,8 +20,10 @@ use dharti_protocol::hash::{Hash32, IdHasher, IdMap};
 use dharti_protocol::node::{ClearingCache, IntervalResult, SignedMeterReport};
 use dharti_protocol::offer::SignatureError;
 use dharti_protocol::places::PlaceSet;
+use dharti_protocol::reconcile::IdSum;
 use dharti_protocol::settlement::IntervalSettlement;
-use dharti_protocol::types::{IntervalIndex, ParticipantId};
+use dharti_protocol::types::{IntervalIndex, OfferId, ParticipantId};
+use dharti_protocol::validation::set_root;
 use dharti_protocol::verify::{
     Ed25519Verifier, KeyCache, SharedMessage, SignatureItem, SignatureVerifier,
 };
@@ -148,6 +152,10 @@ pub(crate) struct ClearingMemo {
     settlements: Mutex<IdMap<(IntervalIndex, Hash32, u64), Vec<SettledWith>>>,
     /// Traders' places by (interval, result root).
     traders: Mutex<IdMap<(IntervalIndex, Hash32), PlaceSet>>,
+    /// Set roots by (interval, sum of the ids), each with the ids it is the
+    /// root of: a hit must hold the very same ids, compared in full (a
+    /// comparison of memory, where the root is a SHA-256 pass over it).
+    roots: Mutex<HashMap<(IntervalIndex, IdSum), Vec<(Arc<[OfferId]>, Hash32)>>>,
 }
 
 impl ClearingMemo {
@@ -165,6 +173,10 @@ impl ClearingMemo {
             .expect("no panics while holding the lock")
             .retain(|(i, _, _), _| *i >= interval);
         self.traders
+            .lock()
+            .expect("no panics while holding the lock")
+            .retain(|(i, _), _| *i >= interval);
+        self.roots
             .lock()
             .expect("no panics while holding the lock")
             .retain(|(i, _), _| *i >= interval);
@@ -225,6 +237,27 @@ impl ClearingCache for ClearingMemo {
             settlement.clone(),
         ));
         settlement
+    }
+
+    fn set_root(&self, interval: IntervalIndex, ids: &[OfferId], sum: &IdSum) -> Hash32 {
+        let key = (interval, *sum);
+        if let Some(known) = self
+            .roots
+            .lock()
+            .expect("no panics while holding the lock")
+            .get(&key)
+            && let Some((_, root)) = known.iter().find(|(held, _)| **held == *ids)
+        {
+            return *root;
+        }
+        let root = set_root(ids);
+        self.roots
+            .lock()
+            .expect("no panics while holding the lock")
+            .entry(key)
+            .or_default()
+            .push((ids.into(), root));
+        root
     }
 
     fn traders(
@@ -301,6 +334,28 @@ mod tests {
         memo.age();
         assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), None);
         assert_eq!(check(&memo, &honest), Ok(()));
+    }
+
+    /// Two sets with the same sum and count (1 + 4 = 2 + 3) get their own
+    /// roots: a hit needs the same ids, not just the same sum.
+    #[test]
+    fn a_root_is_shared_only_by_sets_of_the_same_ids() {
+        let memo = ClearingMemo::default();
+        let id = |n: u8| {
+            let mut bytes = [0u8; 32];
+            bytes[0] = n;
+            OfferId(bytes)
+        };
+        let (one, two) = ([id(1), id(4)], [id(2), id(3)]);
+        assert_eq!(IdSum::of(&one), IdSum::of(&two));
+        let interval = IntervalIndex(5);
+        for _ in 0..2 {
+            assert_eq!(memo.set_root(interval, &one, &IdSum::of(&one)), set_root(&one));
+            assert_eq!(memo.set_root(interval, &two, &IdSum::of(&two)), set_root(&two));
+        }
+        assert_ne!(set_root(&one), set_root(&two));
+        let held = memo.roots.lock().expect("no panics while holding the lock");
+        assert_eq!(held[&(interval, IdSum::of(&one))].len(), 2, "one entry per set");
     }
 
     #[test]

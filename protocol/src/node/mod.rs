@@ -39,7 +39,7 @@ use crate::clearing::{ClearingResult, clear};
 use crate::hash::{Hash32, Hasher, IdMap, sha256};
 use crate::offer::{Offer, SignedOffer};
 use crate::places::{PlaceMap, PlaceSet};
-use crate::reconcile::{initiate_with, respond_with};
+use crate::reconcile::{IdSum, initiate_with, respond_with};
 use crate::settlement::{IntervalSettlement, MeterReading, settle};
 use crate::types::{IntervalIndex, MarketId, OfferId, ParticipantId, Side};
 use crate::validation::{Arrival, MarketRules, OfferPool, Validation};
@@ -109,6 +109,14 @@ pub trait ClearingCache: fmt::Debug + Send + Sync {
         settle: &mut dyn FnMut() -> IntervalSettlement,
     ) -> Arc<IntervalSettlement> {
         Arc::new(settle())
+    }
+
+    /// The root of the offer set with the sorted `ids` (whose sum is `sum`)
+    /// in `interval`: [`crate::validation::set_root`]. A memo must compare
+    /// the ids themselves, not just the sum. By default computed on every
+    /// call.
+    fn set_root(&self, _interval: IntervalIndex, ids: &[OfferId], _sum: &IdSum) -> Hash32 {
+        crate::validation::set_root(ids)
     }
 
     /// The places of the traders of the result with `result_root` in
@@ -1207,7 +1215,7 @@ impl Node {
         {
             return Verdict::Reject("evidence about a participant that is not a member".into());
         }
-        let before = self.pool.set_root(interval);
+        let before = self.set_root(interval);
         let verdicts = self.pool.receive_batch(
             &self.config.rules,
             vec![evidence.first, evidence.second],
@@ -1220,7 +1228,7 @@ impl Node {
         }) {
             return Verdict::Reject(format!("evidence with a bad signature: {reject}"));
         }
-        if self.pool.set_root(interval) == before {
+        if self.set_root(interval) == before {
             Verdict::Ignore
         } else {
             Verdict::Accept
@@ -1449,7 +1457,7 @@ impl Node {
         // A member sees another set while we still reconcile: reconcile with it.
         if state.phase == Phase::Reconciling
             && a.attester != self.me
-            && self.pool.set_root(a.interval) != a.set_root
+            && self.set_root(a.interval) != a.set_root
         {
             out.actions.push(Action::Send {
                 to: a.attester,
@@ -1914,13 +1922,23 @@ impl Node {
             .collect()
     }
 
+    /// The root of this node's set for `interval` (through the shared
+    /// clearing cache, which may have seen the same set).
+    fn set_root(&self, interval: IntervalIndex) -> Hash32 {
+        self.pool.set_root_with(interval, |ids, sum| {
+            self.shared.clearing.set_root(interval, ids, sum)
+        })
+    }
+
     fn clear_pool(
         &self,
         pool: &OfferPool,
         interval: IntervalIndex,
     ) -> (Hash32, Arc<IntervalResult>) {
         let rules = &self.config.rules;
-        let set_root = pool.set_root(interval);
+        let set_root = pool.set_root_with(interval, |ids, sum| {
+            self.shared.clearing.set_root(interval, ids, sum)
+        });
         let result = self.shared.clearing.clear(interval, &set_root, &mut || {
             let tariff = rules.tariffs.at(rules.clock.start_s(interval));
             clear(rules.mechanism, &tariff, &pool.book(interval))

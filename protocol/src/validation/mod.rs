@@ -898,6 +898,23 @@ impl OfferPool {
         }
     }
 
+    /// [`OfferPool::set_root`], with `compute` (given the sorted ids and
+    /// their sum) computing it when the pool has not since the set last
+    /// changed: a shell may answer from a memo of sets it has seen.
+    pub fn set_root_with(
+        &self,
+        interval: IntervalIndex,
+        compute: impl FnOnce(&[OfferId], &IdSum) -> Hash32,
+    ) -> Hash32 {
+        match self.intervals.get(&interval) {
+            Some(pool) => *pool.root.get_or_init(|| {
+                let view = pool.set();
+                compute(&view.ids, &view.sum)
+            }),
+            None => set_root(&[]),
+        }
+    }
+
     /// The offers of `interval`'s reconciliation set with these `ids`
     /// (sorted or not); ids outside the set are skipped.
     pub fn set_offers_with(
