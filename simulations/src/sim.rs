@@ -811,8 +811,10 @@ impl<'a> Sim<'a> {
     /// follows; a tick with nothing due only moves the node's clock.
     fn tick(&mut self, i: usize) {
         let now = self.node_time(i);
-        let out = self.nodes[i].node.handle(Input::Tick { now_ms: now });
-        self.carry_out(i, out.actions);
+        if self.nodes[i].node.advance_clock(now) {
+            let out = self.nodes[i].node.handle(Input::Tick { now_ms: now });
+            self.carry_out(i, out.actions);
+        }
     }
 
     fn carry_out(&mut self, i: usize, actions: Vec<Action>) {

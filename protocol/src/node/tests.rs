@@ -887,9 +887,13 @@ fn a_node_has_nothing_due_right_after_a_tick() {
         let next = node.next_wakeup_ms().expect("ticked");
         assert!(next > at, "wake-up {next} not after {at}");
         if at + 1 < next {
+            assert!(!node.advance_clock(at + 1), "nothing due before the wake-up");
             let idle = node.handle(Input::Tick { now_ms: at + 1 });
             assert!(idle.actions.is_empty(), "a tick before the wake-up acted");
         }
+        let clock = node.now_ms.max(next);
+        assert!(node.advance_clock(next), "the wake-up is due at its time");
+        assert_eq!(node.now_ms, clock, "the clock moved to the wake-up");
         drop(out);
     }
 }
