@@ -340,8 +340,8 @@ pub fn respond_with(
 /// word between the first and last id guesses the place to within a few
 /// dozen; a gallop from the guess then finds it in a few probes close
 /// together, where a binary search makes ten spread over the whole array
-/// (cache misses on a set a node has not touched for a while). Any order
-/// of ids gives the right answer; uneven ones only take more probes.
+/// (cache misses on a set a node has not touched for a while). Any spread
+/// of (sorted) ids gives the right answer; uneven ones only take more probes.
 fn end_of_range(ids: &[OfferId], start: usize, upper: &Bound) -> usize {
     let Bound::Id(upper) = upper else {
         return ids.len();

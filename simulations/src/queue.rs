@@ -58,7 +58,9 @@ pub(crate) struct EventQueue<T> {
     spare: Vec<VecDeque<T>>,
 }
 
-/// Drained buffers kept for reuse, at most.
+/// Drained buffers kept for reuse, at most: deliveries arrive in steps of
+/// the 10 ms quantum over links of up to a few hundred milliseconds, so a few
+/// dozen buckets fill at once; more spares would only hold memory.
 const SPARE_BUFFERS: usize = 64;
 
 impl<T> EventQueue<T> {

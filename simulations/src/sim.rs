@@ -131,6 +131,12 @@ enum Event {
         p: usize,
         up: bool,
     },
+    /// [`Event::Partition`] for one node that was offline at the time.
+    Relink {
+        node: u32,
+        p: usize,
+        up: bool,
+    },
     /// A household's meter report for interval `k`, when the interval ends.
     Report {
         node: u32,
@@ -945,10 +951,13 @@ impl<'a> Sim<'a> {
                 * 1_000;
             self.end_ms = dispatch_ms.max(interval_end_ms + SETTLE_WINDOW_MS);
         }
+        // A partition that outlasts the run never heals in it.
         for p in 0..self.partitions.len() {
             let (from, to, _) = self.partitions[p];
             self.push(from, Event::Partition { p, up: false });
-            self.push(to, Event::Partition { p, up: true });
+            if to <= self.end_ms {
+                self.push(to, Event::Partition { p, up: true });
+            }
         }
         while let Some((at, event)) = self.queue.pop() {
             self.now_ms = at;
@@ -998,6 +1007,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Event::Partition { p, up } => self.relink(p, up),
+                Event::Relink { node, p, up } => self.relink_node(node as usize, p, up),
                 Event::Dispatch { k } => {
                     self.dispatch(k);
                     if let Some(progress) = self.progress.as_mut() {
@@ -1011,39 +1021,50 @@ impl<'a> Sim<'a> {
 
     /// Tells both ends of every overlay link that partition `p` cuts that
     /// the link went down (`up` false) or came back (`up` true; only if no
-    /// other partition still cuts it). Nodes offline at the time are not
-    /// told.
+    /// other partition still cuts it). A node offline at the time is told
+    /// when it is back ([`Event::Relink`]), so that it neither keeps a link
+    /// it lost nor loses one for good.
     fn relink(&mut self, p: usize, up: bool) {
-        let at = self.now_ms;
         for a in 0..self.nodes.len() {
-            if self.is_offline(a, at) {
-                continue;
-            }
-            let changed: Vec<usize> = self.nodes[a]
-                .neighbours
-                .iter()
-                .copied()
-                .filter(|&b| {
-                    let side = &self.partitions[p].2;
-                    side[a] != side[b] && (!up || !self.cut(a, b, at))
-                })
-                .collect();
-            if changed.is_empty() {
-                continue;
-            }
-            self.tick(a);
-            for b in changed {
-                let peer = self.ids[b];
-                let input = if up {
-                    Input::PeerUp(peer)
-                } else {
-                    Input::PeerDown(peer)
-                };
-                let out = self.nodes[a].node.handle(input);
-                self.carry_out(a, out.actions);
-            }
-            self.schedule_wakeup(a);
+            self.relink_node(a, p, up);
         }
+    }
+
+    fn relink_node(&mut self, a: usize, p: usize, up: bool) {
+        let at = self.now_ms;
+        let changed: Vec<usize> = self.nodes[a]
+            .neighbours
+            .iter()
+            .copied()
+            .filter(|&b| {
+                // Across the cut, and now up again or still down.
+                let side = &self.partitions[p].2;
+                side[a] != side[b] && self.cut(a, b, at) != up
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        if self.is_offline(a, at) {
+            let back = self.online_again_ms(at);
+            if back <= self.end_ms {
+                let node = u32::try_from(a).expect("at most 100,000 households");
+                self.push(back, Event::Relink { node, p, up });
+            }
+            return;
+        }
+        self.tick(a);
+        for b in changed {
+            let peer = self.ids[b];
+            let input = if up {
+                Input::PeerUp(peer)
+            } else {
+                Input::PeerDown(peer)
+            };
+            let out = self.nodes[a].node.handle(input);
+            self.carry_out(a, out.actions);
+        }
+        self.schedule_wakeup(a);
     }
 
     /// Hands node `to` a message: a tick for its clock (at a time it has

@@ -121,7 +121,8 @@ pub trait ClearingCache: fmt::Debug + Send + Sync {
 
     /// The places of the traders of the result with `result_root` in
     /// `interval`; `traders` computes them. A pure function of the result
-    /// and the member list; by default computed on every call.
+    /// and the member list (so one cache serves nodes of one member list,
+    /// as [`Shared`] does); by default computed on every call.
     fn traders(
         &self,
         _interval: IntervalIndex,
@@ -1852,16 +1853,22 @@ impl Node {
     /// for: ask it at once, rather than at the next gate closure, which is up
     /// to an interval away once the quick asks after attesting are spent.
     fn ask_new_peer(&self, peer: ParticipantId, out: &mut Output) {
-        for (waiting, state) in &self.intervals {
-            if state.phase == Phase::Attested
-                && let Some((signed, _, _)) = &state.attestation
-            {
-                out.actions.push(Action::Send {
-                    to: peer,
-                    message: ask_for_quorum(*waiting, signed.as_ref()),
-                });
-            }
+        for message in self.quorum_asks() {
+            out.actions.push(Action::Send { to: peer, message });
         }
+    }
+
+    /// What the node asks a peer for every interval it has attested (or,
+    /// outside the committee, cleared) and still waits for the quorum of.
+    fn quorum_asks(&self) -> impl Iterator<Item = Message> + '_ {
+        self.intervals.iter().filter_map(|(waiting, state)| {
+            match (&state.phase, &state.attestation) {
+                (Phase::Attested, Some((signed, _, _))) => {
+                    Some(ask_for_quorum(*waiting, signed.as_ref()))
+                }
+                _ => None,
+            }
+        })
     }
 
     fn close_gate(&mut self, interval: IntervalIndex, out: &mut Output) {
@@ -1872,16 +1879,12 @@ impl Node {
         // its asking lasted finds the quorum once it is reconnected.
         // (Gossiping the same attestation again would not do: gossipsub drops
         // messages it has seen.)
-        for (waiting, state) in &self.intervals {
-            if state.phase == Phase::Attested
-                && let Some((signed, _, _)) = &state.attestation
-            {
-                for peer in &self.peers {
-                    out.actions.push(Action::Send {
-                        to: *peer,
-                        message: ask_for_quorum(*waiting, signed.as_ref()),
-                    });
-                }
+        for message in self.quorum_asks() {
+            for peer in &self.peers {
+                out.actions.push(Action::Send {
+                    to: *peer,
+                    message: message.clone(),
+                });
             }
         }
         let state = self.new_interval(interval);
@@ -1936,7 +1939,12 @@ impl Node {
     /// The root of this node's set for `interval` (through the shared
     /// clearing cache, which may have seen the same set).
     fn set_root(&self, interval: IntervalIndex) -> Hash32 {
-        self.pool.set_root_with(interval, |ids, sum| {
+        self.root_of(&self.pool, interval)
+    }
+
+    /// The root of `pool`'s set for `interval`, through the shared cache.
+    fn root_of(&self, pool: &OfferPool, interval: IntervalIndex) -> Hash32 {
+        pool.set_root_with(interval, |ids, sum| {
             self.shared.clearing.set_root(interval, ids, sum)
         })
     }
@@ -1947,9 +1955,7 @@ impl Node {
         interval: IntervalIndex,
     ) -> (Hash32, Arc<IntervalResult>) {
         let rules = &self.config.rules;
-        let set_root = pool.set_root_with(interval, |ids, sum| {
-            self.shared.clearing.set_root(interval, ids, sum)
-        });
+        let set_root = self.root_of(pool, interval);
         let result = self.shared.clearing.clear(interval, &set_root, &mut || {
             let tariff = rules.tariffs.at(rules.clock.start_s(interval));
             clear(rules.mechanism, &tariff, &pool.book(interval))
@@ -1967,7 +1973,6 @@ impl Node {
     ) {
         let place = self.shared.members.get(&self.me).copied();
         let now_ms = self.now_ms;
-        // Vouched for as it is signed (`Node::vouch`).
         let Some(state) = self.intervals.get_mut(&interval) else {
             return;
         };
@@ -1988,6 +1993,8 @@ impl Node {
             }
             .sign(&self.key),
         );
+        // Vouched for as it is signed (`Node::vouch`, which the borrow of
+        // `state` keeps out of reach here).
         self.shared.verifier.remember(signed.clone(), true);
         // A node outside the member list attests for its own use only:
         // nobody counts it, so neither does it.

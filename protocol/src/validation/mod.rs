@@ -410,6 +410,10 @@ impl IntervalPool {
     }
 }
 
+/// Sets smaller than this are sorted by comparison: a few dozen ids stay in
+/// the cache anyway, and the counting pass's two arrays would cost more.
+const BUCKET_SORT_FROM: usize = 64;
+
 /// `keyed` (ids, each with its offer's position) in id order. Ids are
 /// SHA-256 digests, evenly spread: a counting pass on the top bits of their
 /// leading words puts nearly every offer in a bucket of its own (as many
@@ -418,7 +422,7 @@ impl IntervalPool {
 /// sort read two per comparison. Uneven ids only make buckets larger.
 fn sort_ids(mut keyed: Vec<(OfferId, u32)>) -> Vec<(OfferId, u32)> {
     let n = keyed.len();
-    if n < 64 {
+    if n < BUCKET_SORT_FROM {
         keyed.sort_unstable();
         return keyed;
     }

@@ -435,8 +435,9 @@ mod set_order {
         fn ids_sort_as_a_comparison_sort_would(
             raw in prop::collection::btree_set((0u64..4, any::<u64>(), any::<u8>()), 0..400),
             bunched in any::<bool>(),
+            seed in any::<u64>(),
         ) {
-            let keyed: Vec<(OfferId, u32)> = raw
+            let mut keyed: Vec<(OfferId, u32)> = raw
                 .into_iter()
                 .map(|(bunch, word, tail)| {
                     let lead = if bunched { bunch << 62 | u64::from(tail) } else { word };
@@ -446,9 +447,15 @@ mod set_order {
                 })
                 .collect::<BTreeSet<_>>()
                 .into_iter()
-                .rev()
                 .zip(0u32..)
                 .collect();
+            // Shuffled (Fisher-Yates with SplitMix64 steps).
+            let mut state = seed;
+            for i in (1..keyed.len()).rev() {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let z = (state ^ (state >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                keyed.swap(i, (z % (i as u64 + 1)) as usize);
+            }
             let mut expected = keyed.clone();
             expected.sort_unstable();
             prop_assert_eq!(sort_ids(keyed), expected);
