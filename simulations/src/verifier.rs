@@ -139,6 +139,9 @@ impl SignatureVerifier for MemoVerifier {
 /// addresses name them, and the settlement.
 type SettledWith = (Vec<Arc<SignedMeterReport>>, Arc<IntervalSettlement>);
 
+/// A set's sorted ids and their root.
+type RootOf = (Arc<[OfferId]>, Hash32);
+
 /// Clearing results by (interval, set root), and settlements by (interval,
 /// result root, reports).
 #[derive(Debug, Default)]
@@ -155,7 +158,7 @@ pub(crate) struct ClearingMemo {
     /// Set roots by (interval, sum of the ids), each with the ids it is the
     /// root of: a hit must hold the very same ids, compared in full (a
     /// comparison of memory, where the root is a SHA-256 pass over it).
-    roots: Mutex<HashMap<(IntervalIndex, IdSum), Vec<(Arc<[OfferId]>, Hash32)>>>,
+    roots: Mutex<HashMap<(IntervalIndex, IdSum), Vec<RootOf>>>,
 }
 
 impl ClearingMemo {
@@ -350,12 +353,22 @@ mod tests {
         assert_eq!(IdSum::of(&one), IdSum::of(&two));
         let interval = IntervalIndex(5);
         for _ in 0..2 {
-            assert_eq!(memo.set_root(interval, &one, &IdSum::of(&one)), set_root(&one));
-            assert_eq!(memo.set_root(interval, &two, &IdSum::of(&two)), set_root(&two));
+            assert_eq!(
+                memo.set_root(interval, &one, &IdSum::of(&one)),
+                set_root(&one)
+            );
+            assert_eq!(
+                memo.set_root(interval, &two, &IdSum::of(&two)),
+                set_root(&two)
+            );
         }
         assert_ne!(set_root(&one), set_root(&two));
         let held = memo.roots.lock().expect("no panics while holding the lock");
-        assert_eq!(held[&(interval, IdSum::of(&one))].len(), 2, "one entry per set");
+        assert_eq!(
+            held[&(interval, IdSum::of(&one))].len(),
+            2,
+            "one entry per set"
+        );
     }
 
     #[test]

@@ -399,9 +399,7 @@ fn first_reject(verdicts: Vec<Verdict>) -> Verdict {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// The current time. Drives gate closure, clearing and timeouts.
-    Tick {
-        now_ms: u64,
-    },
+    Tick { now_ms: u64 },
     /// A message from a peer.
     Message {
         from: ParticipantId,
@@ -434,9 +432,7 @@ pub enum Input {
     /// each with the same proof a live interval needs: a quorum's
     /// attestations and a set that clears to their roots. Give it after
     /// the first tick.
-    CatchUp {
-        from: IntervalIndex,
-    },
+    CatchUp { from: IntervalIndex },
 }
 
 /// What a node asks its shell to do.
@@ -823,8 +819,7 @@ impl Node {
                 energy_wh,
                 price_micro_per_kwh,
             } => {
-                let verdict =
-                    self.local_offer(interval, side, energy_wh, price_micro_per_kwh, out);
+                let verdict = self.local_offer(interval, side, energy_wh, price_micro_per_kwh, out);
                 out.verdict = Some(verdict);
             }
             Input::MeterReport {
@@ -2191,7 +2186,9 @@ impl Node {
         state.trading = trading;
         state.traders = state.traders().count();
         // Room for the traders' meter reports, which are about to arrive.
-        state.reports.reserve(state.traders.saturating_sub(state.reports.len()));
+        state
+            .reports
+            .reserve(state.traders.saturating_sub(state.reports.len()));
         state.reported_traders = state
             .traders()
             .filter(|&place| state.reports.contains(place))

@@ -49,6 +49,23 @@ impl Rng {
     }
 }
 
+/// The test market of `n` members (keys 0..n), with `attesters` per
+/// interval (0: all).
+fn config(n: usize, attesters: usize) -> NodeConfig {
+    let members: BTreeSet<ParticipantId> = (0..n)
+        .map(|i| ParticipantId(key(i).verifying_key().to_bytes()))
+        .collect();
+    NodeConfig {
+        rules: rules(),
+        members,
+        reconcile_window_ms: 5_000,
+        quorum_ppm: DEFAULT_QUORUM_PPM,
+        reconcile_fanout: 2,
+        active_window: 4,
+        attesters,
+    }
+}
+
 /// How the test network misbehaves.
 #[derive(Clone, Debug, Default)]
 struct Faults {
@@ -86,18 +103,7 @@ impl Net {
     }
 
     fn with_attesters(n: usize, seed: u64, faults: Faults, attesters: usize) -> Net {
-        let members: BTreeSet<ParticipantId> = (0..n)
-            .map(|i| ParticipantId(key(i).verifying_key().to_bytes()))
-            .collect();
-        let config = NodeConfig {
-            rules: rules(),
-            members,
-            reconcile_window_ms: 5_000,
-            quorum_ppm: DEFAULT_QUORUM_PPM,
-            reconcile_fanout: 2,
-            active_window: 4,
-            attesters,
-        };
+        let config = config(n, attesters);
         let mut nodes: Vec<Node> = (0..n).map(|i| Node::new(config.clone(), key(i))).collect();
         let ids: Vec<ParticipantId> = nodes.iter().map(Node::id).collect();
         for node in &mut nodes {
@@ -388,7 +394,10 @@ fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
     net.run(gate_ms - 15_000);
     net.random_offers(1);
     net.run(heal_ms);
-    assert!(!net.finals[0].contains_key(&FIRST), "cut off, no quorum yet");
+    assert!(
+        !net.finals[0].contains_key(&FIRST),
+        "cut off, no quorum yet"
+    );
     let peer = net.nodes[1].id();
     let now = net.start_ms + heal_ms;
     // A peer that is already connected: nothing to do.
@@ -887,7 +896,10 @@ fn a_node_has_nothing_due_right_after_a_tick() {
         let next = node.next_wakeup_ms().expect("ticked");
         assert!(next > at, "wake-up {next} not after {at}");
         if at + 1 < next {
-            assert!(!node.advance_clock(at + 1), "nothing due before the wake-up");
+            assert!(
+                !node.advance_clock(at + 1),
+                "nothing due before the wake-up"
+            );
             let idle = node.handle(Input::Tick { now_ms: at + 1 });
             assert!(idle.actions.is_empty(), "a tick before the wake-up acted");
         }
@@ -974,10 +986,11 @@ fn missing_traders_are_asked_for_their_own_report_only() {
     for action in &out.actions {
         let Action::Send {
             to,
-            message: Message::WantReports {
-                interval,
-                participants,
-            },
+            message:
+                Message::WantReports {
+                    interval,
+                    participants,
+                },
         } = action
         else {
             continue;
@@ -991,9 +1004,16 @@ fn missing_traders_are_asked_for_their_own_report_only() {
             traders.insert(*to);
         }
     }
-    assert_eq!(partners.len(), 2, "reconcile_fanout peers get the whole list");
+    assert_eq!(
+        partners.len(),
+        2,
+        "reconcile_fanout peers get the whole list"
+    );
     let expected: BTreeSet<ParticipantId> = missing.difference(&partners).copied().collect();
-    assert_eq!(traders, expected, "every other missing trader is asked once");
+    assert_eq!(
+        traders, expected,
+        "every other missing trader is asked once"
+    );
 }
 
 #[test]
@@ -1266,18 +1286,7 @@ impl SignatureVerifier for Recalling {
 #[test]
 fn a_node_vouches_for_what_it_signs_and_forgeries_are_still_checked() {
     let verifier = Arc::new(Recalling::default());
-    let members: BTreeSet<ParticipantId> = (0..3)
-        .map(|i| ParticipantId(key(i).verifying_key().to_bytes()))
-        .collect();
-    let config = NodeConfig {
-        rules: rules(),
-        members,
-        reconcile_window_ms: 5_000,
-        quorum_ppm: DEFAULT_QUORUM_PPM,
-        reconcile_fanout: 2,
-        active_window: 4,
-        attesters: 0,
-    };
+    let config = config(3, 0);
     let shared = Shared::with(&config, verifier.clone(), Arc::new(ClearEveryTime));
     let mut node = Node::with_shared(config, key(0), shared);
     let start_ms = (FIRST.0 - 1) * INTERVAL_S * 1_000;
@@ -1293,7 +1302,10 @@ fn a_node_vouches_for_what_it_signs_and_forgeries_are_still_checked() {
         panic!("the offer is published: {:?}", out.actions);
     };
     assert_eq!(*verifier.checked.lock().unwrap(), 0, "no check of its own");
-    assert_eq!(verifier.recall(&(offer.clone() as SharedMessage)), Some(true));
+    assert_eq!(
+        verifier.recall(&(offer.clone() as SharedMessage)),
+        Some(true)
+    );
     // Another member's offer with a signature over other bytes.
     let mut forged = forge(1, FIRST, Side::Bid, 700, 1);
     forged.offer.energy_wh = 701;
@@ -1301,6 +1313,10 @@ fn a_node_vouches_for_what_it_signs_and_forgeries_are_still_checked() {
         from: ParticipantId(key(1).verifying_key().to_bytes()),
         message: Message::Offer(Arc::new(forged)),
     });
-    assert!(matches!(out.verdict, Some(Verdict::Reject(_))), "{:?}", out.verdict);
+    assert!(
+        matches!(out.verdict, Some(Verdict::Reject(_))),
+        "{:?}",
+        out.verdict
+    );
     assert_eq!(*verifier.checked.lock().unwrap(), 1, "a forgery is checked");
 }

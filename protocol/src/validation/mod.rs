@@ -361,7 +361,11 @@ impl IntervalPool {
                 if sent.void {
                     held.extend(sent.offers.iter());
                 } else {
-                    held.extend([sent.head(Side::Bid), sent.head(Side::Ask)].into_iter().flatten());
+                    held.extend(
+                        [sent.head(Side::Bid), sent.head(Side::Ask)]
+                            .into_iter()
+                            .flatten(),
+                    );
                 }
             }
             let ids_in_order = sort_ids(held.iter().map(|o| o.id).zip(0u32..).collect());
@@ -427,7 +431,10 @@ fn sort_ids(mut keyed: Vec<(OfferId, u32)>) -> Vec<(OfferId, u32)> {
         return keyed;
     }
     let bits = n.next_power_of_two().trailing_zeros();
-    let bucket = |id: &OfferId| (id.leading_word() >> (64 - bits)) as usize;
+    // At most 32 bits (positions are u32), so the bucket fits a usize.
+    let bucket = |id: &OfferId| {
+        usize::try_from(id.leading_word() >> (64 - bits)).expect("at most 2^32 buckets")
+    };
     // starts[b]: where bucket b begins in the output (a prefix sum of counts).
     let mut starts = vec![0u32; (1 << bits) + 1];
     for (id, _) in &keyed {
@@ -647,7 +654,11 @@ impl OfferPool {
         let mut verdicts: Vec<Option<Validation>> = Vec::with_capacity(offers.len());
         let mut to_verify: Vec<usize> = Vec::with_capacity(offers.len());
         let mut keys: Vec<VerifyingKey> = Vec::with_capacity(offers.len());
-        let invalid = || Some(Validation::Reject(Reject::BadSignature(SignatureError::Invalid)));
+        let invalid = || {
+            Some(Validation::Reject(Reject::BadSignature(
+                SignatureError::Invalid,
+            )))
+        };
         for (i, offer) in offers.iter().enumerate() {
             let verdict = match check_stateless(rules, &offer.offer, arrival) {
                 Err(reject) => Some(Validation::Reject(reject)),

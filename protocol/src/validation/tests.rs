@@ -454,7 +454,8 @@ mod set_order {
             for i in (1..keyed.len()).rev() {
                 state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
                 let z = (state ^ (state >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                keyed.swap(i, (z % (i as u64 + 1)) as usize);
+                let below = u64::try_from(i + 1).expect("a small index");
+                keyed.swap(i, usize::try_from(z % below).expect("below i + 1"));
             }
             let mut expected = keyed.clone();
             expected.sort_unstable();
