@@ -186,6 +186,21 @@ impl ClearingMemo {
     }
 }
 
+/// The value `memo` holds for `key`, or what `compute` gives (kept). The
+/// lock is not held while computing: clearing a thousand offers is long.
+fn remembered<V: Clone>(
+    memo: &Mutex<IdMap<(IntervalIndex, Hash32), V>>,
+    key: (IntervalIndex, Hash32),
+    compute: impl FnOnce() -> V,
+) -> V {
+    let lock = || memo.lock().expect("no panics while holding the lock");
+    if let Some(value) = lock().get(&key) {
+        return value.clone();
+    }
+    let value = compute();
+    lock().entry(key).or_insert(value).clone()
+}
+
 impl ClearingCache for ClearingMemo {
     fn clear(
         &self,
@@ -193,22 +208,7 @@ impl ClearingCache for ClearingMemo {
         set_root: &Hash32,
         clear: &mut dyn FnMut() -> IntervalResult,
     ) -> Arc<IntervalResult> {
-        let key = (interval, *set_root);
-        if let Some(result) = self
-            .results
-            .lock()
-            .expect("no panics while holding the lock")
-            .get(&key)
-        {
-            return result.clone();
-        }
-        let result = Arc::new(clear());
-        self.results
-            .lock()
-            .expect("no panics while holding the lock")
-            .entry(key)
-            .or_insert(result)
-            .clone()
+        remembered(&self.results, (interval, *set_root), || Arc::new(clear()))
     }
 
     fn settle(
@@ -269,22 +269,7 @@ impl ClearingCache for ClearingMemo {
         result_root: &Hash32,
         traders: &mut dyn FnMut() -> PlaceSet,
     ) -> PlaceSet {
-        let key = (interval, *result_root);
-        if let Some(places) = self
-            .traders
-            .lock()
-            .expect("no panics while holding the lock")
-            .get(&key)
-        {
-            return places.clone();
-        }
-        let places = traders();
-        self.traders
-            .lock()
-            .expect("no panics while holding the lock")
-            .entry(key)
-            .or_insert(places)
-            .clone()
+        remembered(&self.traders, (interval, *result_root), traders)
     }
 }
 

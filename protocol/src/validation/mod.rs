@@ -309,7 +309,13 @@ impl IntervalPool {
 
     /// What `participant` sent, if anything.
     fn get(&self, participant: &ParticipantId) -> Option<SentRef<'_>> {
-        match self.place(participant) {
+        self.get_placed(participant, self.place(participant))
+    }
+
+    /// [`IntervalPool::get`] with the participant's place (`None`: not a
+    /// member) already looked up.
+    fn get_placed(&self, participant: &ParticipantId, place: Option<u32>) -> Option<SentRef<'_>> {
+        match place {
             Some(place) => self.at(place),
             None => self.others.get(participant).map(Sent::as_ref),
         }
@@ -712,11 +718,10 @@ impl OfferPool {
         place: Option<u32>,
     ) -> Option<Validation> {
         let o = &offer.offer;
-        let pool = self.intervals.get(&o.interval)?;
-        let sent = match place {
-            Some(place) => pool.at(place),
-            None => pool.others.get(&o.participant).map(Sent::as_ref),
-        }?;
+        let sent = self
+            .intervals
+            .get(&o.interval)?
+            .get_placed(&o.participant, place)?;
         if sent.contains(&offer.id) {
             return Some(Validation::Ignore(Ignored::Duplicate));
         }
