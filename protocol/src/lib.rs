@@ -11,6 +11,7 @@
 //! - [`validation`]: Accept / Ignore / Reject for arriving offers; the offer
 //!   pool whose book and set root depend only on which offers arrived.
 //! - [`places`]: sets of members by their place in the member list, a bit each.
+//! - [`intervals`]: the few intervals a node holds, by interval.
 //! - [`reconcile`]: range-based set reconciliation of offer ids.
 //! - [`node`]: the per-participant state machine that agrees on each
 //!   interval's offer set and result.
@@ -26,6 +27,7 @@
 pub mod agent;
 pub mod clearing;
 pub mod hash;
+pub mod intervals;
 pub mod node;
 pub mod offer;
 pub mod places;

@@ -38,7 +38,7 @@ pub trait SignatureVerifier: fmt::Debug + Send + Sync {
     /// one `Arc` to every node it delivers a message to, so after the first
     /// node one pointer lookup replaces encoding, hashing and comparing the
     /// message. A daemon's messages are each decoded once: it keeps nothing.
-    fn recall(&self, _message: &SharedMessage) -> Option<bool> {
+    fn recall(&self, _message: Allocation) -> Option<bool> {
         None
     }
 
@@ -50,10 +50,31 @@ pub trait SignatureVerifier: fmt::Debug + Send + Sync {
     fn remember(&self, _message: SharedMessage, _valid: bool) {}
 }
 
-/// A signed message in a shared allocation, as [`SignatureVerifier::recall`]
-/// knows it. An `Arc`'s contents cannot change while it is shared, so the
+/// A signed message in a shared allocation, as [`SignatureVerifier::remember`]
+/// keeps it. An `Arc`'s contents cannot change while it is shared, so the
 /// allocation names the message as long as someone holds it.
 pub type SharedMessage = Arc<dyn Any + Send + Sync>;
+
+/// The address of a shared allocation, as [`SignatureVerifier::recall`]
+/// asks for it: made only from an `Arc` the caller holds, so that for as
+/// long as the caller holds it, no other message can be at that address.
+/// Asking by address, not by a share of the `Arc`, spares an atomic
+/// increment and decrement of the message's counter per arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Allocation(usize);
+
+impl Allocation {
+    /// The allocation `message` points into (its data, whatever the type).
+    pub fn of<T: ?Sized>(message: &Arc<T>) -> Allocation {
+        Allocation(Arc::as_ptr(message).cast::<()>() as usize)
+    }
+
+    /// The address, for hashing: shared allocations are at least 8-byte
+    /// aligned, so its low three bits are zero.
+    pub fn address(self) -> usize {
+        self.0
+    }
+}
 
 /// Checks the signed message in `message` with `check`, unless `verifier`
 /// recalls this allocation; remembers a definite answer (valid or invalid,
@@ -63,8 +84,7 @@ pub fn check_shared<T: Any + Send + Sync>(
     message: &Arc<T>,
     check: impl FnOnce() -> Result<(), SignatureError>,
 ) -> Result<(), SignatureError> {
-    let shared: SharedMessage = message.clone();
-    if let Some(valid) = verifier.recall(&shared) {
+    if let Some(valid) = verifier.recall(Allocation::of(message)) {
         return if valid {
             Ok(())
         } else {
@@ -73,8 +93,8 @@ pub fn check_shared<T: Any + Send + Sync>(
     }
     let result = check();
     match result {
-        Ok(()) => verifier.remember(shared, true),
-        Err(SignatureError::Invalid) => verifier.remember(shared, false),
+        Ok(()) => verifier.remember(message.clone(), true),
+        Err(SignatureError::Invalid) => verifier.remember(message.clone(), false),
         Err(_) => {}
     }
     result

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hasher as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dharti_protocol::hash::{Hash32, IdHasher, IdMap};
@@ -25,7 +26,7 @@ use dharti_protocol::settlement::IntervalSettlement;
 use dharti_protocol::types::{IntervalIndex, OfferId, ParticipantId};
 use dharti_protocol::validation::set_root;
 use dharti_protocol::verify::{
-    Ed25519Verifier, KeyCache, SharedMessage, SignatureItem, SignatureVerifier,
+    Allocation, Ed25519Verifier, KeyCache, SharedMessage, SignatureItem, SignatureVerifier,
 };
 use ed25519_dalek::VerifyingKey;
 
@@ -37,38 +38,148 @@ struct Checked {
     valid: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MemoVerifier {
     /// By signature: ed25519 signatures are deterministic, so one signature
     /// names one (key, message); a hit is still compared in full.
     known: Mutex<IdMap<[u8; 64], Checked>>,
     keys: KeyCache,
     /// By allocation: the answer for every gossiped message some node has
-    /// checked, with the message itself held so that its address stays its
-    /// own. Every other node that receives the allocation is answered by one
-    /// pointer lookup. Two generations: [`MemoVerifier::age`] drops the older.
-    shared: Mutex<[IdMap<usize, (SharedMessage, bool)>; 2]>,
+    /// checked. Every other node that receives the allocation is answered
+    /// by one lookup, without a lock.
+    recalled: Recalled,
 }
 
-/// The address of a shared allocation (its data, without the vtable),
-/// without the low bits that alignment keeps zero, which would otherwise
-/// crowd the hash table's first buckets.
-fn address(message: &SharedMessage) -> usize {
-    Arc::as_ptr(message).cast::<()>() as usize >> 3
+impl Default for MemoVerifier {
+    fn default() -> Self {
+        MemoVerifier::for_members(0)
+    }
 }
 
 impl MemoVerifier {
+    /// A verifier for a market of `members`, with room to recall a few
+    /// messages per member and interval.
+    pub(crate) fn for_members(members: usize) -> MemoVerifier {
+        MemoVerifier {
+            known: Mutex::default(),
+            keys: KeyCache::default(),
+            recalled: Recalled::with_room(members.saturating_mul(RECALLED_PER_MEMBER)),
+        }
+    }
+
     /// Starts a new generation of remembered allocations and forgets the one
     /// before the last, so that memory stays bounded over a long run. A
     /// forgotten message that arrives again is checked by signature (and is
     /// answered from `known`).
     pub(crate) fn age(&self) {
-        let mut shared = self
-            .shared
-            .lock()
-            .expect("no panics while holding the lock");
-        let [older, newer] = &mut *shared;
-        *older = std::mem::take(newer);
+        self.recalled.age();
+    }
+}
+
+/// Messages a generation recalls per member: an interval brings about one
+/// or two offers, a meter report and an attestation per member. Past this,
+/// a message is not remembered by allocation; it is still answered, by
+/// signature.
+const RECALLED_PER_MEMBER: usize = 8;
+
+/// Fewest messages a generation recalls, for small markets and spam.
+const RECALLED_AT_LEAST: usize = 2_048;
+
+/// Answers by allocation in two generations (the newer is written, both
+/// are read), each an open-addressing table of addresses with the answer
+/// in the low bit. Reads take no lock: a simulated node asks once per
+/// gossiped message it receives, where a mutex cost two atomic
+/// read-modify-writes per ask, each draining the processor's store buffer.
+/// Writes and ageing take the lock, and the lock holds each remembered
+/// message alive, so that its address cannot name another message while a
+/// slot holds it: a slot is cleared before its message is let go.
+#[derive(Debug)]
+struct Recalled {
+    slots: [Box<[AtomicUsize]>; 2],
+    /// Which of `slots` is the newer generation.
+    newer: AtomicUsize,
+    /// Per generation, the messages its slots name.
+    held: Mutex<[Vec<SharedMessage>; 2]>,
+    /// Messages a generation holds at most: half its slots (a power of
+    /// two), so that probes stay short.
+    room: usize,
+}
+
+impl Recalled {
+    fn with_room(room: usize) -> Recalled {
+        let room = room.max(RECALLED_AT_LEAST).next_power_of_two();
+        let slots = || (0..room * 2).map(|_| AtomicUsize::new(0)).collect();
+        Recalled {
+            slots: [slots(), slots()],
+            newer: AtomicUsize::new(0),
+            held: Mutex::default(),
+            room,
+        }
+    }
+
+    /// Where probing for `address` starts in a table of `len` slots (a
+    /// power of two).
+    fn start(address: usize, len: usize) -> usize {
+        // Fibonacci hashing of the address without its alignment bits.
+        let mixed = ((address >> 3) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> 32) as usize & (len - 1)
+    }
+
+    /// The answer for `address` in one generation.
+    fn find(slots: &[AtomicUsize], address: usize) -> Option<bool> {
+        let len = slots.len();
+        let start = Recalled::start(address, len);
+        for probe in 0..len {
+            let slot = slots[(start + probe) & (len - 1)].load(Ordering::Acquire);
+            if slot == 0 {
+                return None;
+            }
+            if slot & !1 == address {
+                return Some(slot & 1 == 1);
+            }
+        }
+        None
+    }
+
+    fn recall(&self, address: usize) -> Option<bool> {
+        let newer = self.newer.load(Ordering::Acquire);
+        Recalled::find(&self.slots[newer], address)
+            .or_else(|| Recalled::find(&self.slots[1 - newer], address))
+    }
+
+    fn remember(&self, message: SharedMessage, valid: bool) {
+        let address = Allocation::of(&message).address();
+        debug_assert_eq!(address & 7, 0, "shared allocations are 8-byte aligned");
+        let mut held = self.held.lock().expect("no panics while holding the lock");
+        if self.recall(address).is_some() {
+            return;
+        }
+        let newer = self.newer.load(Ordering::Acquire);
+        if held[newer].len() >= self.room {
+            return;
+        }
+        let slots = &self.slots[newer];
+        let len = slots.len();
+        let start = Recalled::start(address, len);
+        for probe in 0..len {
+            let slot = &slots[(start + probe) & (len - 1)];
+            if slot.load(Ordering::Acquire) == 0 {
+                held[newer].push(message);
+                slot.store(address | usize::from(valid), Ordering::Release);
+                return;
+            }
+        }
+    }
+
+    fn age(&self) {
+        let mut held = self.held.lock().expect("no panics while holding the lock");
+        let older = 1 - self.newer.load(Ordering::Acquire);
+        for slot in self.slots[older].iter() {
+            slot.store(0, Ordering::Release);
+        }
+        // Only now, with no slot naming them, may their addresses be reused.
+        held[older].clear();
+        self.newer.store(older, Ordering::Release);
     }
 }
 
@@ -109,29 +220,12 @@ impl SignatureVerifier for MemoVerifier {
         self.keys.get(participant)
     }
 
-    fn recall(&self, message: &SharedMessage) -> Option<bool> {
-        let address = address(message);
-        let shared = self
-            .shared
-            .lock()
-            .expect("no panics while holding the lock");
-        shared
-            .iter()
-            .rev()
-            .find_map(|generation| generation.get(&address))
-            .map(|(_, valid)| *valid)
+    fn recall(&self, message: Allocation) -> Option<bool> {
+        self.recalled.recall(message.address())
     }
 
     fn remember(&self, message: SharedMessage, valid: bool) {
-        let mut shared = self
-            .shared
-            .lock()
-            .expect("no panics while holding the lock");
-        let address = address(&message);
-        if shared[0].contains_key(&address) {
-            return;
-        }
-        shared[1].entry(address).or_insert((message, valid));
+        self.recalled.remember(message, valid);
     }
 }
 
@@ -306,21 +400,21 @@ mod tests {
     fn an_allocation_is_recalled_and_a_forgery_elsewhere_is_still_refused() {
         let memo = MemoVerifier::default();
         let honest = Arc::new(report(100));
-        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), None);
+        assert_eq!(memo.recall(Allocation::of(&honest)), None);
         assert_eq!(check(&memo, &honest), Ok(()));
-        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), Some(true));
+        assert_eq!(memo.recall(Allocation::of(&honest)), Some(true));
         // The same signature over another body, in its own allocation.
         let mut forged = report(100);
         forged.report.import_wh = 1;
         let forged = Arc::new(forged);
         assert_eq!(check(&memo, &forged), Err(SignatureError::Invalid));
-        assert_eq!(memo.recall(&(forged.clone() as SharedMessage)), Some(false));
+        assert_eq!(memo.recall(Allocation::of(&forged)), Some(false));
         assert_eq!(check(&memo, &honest), Ok(()));
         // Two generations on, an allocation is forgotten (and checked again).
         memo.age();
-        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), Some(true));
+        assert_eq!(memo.recall(Allocation::of(&honest)), Some(true));
         memo.age();
-        assert_eq!(memo.recall(&(honest.clone() as SharedMessage)), None);
+        assert_eq!(memo.recall(Allocation::of(&honest)), None);
         assert_eq!(check(&memo, &honest), Ok(()));
     }
 

@@ -9,6 +9,7 @@ use super::*;
 use crate::clearing::Mechanism;
 use crate::tariff::{Tariff, TariffSchedule};
 use crate::types::{CHAIN_ID_VOLTA, IntervalClock, MarketId};
+use crate::verify::Allocation;
 
 const INTERVAL_S: u64 = 60;
 /// Delivery of interval `FIRST` starts here; the run starts one interval earlier.
@@ -442,7 +443,7 @@ fn a_restarted_node_never_reuses_a_sequence_number() {
     };
     assert_eq!(first.offer.sequence, 1);
     // The same key in a fresh node (a restart), given its stored offer back.
-    let mut again = Node::new(net.nodes[0].config.clone(), key(0));
+    let mut again = Node::new((*net.nodes[0].config).clone(), key(0));
     again.handle(Input::Tick {
         now_ms: net.nodes[0].now_ms,
     });
@@ -1151,7 +1152,7 @@ fn restart_after_missing_three(seed: u64) -> Net {
     net.random_offers(3);
     net.run(4 * INTERVAL_S * 1_000);
     assert!(net.finals[6].is_empty(), "a cut-off node cannot finalize");
-    let config = net.nodes[6].config.clone();
+    let config = (*net.nodes[6].config).clone();
     let mut fresh = Node::new(config, key(6));
     let now = net.nodes[0].now_ms;
     fresh.handle(Input::Tick { now_ms: now });
@@ -1267,11 +1268,11 @@ impl SignatureVerifier for Recalling {
         crate::offer::participant_key(participant)
     }
 
-    fn recall(&self, message: &SharedMessage) -> Option<bool> {
+    fn recall(&self, message: Allocation) -> Option<bool> {
         let known = self.known.lock().unwrap();
         known
             .iter()
-            .find(|(held, _)| Arc::ptr_eq(held, message))
+            .find(|(held, _)| Allocation::of(held) == message)
             .map(|(_, valid)| *valid)
     }
 
@@ -1302,10 +1303,7 @@ fn a_node_vouches_for_what_it_signs_and_forgeries_are_still_checked() {
         panic!("the offer is published: {:?}", out.actions);
     };
     assert_eq!(*verifier.checked.lock().unwrap(), 0, "no check of its own");
-    assert_eq!(
-        verifier.recall(&(offer.clone() as SharedMessage)),
-        Some(true)
-    );
+    assert_eq!(verifier.recall(Allocation::of(offer)), Some(true));
     // Another member's offer with a signature over other bytes.
     let mut forged = forge(1, FIRST, Side::Bid, 700, 1);
     forged.offer.energy_wh = 701;
