@@ -35,6 +35,7 @@
 //! result used for settlement is the one most honest nodes finalized; every
 //! household's battery and meter follow it.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::num::NonZeroU64;
@@ -101,58 +102,118 @@ const PLAN_LEAD_MS: u64 = 180_000;
 /// household and interval.
 const PLAN_SPREAD_MS: u64 = 60_000;
 
+/// What happens at a moment of simulated time. Sixteen bytes: the queue
+/// holds hundreds of thousands of events (a delivery is one), and every one
+/// is written once and read once, so that their size is traffic between
+/// the processor and memory; what does not fit waits beside the queue
+/// (direct messages in [`Sim::direct`], meter readings in [`Sim::readings`]).
+/// Nodes, intervals, partitions and messages are numbered in `u32`: the
+/// scenario check bounds households to 100,000.
 #[derive(Debug)]
 enum Event {
     /// A node's own wake-up (`Node::next_wakeup_ms`), or its first tick.
-    Tick(usize),
+    Tick(u32),
     /// Draws when each household plans for interval `k`.
     PlanRound {
-        k: usize,
+        k: u32,
     },
     Plan {
-        node: usize,
-        k: usize,
+        node: u32,
+        k: u32,
     },
-    /// A message reaching node `to` from `from`. Carried in the event, so
-    /// that the queue's buckets, read in order, hold what is delivered.
-    Deliver {
+    /// Gossip message `id` reaching node `to` from `from`. Carried in the
+    /// event, so that the queue's buckets, read in order, hold what is
+    /// delivered.
+    Gossip {
         to: u32,
         from: u32,
-        payload: Payload,
+        id: u32,
+    },
+    /// The direct message in `Sim::direct[slot]` reaching `to` from `from`.
+    Direct {
+        to: u32,
+        from: u32,
+        slot: u32,
     },
     Withheld {
-        node: usize,
+        node: u32,
         offer: Box<SignedOffer>,
     },
     Dispatch {
-        k: usize,
+        k: u32,
     },
     /// Partition `p` starts (`up` false: the links it cuts go down on both
     /// ends) or heals (`up` true: they come back, and each end is told its
     /// peer is up again, as a reconnecting transport would).
     Partition {
-        p: usize,
+        p: u32,
         up: bool,
     },
     /// [`Event::Partition`] for one node that was offline at the time.
     Relink {
         node: u32,
-        p: usize,
+        p: u32,
         up: bool,
     },
-    /// A household's meter report for interval `k`, when the interval ends.
+    /// A household's meter report for interval `k`, when the interval ends
+    /// (what the meter read is in `Sim::readings`).
     Report {
         node: u32,
         k: u32,
-        import_wh: u64,
-        export_wh: u64,
     },
 }
 
+/// A node or interval number as an event carries it.
+fn small(i: usize) -> u32 {
+    u32::try_from(i).expect("at most 100,000 households and as many intervals (scenario check)")
+}
+
+/// Values parked under a number while an event carries the number: a
+/// vector whose freed slots are reused, the most recently freed first (its
+/// line is still in the cache).
+#[derive(Debug)]
+struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, item: T) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.items[slot as usize] = Some(item);
+                slot
+            }
+            None => {
+                self.items.push(Some(item));
+                small(self.items.len() - 1)
+            }
+        }
+    }
+
+    fn take(&mut self, slot: u32) -> T {
+        let item = self.items[slot as usize]
+            .take()
+            .expect("a slot is taken once");
+        self.free.push(slot);
+        item
+    }
+}
+
+/// What reaches a node: a gossip message by number, or a direct one.
 #[derive(Debug)]
 enum Payload {
     Gossip(usize),
-    Direct(Box<Message>),
+    Direct(Message),
 }
 
 /// One gossiped message and who has seen it.
@@ -352,6 +413,8 @@ pub struct Sim<'a> {
     /// Where the first churn window starts, and the windows' length.
     churn_start_ms: u64,
     churn_window_ms: u64,
+    /// The churn window found last: its start, end and number.
+    last_window: Cell<(u64, u64, u64)>,
     partitions: Vec<(u64, u64, Vec<bool>)>,
     outcome_intervals: Vec<IntervalOutcome>,
     per_household: Vec<HouseholdOutcome>,
@@ -382,6 +445,11 @@ pub struct Sim<'a> {
     /// The action list of the last output carried out, for the next
     /// ([`Sim::output`]).
     spare_actions: Vec<Action>,
+    /// Direct messages on their way ([`Event::Direct`]).
+    direct: Slab<Message>,
+    /// Per interval, what each household's meter read (import, export),
+    /// for its [`Event::Report`].
+    readings: BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Sim<'_> {
@@ -604,6 +672,7 @@ impl<'a> Sim<'a> {
             offline,
             churn_start_ms,
             churn_window_ms: scenario.market.interval_s * 1_000,
+            last_window: Cell::new((0, 0, 0)),
             partitions,
             outcome_intervals: Vec::new(),
             violations: Vec::new(),
@@ -621,6 +690,8 @@ impl<'a> Sim<'a> {
             market_settlements: BTreeMap::new(),
             early_settlements: Vec::new(),
             spare_actions: Vec::new(),
+            direct: Slab::default(),
+            readings: BTreeMap::new(),
         }
     }
 
@@ -639,7 +710,16 @@ impl<'a> Sim<'a> {
     /// The churn window that contains `t_ms`: interval k's offline window is
     /// [gate(k) − I/2, gate(k) + I/2), so the windows tile time.
     fn churn_window(&self, t_ms: u64) -> Option<u64> {
-        (t_ms >= self.churn_start_ms).then(|| (t_ms - self.churn_start_ms) / self.churn_window_ms)
+        // Asked at every delivery, nearly always for the window of the
+        // last ask: a comparison instead of a 64-bit division.
+        let (from, to, k) = self.last_window.get();
+        if (from..to).contains(&t_ms) {
+            return Some(k);
+        }
+        let k = t_ms.checked_sub(self.churn_start_ms)? / self.churn_window_ms;
+        let from = self.churn_start_ms + k * self.churn_window_ms;
+        self.last_window.set((from, from + self.churn_window_ms, k));
+        Some(k)
     }
 
     /// When node `i`, offline at `t_ms`, is back.
@@ -659,7 +739,7 @@ impl<'a> Sim<'a> {
         let at = ((at_node_ms as i64 - clock.skew_ms).max(0) as u64).max(self.now_ms + 1);
         if at <= self.end_ms && clock.wakeup_ms.is_none_or(|pending| at < pending.get()) {
             clock.wakeup_ms = NonZeroU64::new(at);
-            self.push(at, Event::Tick(i));
+            self.push(at, Event::Tick(small(i)));
         }
     }
 
@@ -767,18 +847,30 @@ impl<'a> Sim<'a> {
             return;
         }
         let latency = self.latency(from, to);
-        self.post(from, to, latency, Payload::Direct(Box::new(message)));
+        let slot = self.direct.insert(message);
+        let (to, from) = (small(to), small(from));
+        let at = self.arrival_ms(latency);
+        self.push(at, Event::Direct { to, from, slot });
     }
 
-    /// Sends `payload` from `from` to `to`, arriving at the end of the
-    /// quantum in which it arrives, `latency` from now.
-    fn post(&mut self, from: usize, to: usize, latency: u64, payload: Payload) {
-        let quantum = self.scenario.network.quantum_ms;
-        let at = (self.now_ms + latency).div_ceil(quantum) * quantum;
-        let node =
-            |i: usize| u32::try_from(i).expect("at most 100,000 households (scenario check)");
-        let (to, from) = (node(to), node(from));
-        self.push(at, Event::Deliver { to, from, payload });
+    /// When something sent now with `latency` arrives: at the end of the
+    /// quantum in which it arrives.
+    fn arrival_ms(&self, latency: u64) -> u64 {
+        let at = self.now_ms + latency;
+        match self.scenario.network.quantum_ms {
+            // The default, as a constant: a division by a variable costs
+            // tens of cycles, on every one of a day's 150 million messages.
+            10 => at.div_ceil(10) * 10,
+            quantum => at.div_ceil(quantum) * quantum,
+        }
+    }
+
+    /// Sends gossip message `id` from `from` to `to`, arriving `latency`
+    /// from now ([`Sim::arrival_ms`]).
+    fn post(&mut self, from: usize, to: usize, latency: u64, id: usize) {
+        let (to, from, id) = (small(to), small(from), small(id));
+        let at = self.arrival_ms(latency);
+        self.push(at, Event::Gossip { to, from, id });
     }
 
     /// Starts a gossip message at `from` (which has it already).
@@ -830,7 +922,7 @@ impl<'a> Sim<'a> {
         if loss > 0.0 && self.rng_loss.unit() < loss {
             return;
         }
-        self.post(node, j, latency, Payload::Gossip(id));
+        self.post(node, j, latency, id);
     }
 
     fn node_time(&self, i: usize) -> u64 {
@@ -976,7 +1068,7 @@ impl<'a> Sim<'a> {
             + 1_000;
         self.now_ms = start_ms;
         for i in 0..self.nodes.len() {
-            self.push(start_ms, Event::Tick(i));
+            self.push(start_ms, Event::Tick(small(i)));
         }
         let window_ms = m.reconcile_window_s * 1_000;
         for k in 0..intervals {
@@ -988,11 +1080,11 @@ impl<'a> Sim<'a> {
                     + PLAN_SPREAD_MS.min(interval_ms / 6)
                     + self.scenario.network.clock_skew_ms,
             );
-            self.push(earliest, Event::PlanRound { k });
+            self.push(earliest, Event::PlanRound { k: small(k) });
             // Batteries and meters follow the result once it can be final:
             // after the window and the follow-up, before the next plan.
             let dispatch_ms = gate + window_ms + (FOLLOW_UP_S + 1) * 1_000;
-            self.push(dispatch_ms, Event::Dispatch { k });
+            self.push(dispatch_ms, Event::Dispatch { k: small(k) });
             let interval_end_ms = self
                 .rules
                 .clock
@@ -1003,15 +1095,28 @@ impl<'a> Sim<'a> {
         // A partition that outlasts the run never heals in it.
         for p in 0..self.partitions.len() {
             let (from, to, _) = self.partitions[p];
-            self.push(from, Event::Partition { p, up: false });
+            self.push(
+                from,
+                Event::Partition {
+                    p: small(p),
+                    up: false,
+                },
+            );
             if to <= self.end_ms {
-                self.push(to, Event::Partition { p, up: true });
+                self.push(
+                    to,
+                    Event::Partition {
+                        p: small(p),
+                        up: true,
+                    },
+                );
             }
         }
         while let Some((at, event)) = self.queue.pop() {
             self.now_ms = at;
             match event {
-                Event::Tick(i) => {
+                Event::Tick(node) => {
+                    let i = node as usize;
                     if self.clocks[i]
                         .wakeup_ms
                         .is_some_and(|pending| pending.get() != at)
@@ -1022,23 +1127,23 @@ impl<'a> Sim<'a> {
                     if self.is_offline(i, at) {
                         let back = self.online_again_ms(at);
                         self.clocks[i].wakeup_ms = NonZeroU64::new(back);
-                        self.push(back, Event::Tick(i));
+                        self.push(back, Event::Tick(node));
                     } else {
                         self.tick(i);
                         self.schedule_wakeup(i);
                     }
                 }
-                Event::PlanRound { k } => self.plan_round(k),
-                Event::Plan { node, k } => self.plan(node, k),
-                Event::Deliver { to, from, payload } => {
-                    self.deliver(to as usize, from as usize, payload);
+                Event::PlanRound { k } => self.plan_round(k as usize),
+                Event::Plan { node, k } => self.plan(node as usize, k as usize),
+                Event::Gossip { to, from, id } => {
+                    self.deliver(to as usize, from as usize, Payload::Gossip(id as usize));
                 }
-                Event::Report {
-                    node,
-                    k,
-                    import_wh,
-                    export_wh,
-                } => {
+                Event::Direct { to, from, slot } => {
+                    let message = self.direct.take(slot);
+                    self.deliver(to as usize, from as usize, Payload::Direct(message));
+                }
+                Event::Report { node, k } => {
+                    let (import_wh, export_wh) = self.readings[&k][node as usize];
                     let (node, k) = (node as usize, k as usize);
                     if !self.is_offline(node, at) {
                         self.tick(node);
@@ -1058,13 +1163,17 @@ impl<'a> Sim<'a> {
                 }
                 Event::Withheld { node, offer } => {
                     // Released late, to one neighbour only.
+                    let node = node as usize;
                     if let Some(&j) = self.nodes[node].neighbours.first() {
                         self.send_direct(node, j, Message::Offer(Arc::new(*offer)));
                     }
                 }
-                Event::Partition { p, up } => self.relink(p, up),
-                Event::Relink { node, p, up } => self.relink_node(node as usize, p, up),
+                Event::Partition { p, up } => self.relink(p as usize, up),
+                Event::Relink { node, p, up } => {
+                    self.relink_node(node as usize, p as usize, up);
+                }
                 Event::Dispatch { k } => {
+                    let k = k as usize;
                     self.dispatch(k);
                     if let Some(progress) = self.progress.as_mut() {
                         progress(k + 1, intervals);
@@ -1104,7 +1213,7 @@ impl<'a> Sim<'a> {
         if self.is_offline(a, at) {
             let back = self.online_again_ms(at);
             if back <= self.end_ms {
-                let node = u32::try_from(a).expect("at most 100,000 households");
+                let (node, p) = (small(a), small(p));
                 self.push(back, Event::Relink { node, p, up });
             }
             return;
@@ -1171,7 +1280,7 @@ impl<'a> Sim<'a> {
                 let mut out = self.output();
                 let input = Input::Message {
                     from: self.ids[from],
-                    message: *message,
+                    message,
                 };
                 self.nodes[to].node.handle_into(input, &mut out);
                 self.carry_out(to, &mut out);
@@ -1190,7 +1299,13 @@ impl<'a> Sim<'a> {
             let skew = self.clocks[i].skew_ms;
             let jitter = self.rng_misc.below(spread_ms);
             let at = (gate.saturating_sub(lead_ms + jitter) as i64 - skew).max(0) as u64;
-            self.push(at, Event::Plan { node: i, k });
+            self.push(
+                at,
+                Event::Plan {
+                    node: small(i),
+                    k: small(k),
+                },
+            );
         }
     }
 
@@ -1268,7 +1383,7 @@ impl<'a> Sim<'a> {
                     self.push(
                         gate + 2_000,
                         Event::Withheld {
-                            node: i,
+                            node: small(i),
                             offer: Box::new(offer),
                         },
                     );
@@ -1331,7 +1446,7 @@ impl<'a> Sim<'a> {
                 continue;
             }
             let latency = self.latency(i, j);
-            self.post(i, j, latency, Payload::Gossip(ids[n % 2]));
+            self.post(i, j, latency, ids[n % 2]);
         }
     }
 
@@ -1546,20 +1661,19 @@ impl<'a> Sim<'a> {
         // Every household's meter reports when the interval ends (within a
         // few seconds); nodes settle the traders with them.
         let end_ms = self.rules.clock.start_s(IntervalIndex(interval.0 + 1)) * 1_000;
+        let mut read = vec![(0, 0); self.nodes.len()];
         for reading in &readings {
             let node = self.index[&reading.participant];
+            read[node] = (reading.import_wh, reading.export_wh);
             let jitter = self.rng_misc.below(REPORT_SPREAD_MS);
             let at = ((end_ms + jitter) as i64 - self.clocks[node].skew_ms).max(0) as u64;
-            self.push(
-                at,
-                Event::Report {
-                    node: u32::try_from(node).expect("node counts fit in u32"),
-                    k: u32::try_from(k).expect("interval counts fit in u32"),
-                    import_wh: reading.import_wh,
-                    export_wh: reading.export_wh,
-                },
-            );
+            let (node, k) = (small(node), small(k));
+            self.push(at, Event::Report { node, k });
         }
+        // Reports go out within seconds of the interval's end, long before
+        // the next dispatch: the interval before last is done with.
+        self.readings.insert(small(k), read);
+        self.readings = self.readings.split_off(&small(k.saturating_sub(1)));
         let traders: BTreeSet<ParticipantId> =
             trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
         let traders_readings: Vec<MeterReading> = readings
