@@ -81,6 +81,7 @@ impl<T> EventQueue<T> {
 
     /// Queues `item` at `at_ms`, which must not be before the last popped
     /// event's time.
+    #[inline(always)]
     pub(crate) fn push(&mut self, at_ms: u64, item: T) {
         debug_assert!(at_ms >= self.cursor_ms, "an event in the past");
         let at_ms = at_ms.max(self.cursor_ms);

@@ -703,6 +703,11 @@ impl<'a> Sim<'a> {
         IntervalIndex(self.first.0 + k as u64)
     }
 
+    /// Queues `event`. Inlined, so that the event goes from registers into
+    /// the queue: passed through memory, it was written in 4-byte pieces
+    /// and read back in 8-byte ones, which the processor cannot forward, so
+    /// that each push waited for every store before it to reach the cache.
+    #[inline(always)]
     fn push(&mut self, at_ms: u64, event: Event) {
         self.queue.push(at_ms.max(self.now_ms), event);
     }
