@@ -704,10 +704,9 @@ pub struct Node {
     /// Missed intervals given up (no peer had a usable proof in time).
     catch_up_abandoned: u64,
     shared: Shared,
-    /// [`Node::next_wakeup_ms`] as last computed, until an input may have
-    /// changed it (any input but a tick with nothing due, a gossiped offer
-    /// or a meter report; `settle` forgets it too): the simulator asks after
-    /// every message, and a tick with nothing due asks too.
+    /// [`Node::next_wakeup_ms`] as last computed, until something it
+    /// depends on changes ([`Node::handle_into`] says where): the simulator
+    /// asks after every message, and a tick with nothing due asks too.
     wakeup: Cell<Option<Option<u64>>>,
 }
 
@@ -795,19 +794,15 @@ impl Node {
     /// written them, so that each call waited for every store before it,
     /// cache misses included, to reach the cache.
     pub fn handle_into(&mut self, input: Input, out: &mut Output) {
-        // Anything but a tick with nothing due may change what is due next,
-        // except the two inputs a node gets most: a gossiped offer (it only
-        // enters the pool of an interval whose gate is open, which nothing
-        // due depends on) and a meter report (which changes what is due only
-        // when it completes a settlement: `settle` forgets it then).
-        let keeps_wakeup = matches!(
-            input,
-            Input::Tick { .. }
-                | Input::Message {
-                    message: Message::Offer(_) | Message::MeterReport(_),
-                    ..
-                }
-        );
+        // What is due next depends on the intervals' phases, rounds,
+        // fetches, asks and settlements. A tick that runs anything forgets
+        // the wake-up itself; a message changes those only where it
+        // finalizes, starts, moves or ends a fetch, catches up or settles,
+        // and those places forget it. The simulator asks after each of a
+        // day's 150 million messages, and a computation walks every interval
+        // held (debug builds check the kept value at every ask). Local
+        // commands and peer changes forget it outright.
+        let keeps_wakeup = matches!(input, Input::Tick { .. } | Input::Message { .. });
         if !keeps_wakeup {
             self.wakeup.set(None);
         }
@@ -1517,6 +1512,7 @@ impl Node {
             return Verdict::Accept;
         }
         let mut fetch = state.fetch.take().expect("present");
+        self.wakeup.set(None);
         let offers: Vec<Arc<SignedOffer>> = std::mem::take(&mut fetch.chunks)
             .into_values()
             .flatten()
@@ -1558,6 +1554,7 @@ impl Node {
                 chunks: BTreeMap::new(),
                 ..fetch
             });
+            self.wakeup.set(None);
         }
         self.ask_next(interval, out);
     }
@@ -1579,6 +1576,7 @@ impl Node {
         fetch.next += 1;
         fetch.asked_at_ms = now_ms;
         fetch.chunks.clear();
+        self.wakeup.set(None);
         out.actions.push(Action::Send {
             to,
             message: Message::FetchSet {
@@ -2033,6 +2031,7 @@ impl Node {
     /// Asks peers for the oldest few missed intervals that wait for a
     /// quorum's proof; gives up those that waited too long.
     fn catch_up_round(&mut self, out: &mut Output) {
+        self.wakeup.set(None);
         let now_ms = self.now_ms;
         let expired: Vec<IntervalIndex> = self
             .intervals
@@ -2156,6 +2155,7 @@ impl Node {
                 asked_at_ms: 0,
                 chunks: BTreeMap::new(),
             });
+            self.wakeup.set(None);
             self.ask_next(interval, out);
         }
     }
@@ -2172,6 +2172,7 @@ impl Node {
         let caught_up = state.phase == Phase::CatchingUp;
         state.phase = Phase::Final;
         state.fetch = None;
+        self.wakeup.set(None);
         let members = &self.shared.members;
         let trading = self
             .shared
