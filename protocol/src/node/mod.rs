@@ -30,7 +30,7 @@ mod tests;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -168,7 +168,15 @@ pub struct Shared {
     /// Per place, the member's committee key: the first eight bytes of
     /// `SHA-256("DHARTI-COMMITTEE-V1" || id)`, hashed once.
     committee_keys: Arc<Vec<u64>>,
+    /// The committees of the last few intervals, drawn once for all nodes
+    /// (a draw scores every member) and shared, so that a thousand nodes
+    /// test their attesters against one bitset in the cache.
+    committees: Arc<Mutex<VecDeque<(IntervalIndex, Arc<Committee>)>>>,
 }
+
+/// Committees [`Shared`] keeps: the intervals being reconciled, attested
+/// or settled at once are far fewer.
+const KEPT_COMMITTEES: usize = 8;
 
 impl Shared {
     /// Plain ed25519 and no memo, for the members of `config`.
@@ -209,7 +217,31 @@ impl Shared {
                     })
                     .collect(),
             ),
+            committees: Arc::default(),
         }
+    }
+
+    /// The committee of `size` members for `interval` ([`Committee::draw`]),
+    /// drawn on first use.
+    fn committee(&self, market: &MarketId, interval: IntervalIndex, size: usize) -> Arc<Committee> {
+        let mut kept = self
+            .committees
+            .lock()
+            .expect("no panics while holding the lock");
+        if let Some((_, committee)) = kept.iter().find(|(i, _)| *i == interval) {
+            return committee.clone();
+        }
+        let committee = Arc::new(Committee::draw(
+            &self.committee_keys,
+            market,
+            interval,
+            size,
+        ));
+        if kept.len() >= KEPT_COMMITTEES {
+            kept.pop_front();
+        }
+        kept.push_back((interval, committee.clone()));
+        committee
     }
 }
 
@@ -592,7 +624,7 @@ struct IntervalState {
     attestation: Option<(Option<Arc<SignedAttestation>>, u64, u32)>,
     /// The interval's committee, when one attests
     /// ([`NodeConfig::attesters`]); `None`: every member.
-    committee: Option<Committee>,
+    committee: Option<Arc<Committee>>,
     /// The signed attestations held, by the member's place (kept to hand a
     /// waiting peer the proof). An arrival tests a bit per member
     /// ([`PlaceMap`]), which stays in the cache of a simulator of a thousand
@@ -657,10 +689,10 @@ impl IntervalState {
 
     /// A new interval of a market of `members`: room for a bit per member
     /// for its attestation and its report.
-    fn new(members: usize, committee: Option<Committee>) -> IntervalState {
+    fn new(members: usize, committee: Option<Arc<Committee>>) -> IntervalState {
         // Room for every attester at once (they arrive within a second).
         let mut attestations = PlaceMap::with_members(members);
-        attestations.reserve(committee.as_ref().map_or(members, Committee::len));
+        attestations.reserve(committee.as_ref().map_or(members, |c| c.len()));
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
@@ -1839,12 +1871,8 @@ impl Node {
         let members = self.config.members.len();
         let size = self.config.attesters;
         let committee = (size > 0 && size < members).then(|| {
-            Committee::draw(
-                &self.shared.committee_keys,
-                &self.config.rules.market_id,
-                interval,
-                size,
-            )
+            self.shared
+                .committee(&self.config.rules.market_id, interval, size)
         });
         IntervalState::new(members, committee)
     }
