@@ -22,8 +22,10 @@ use crate::types::IntervalIndex;
 /// settlement. More spill to the heap and work the same.
 const INLINE_INTERVALS: usize = 8;
 
-/// Values by interval, in interval order.
+/// Values by interval, in interval order; the keys first (`repr(C)`), as
+/// every lookup reads them.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct IntervalMap<V> {
     keys: SmallVec<[IntervalIndex; INLINE_INTERVALS]>,
     /// `values[i]` belongs to `keys[i]`.

@@ -248,7 +248,7 @@ pub(crate) struct ClearingMemo {
     /// missing) gets its own.
     settlements: Mutex<IdMap<(IntervalIndex, Hash32, u64), Vec<SettledWith>>>,
     /// Traders' places by (interval, result root).
-    traders: Mutex<IdMap<(IntervalIndex, Hash32), PlaceSet>>,
+    traders: Mutex<IdMap<(IntervalIndex, Hash32), Arc<PlaceSet>>>,
     /// Set roots by (interval, sum of the ids), each with the ids it is the
     /// root of: a hit must hold the very same ids, compared in full (a
     /// comparison of memory, where the root is a SHA-256 pass over it).
@@ -362,8 +362,10 @@ impl ClearingCache for ClearingMemo {
         interval: IntervalIndex,
         result_root: &Hash32,
         traders: &mut dyn FnMut() -> PlaceSet,
-    ) -> PlaceSet {
-        remembered(&self.traders, (interval, *result_root), traders)
+    ) -> Arc<PlaceSet> {
+        remembered(&self.traders, (interval, *result_root), || {
+            Arc::new(traders())
+        })
     }
 }
 

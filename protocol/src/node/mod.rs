@@ -129,8 +129,8 @@ pub trait ClearingCache: fmt::Debug + Send + Sync {
         _interval: IntervalIndex,
         _result_root: &Hash32,
         traders: &mut dyn FnMut() -> PlaceSet,
-    ) -> PlaceSet {
-        traders()
+    ) -> Arc<PlaceSet> {
+        Arc::new(traders())
     }
 }
 
@@ -155,14 +155,16 @@ impl ClearingCache for ClearEveryTime {
 /// all its nodes, so that a thousand of them read one copy of the market's
 /// rules and members (in the cache) rather than a copy each (32 MB of
 /// member lists, and a cache miss on the rules at every arrival).
+/// In the order written (`repr(C)`): what every message reads first.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Shared {
-    config: Arc<NodeConfig>,
-    pub verifier: Arc<dyn SignatureVerifier>,
-    pub clearing: Arc<dyn ClearingCache>,
     /// `NodeConfig::members` with their places in its order, hashed for the
     /// lookup every message needs.
     members: Arc<IdMap<ParticipantId, u32>>,
+    pub verifier: Arc<dyn SignatureVerifier>,
+    config: Arc<NodeConfig>,
+    pub clearing: Arc<dyn ClearingCache>,
     /// The members by place.
     places: Arc<Vec<ParticipantId>>,
     /// Per place, the member's committee key: the first eight bytes of
@@ -614,17 +616,38 @@ struct Fetch {
     chunks: BTreeMap<u32, Vec<Arc<SignedOffer>>>,
 }
 
+/// In the order written (`repr(C)`): the counters and shared bitsets that
+/// every meter report and attestation reads share the first line, the
+/// reports' and the attestations' maps follow; the rest is read at gate
+/// closure, finality and settlement.
 #[derive(Clone, Debug)]
+#[repr(C)]
 struct IntervalState {
     phase: Phase,
-    own: Option<(Hash32, Hash32, Arc<IntervalResult>)>,
-    /// Once the node has its own result: its signed attestation (none when
-    /// it is outside the interval's committee), when it last asked peers
-    /// for the quorum's, and how often.
-    attestation: Option<(Option<Arc<SignedAttestation>>, u64, u32)>,
+    /// Whether the node settled the interval.
+    settled: bool,
+    /// Reconciliation rounds started.
+    rounds: u32,
+    /// How often the node asked peers for missing reports.
+    report_asks: u32,
+    /// Once final: how many places trade in its result, and how many of
+    /// those have a usable report here (both kept as reports arrive, so
+    /// that completeness is known without a pass per report).
+    traders: usize,
+    reported_traders: usize,
+    /// Once final: which places trade in its result (shared, as a
+    /// simulator's nodes share it through [`ClearingCache::traders`], so
+    /// that every report tests one bitset in the cache).
+    trading: Arc<PlaceSet>,
     /// The interval's committee, when one attests
     /// ([`NodeConfig::attesters`]); `None`: every member.
     committee: Option<Arc<Committee>>,
+    /// The meter reports held, by the participant's place (as
+    /// `attestations`). A participant that sent two different reports is
+    /// settled as if it had none, whatever order they came in: it is in
+    /// `conflicting` instead.
+    reports: PlaceMap<Arc<SignedMeterReport>>,
+    conflicting: PlaceSet,
     /// The signed attestations held, by the member's place (kept to hand a
     /// waiting peer the proof). An arrival tests a bit per member
     /// ([`PlaceMap`]), which stays in the cache of a simulator of a thousand
@@ -635,24 +658,12 @@ struct IntervalState {
     /// arrival. Places, not 32-byte ids: a thousand nodes each fill one of
     /// these during the same second, and ids made that 32 MB.
     groups: BTreeMap<(Hash32, Hash32), Vec<u32>>,
+    own: Option<(Hash32, Hash32, Arc<IntervalResult>)>,
+    /// Once the node has its own result: its signed attestation (none when
+    /// it is outside the interval's committee), when it last asked peers
+    /// for the quorum's, and how often.
+    attestation: Option<(Option<Arc<SignedAttestation>>, u64, u32)>,
     fetch: Option<Fetch>,
-    /// Reconciliation rounds started.
-    rounds: u32,
-    /// The meter reports held, by the participant's place (as
-    /// `attestations`). A participant that sent two different reports is
-    /// settled as if it had none, whatever order they came in: it is in
-    /// `conflicting` instead.
-    reports: PlaceMap<Arc<SignedMeterReport>>,
-    conflicting: PlaceSet,
-    /// Once final: which places trade in its result, how many do, and how
-    /// many of those have a usable report here (both counts kept as reports
-    /// arrive, so that completeness is known without a pass per report).
-    trading: PlaceSet,
-    traders: usize,
-    reported_traders: usize,
-    /// How often the node asked peers for missing reports; whether it settled.
-    report_asks: u32,
-    settled: bool,
     /// Set while the interval is caught up, and after.
     catch_up: Option<CatchUp>,
 }
@@ -704,7 +715,7 @@ impl IntervalState {
             fetch: None,
             reports: PlaceMap::with_members(members),
             conflicting: PlaceSet::default(),
-            trading: PlaceSet::default(),
+            trading: Arc::default(),
             traders: 0,
             reported_traders: 0,
             report_asks: 0,
@@ -715,19 +726,32 @@ impl IntervalState {
 }
 
 /// One participant's market state machine.
+///
+/// Laid out in the order written (`repr(C)`), from a cache line's start:
+/// what every arriving message reads (the clock, the cached wake-up, the
+/// shared services, the pools' interval keys) fills the first lines,
+/// where the compiler's order had spread it over nine of the twelve. A
+/// simulator's thousand nodes each miss the cache on every line a message
+/// touches.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Node {
-    /// Shared with every node of the market ([`Shared`]).
-    config: Arc<NodeConfig>,
-    key: SigningKey,
-    me: ParticipantId,
     now_ms: u64,
-    pool: OfferPool,
-    peers: BTreeSet<ParticipantId>,
-    /// Intervals whose gate has closed and that are not pruned yet.
-    intervals: IntervalMap<IntervalState>,
+    /// [`Node::next_wakeup_ms`] as last computed, until something it
+    /// depends on changes ([`Node::handle_into`] says where): the simulator
+    /// asks after every message, and a tick with nothing due asks too.
+    wakeup: Cell<Option<Option<u64>>>,
     /// The next interval whose gate closes; set by the first tick.
     next_close: Option<IntervalIndex>,
+    /// Shared with every node of the market ([`Shared`]).
+    config: Arc<NodeConfig>,
+    shared: Shared,
+    me: ParticipantId,
+    pool: OfferPool,
+    /// Intervals whose gate has closed and that are not pruned yet.
+    intervals: IntervalMap<IntervalState>,
+    key: SigningKey,
+    peers: BTreeSet<ParticipantId>,
     sequences: BTreeMap<(IntervalIndex, Side), u64>,
     /// Who attested (anything) in the most recent final intervals.
     activity: Activity,
@@ -735,11 +759,6 @@ pub struct Node {
     threshold: usize,
     /// Missed intervals given up (no peer had a usable proof in time).
     catch_up_abandoned: u64,
-    shared: Shared,
-    /// [`Node::next_wakeup_ms`] as last computed, until something it
-    /// depends on changes ([`Node::handle_into`] says where): the simulator
-    /// asks after every message, and a tick with nothing due asks too.
-    wakeup: Cell<Option<Option<u64>>>,
 }
 
 impl Node {

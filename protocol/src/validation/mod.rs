@@ -225,11 +225,12 @@ impl Sent {
 /// sender's entry in a pool that is cold: [`PlaceMap`] tests a bit per
 /// member, and a thousand nodes' bits stay in the processor's cache, where a
 /// pointer per member missed it on nearly every arrival.
+///
+/// In the order written (`repr(C)`): what a member's first offer reads and
+/// writes comes first.
 #[derive(Clone, Debug)]
+#[repr(C)]
 struct IntervalPool {
-    /// The market's members with their places, when the pool knows them
-    /// ([`OfferPool::for_members`]).
-    members: Option<Arc<IdMap<ParticipantId, u32>>>,
     /// The only offer of a member that sent one and is not void.
     first: PlaceMap<Arc<SignedOffer>>,
     /// The members that sent more, or are void, and their offers. The
@@ -237,6 +238,9 @@ struct IntervalPool {
     /// in `many`) costs a bit, not a tree search.
     many_places: PlaceSet,
     many: BTreeMap<u32, Sent>,
+    /// The market's members with their places, when the pool knows them
+    /// ([`OfferPool::for_members`]).
+    members: Option<Arc<IdMap<ParticipantId, u32>>>,
     /// Anyone else's, hashed. What depends on an order (the set, the
     /// book's ranking) sorts.
     others: IdMap<ParticipantId, Sent>,
@@ -520,14 +524,16 @@ const SET_DOMAIN: &[u8; 16] = b"DHARTI-OFFERS-V1";
 /// than `max_offers_per_participant` offers for an interval is void for that
 /// interval, all its offers out of the book. Stale offers are kept too (up to
 /// the limit), because they count towards it.
+/// In the order written (`repr(C)`): what an arriving offer reads first.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct OfferPool {
     intervals: IntervalMap<IntervalPool>,
-    evidence: Vec<Equivocation>,
     verifier: Arc<dyn SignatureVerifier>,
     /// The market's members by place, if known: their offers are kept by
     /// place (a [`PlaceMap`] per interval).
     members: Option<Arc<IdMap<ParticipantId, u32>>>,
+    evidence: Vec<Equivocation>,
 }
 
 impl Default for OfferPool {
