@@ -173,8 +173,11 @@ pub struct Shared {
     /// The committees of the last few intervals, drawn once for all nodes
     /// (a draw scores every member) and shared, so that a thousand nodes
     /// test their attesters against one bitset in the cache.
-    committees: Arc<Mutex<VecDeque<(IntervalIndex, Arc<Committee>)>>>,
+    committees: Arc<Mutex<KeptCommittees>>,
 }
+
+/// The committees [`Shared`] keeps, oldest first.
+type KeptCommittees = VecDeque<(IntervalIndex, Arc<Committee>)>;
 
 /// Committees [`Shared`] keeps: the intervals being reconciled, attested
 /// or settled at once are far fewer.
