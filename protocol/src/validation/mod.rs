@@ -193,6 +193,10 @@ impl<'a> SentRef<'a> {
     fn contains(self, id: &OfferId) -> bool {
         self.position(id).is_ok()
     }
+
+    fn find(self, id: &OfferId) -> Option<&'a Arc<SignedOffer>> {
+        self.position(id).ok().map(|at| &self.offers[at])
+    }
 }
 
 impl Sent {
@@ -255,19 +259,30 @@ struct IntervalPool {
 #[derive(Clone, Debug)]
 struct SetView {
     ids: Vec<OfferId>,
-    /// The offers of `ids`, in the same order.
-    offers: Vec<Arc<SignedOffer>>,
+    /// Where the offer of each of `ids` is kept, in the same order: its
+    /// participant's place, or [`NOT_A_MEMBER`]. The view holds no share
+    /// of the offers themselves: a thousand simulated nodes building theirs
+    /// at gate closure each took, and later dropped, a share of every
+    /// offer, two atomic operations apiece.
+    places: Vec<u32>,
     /// The ids' sum, for reconciliation fingerprints.
     sum: IdSum,
 }
 
+/// [`SetView::places`] of an offer from outside the member list (kept in
+/// [`IntervalPool::others`]).
+const NOT_A_MEMBER: u32 = u32::MAX;
+
 /// How an arriving offer changed an interval's reconciliation set.
 enum SetChange {
     None,
-    /// `insert` joins the set; `remove`, the offer it replaces, leaves it.
+    /// `insert`, from the participant at `place` ([`NOT_A_MEMBER`]
+    /// outside the members), joins the set; `remove`, the offer it
+    /// replaces, leaves it.
     Swap {
         remove: Option<OfferId>,
-        insert: Arc<SignedOffer>,
+        insert: OfferId,
+        place: u32,
     },
     /// Anything else (a participant turning void): build it again.
     Rebuild,
@@ -345,7 +360,8 @@ impl IntervalPool {
         let change = match self.set.get() {
             Some(_) => SetChange::Swap {
                 remove: None,
-                insert: offer.clone(),
+                insert: offer.id,
+                place,
             },
             None => SetChange::None,
         };
@@ -370,6 +386,15 @@ impl IntervalPool {
             .expect("a member in many_places is in many")
     }
 
+    /// The kept offer `id` of the participant at `place` ([`NOT_A_MEMBER`]:
+    /// any non-member's).
+    fn offer_at(&self, place: u32, id: &OfferId) -> Option<&Arc<SignedOffer>> {
+        if place == NOT_A_MEMBER {
+            return self.others.values().find_map(|sent| sent.as_ref().find(id));
+        }
+        self.at(place)?.find(id)
+    }
+
     /// Every participant that sent something, in no particular order.
     fn participants(&self) -> impl Iterator<Item = SentRef<'_>> {
         self.first
@@ -388,30 +413,38 @@ impl IntervalPool {
             // reconciliation), so that the first of them does not copy the
             // set into an allocation twice its size.
             let room = |held: usize| held + held / 16 + 16;
-            let mut held: Vec<&Arc<SignedOffer>> =
-                Vec::with_capacity(self.first.len() + self.many.len() + self.others.len());
-            for sent in self.participants() {
+            // (id, place) of every offer in the set: a member's only offer
+            // is in force for its side; of the others, the heads of both
+            // sides, or every kept offer of a void participant.
+            let mut held: Vec<(OfferId, u32)> =
+                Vec::with_capacity(self.first.len() + 2 * (self.many.len() + self.others.len()));
+            held.extend(self.first.iter().map(|(place, offer)| (offer.id, place)));
+            let rest = (self.many.iter().map(|(&place, sent)| (place, sent)))
+                .chain(self.others.values().map(|sent| (NOT_A_MEMBER, sent)));
+            for (place, sent) in rest {
+                let sent = sent.as_ref();
                 if sent.void {
-                    held.extend(sent.offers.iter());
+                    held.extend(sent.offers.iter().map(|o| (o.id, place)));
                 } else {
                     held.extend(
                         [sent.head(Side::Bid), sent.head(Side::Ask)]
                             .into_iter()
-                            .flatten(),
+                            .flatten()
+                            .map(|o| (o.id, place)),
                     );
                 }
             }
-            let ids_in_order = sort_ids(held.iter().map(|o| o.id).zip(0u32..).collect());
-            let mut offers: Vec<Arc<SignedOffer>> = Vec::with_capacity(room(held.len()));
-            let mut ids: Vec<OfferId> = Vec::with_capacity(room(held.len()));
-            for (id, at) in ids_in_order {
-                offers.push(held[at as usize].clone());
+            let in_order = sort_ids(held);
+            let mut places: Vec<u32> = Vec::with_capacity(room(in_order.len()));
+            let mut ids: Vec<OfferId> = Vec::with_capacity(room(in_order.len()));
+            for (id, place) in in_order {
+                places.push(place);
                 ids.push(id);
             }
             SetView {
                 sum: IdSum::of(&ids),
                 ids,
-                offers,
+                places,
             }
         })
     }
@@ -424,16 +457,20 @@ impl IntervalPool {
         match change {
             SetChange::None => return,
             SetChange::Rebuild => self.set = OnceLock::new(),
-            SetChange::Swap { remove, insert } => {
+            SetChange::Swap {
+                remove,
+                insert,
+                place,
+            } => {
                 if let Some(view) = self.set.get_mut() {
                     if let Some(at) = remove.and_then(|id| view.ids.binary_search(&id).ok()) {
                         view.sum.sub(&view.ids.remove(at));
-                        view.offers.remove(at);
+                        view.places.remove(at);
                     }
-                    if let Err(at) = view.ids.binary_search(&insert.id) {
-                        view.sum.add(&insert.id);
-                        view.ids.insert(at, insert.id);
-                        view.offers.insert(at, insert);
+                    if let Err(at) = view.ids.binary_search(&insert) {
+                        view.sum.add(&insert);
+                        view.ids.insert(at, insert);
+                        view.places.insert(at, place);
                     }
                 } else {
                     // No set yet, so no root (made from the set) either:
@@ -451,12 +488,12 @@ impl IntervalPool {
 /// the cache anyway, and the counting pass's two arrays would cost more.
 const BUCKET_SORT_FROM: usize = 64;
 
-/// `keyed` (ids, each with its offer's position) in id order. Ids are
+/// `keyed` (ids, each with a tag: its offer's place) in id order. Ids are
 /// SHA-256 digests, evenly spread: a counting pass on the top bits of their
 /// leading words puts nearly every offer in a bucket of its own (as many
 /// buckets as offers, rounded up to a power of two), and sorting each bucket
-/// finishes. Each id is read through its pointer once, where a comparison
-/// sort read two per comparison. Uneven ids only make buckets larger.
+/// finishes. Each id is read once, where a comparison sort read two per
+/// comparison. Uneven ids only make buckets larger.
 fn sort_ids(mut keyed: Vec<(OfferId, u32)>) -> Vec<(OfferId, u32)> {
     let n = keyed.len();
     if n < BUCKET_SORT_FROM {
@@ -500,16 +537,6 @@ fn first_verdict(offer: &Offer) -> Validation {
     } else {
         Accepted::New
     })
-}
-
-/// [`first_verdict`] with the set change it makes.
-fn first_offer(offer: Arc<SignedOffer>) -> (Validation, SetChange) {
-    let verdict = first_verdict(&offer.offer);
-    let change = SetChange::Swap {
-        remove: None,
-        insert: offer,
-    };
-    (verdict, change)
 }
 
 /// Domain of the offer-set root.
@@ -825,7 +852,6 @@ impl OfferPool {
         if sent.as_ref().contains(&id) {
             return (Validation::Ignore(Ignored::Duplicate), SetChange::None);
         }
-        let shared = offer.clone();
         let was_void = sent.void;
         let previous = if was_void {
             None
@@ -863,7 +889,8 @@ impl OfferPool {
         }
         let swap = |remove: Option<OfferId>| SetChange::Swap {
             remove,
-            insert: shared.clone(),
+            insert: id,
+            place: place.unwrap_or(NOT_A_MEMBER),
         };
         match previous {
             Some(held) if o.sequence < held.offer.sequence => {
@@ -884,7 +911,7 @@ impl OfferPool {
                 Validation::Accept(Accepted::Replaced { previous: held.id }),
                 swap(Some(held.id)),
             ),
-            None => first_offer(shared),
+            None => (first_verdict(&o), swap(None)),
         }
     }
 
@@ -981,16 +1008,28 @@ impl OfferPool {
         };
         let view = pool.set();
         ids.iter()
-            .filter_map(|id| view.ids.binary_search(id).ok())
-            .map(|at| view.offers[at].clone())
+            .filter_map(|id| {
+                let at = view.ids.binary_search(id).ok()?;
+                pool.offer_at(view.places[at], id).cloned()
+            })
             .collect()
     }
 
     /// The signed offers of `interval`'s reconciliation set, by id.
     pub fn set_offers(&self, interval: IntervalIndex) -> Vec<Arc<SignedOffer>> {
-        self.intervals
-            .get(&interval)
-            .map_or_else(Vec::new, |pool| pool.set().offers.clone())
+        let Some(pool) = self.intervals.get(&interval) else {
+            return Vec::new();
+        };
+        let view = pool.set();
+        view.ids
+            .iter()
+            .zip(&view.places)
+            .map(|(id, &place)| {
+                pool.offer_at(place, id)
+                    .expect("every id in the set is of a kept offer")
+                    .clone()
+            })
+            .collect()
     }
 
     /// A kept offer, by id.
