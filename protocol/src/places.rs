@@ -6,7 +6,10 @@
 //! nodes keep theirs in the processor's cache, where a pointer per member
 //! (8 kB per node) missed it on nearly every arrival.
 
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use crate::types::IntervalIndex;
 
 /// A set of member places.
 #[derive(Clone, Debug, Default)]
@@ -194,8 +197,193 @@ impl<T> PlaceMap<T> {
     }
 }
 
+/// The values the nodes of one market hold per member place for one
+/// interval (an offer, a meter report, an attestation), one slot per place:
+/// the first value any of them kept there. In a simulator the nodes receive
+/// the very same allocations, so each keeps a bit where it kept a pointer,
+/// and a thousand nodes' arrivals write nothing per node but that bit (see
+/// [`SharedPlaceMap`]). A daemon's node has a table of its own.
+#[derive(Debug)]
+pub struct PlaceSlots<T> {
+    slots: Box<[OnceLock<Arc<T>>]>,
+}
+
+impl<T> PlaceSlots<T> {
+    /// Empty slots for places below `members`.
+    pub fn with_members(members: usize) -> PlaceSlots<T> {
+        PlaceSlots {
+            slots: (0..members).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Whether `value` is the value kept for `place`; if the slot is empty,
+    /// `value` takes it. `Err(value)` if the slot holds another value (or
+    /// there is no slot for `place`).
+    fn take_or_match(&self, place: u32, value: Arc<T>) -> Result<(), Arc<T>> {
+        let Some(slot) = self.slots.get(place as usize) else {
+            return Err(value);
+        };
+        let value = match slot.get() {
+            Some(kept) if Arc::ptr_eq(kept, &value) => return Ok(()),
+            Some(_) => return Err(value),
+            None => match slot.set(value) {
+                Ok(()) => return Ok(()),
+                Err(value) => value,
+            },
+        };
+        // Another thread filled the slot between the look and the set.
+        match slot.get() {
+            Some(kept) if Arc::ptr_eq(kept, &value) => Ok(()),
+            _ => Err(value),
+        }
+    }
+
+    fn get(&self, place: u32) -> Option<&Arc<T>> {
+        self.slots.get(place as usize)?.get()
+    }
+}
+
+/// Per interval, the [`PlaceSlots`] of the nodes that share them: the same
+/// table for every node that asks for an interval, kept for the last
+/// [`KEPT_SLOT_TABLES`] intervals asked for.
+#[derive(Debug)]
+pub struct SlotTables<T> {
+    members: usize,
+    tables: Mutex<VecDeque<(IntervalIndex, Arc<PlaceSlots<T>>)>>,
+}
+
+/// Intervals whose tables [`SlotTables`] keeps: those open for offers
+/// (four ahead), being reconciled and awaiting settlement, with room.
+pub const KEPT_SLOT_TABLES: usize = 12;
+
+impl<T> SlotTables<T> {
+    pub fn with_members(members: usize) -> SlotTables<T> {
+        SlotTables {
+            members,
+            tables: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The table of `interval`, made on first use.
+    pub fn for_interval(&self, interval: IntervalIndex) -> Arc<PlaceSlots<T>> {
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, table)) = tables.iter().find(|(i, _)| *i == interval) {
+            return table.clone();
+        }
+        let table = Arc::new(PlaceSlots::with_members(self.members));
+        if tables.len() >= KEPT_SLOT_TABLES {
+            tables.pop_front();
+        }
+        tables.push_back((interval, table.clone()));
+        table
+    }
+}
+
+/// A node's values by member place ([`PlaceMap`]'s answers), most of them
+/// the market's shared ones ([`PlaceSlots`]): a held place whose value is
+/// the slot's is a bit; a node that holds another value for a place (an
+/// equivocator's other version, a replacement that reached it first) keeps
+/// that one itself. An arrival tests and sets a bit and, when the value is
+/// the shared one, writes nothing else, where appending to a list of its
+/// own wrote a line that a thousand nodes' lists kept out of the cache.
+/// Iteration is by place.
+#[derive(Debug)]
+pub struct SharedPlaceMap<T> {
+    held: PlaceSet,
+    /// Held places whose value is this node's own, with it.
+    own: PlaceMap<Arc<T>>,
+    shared: Arc<PlaceSlots<T>>,
+    len: usize,
+}
+
+impl<T> Clone for SharedPlaceMap<T> {
+    fn clone(&self) -> Self {
+        SharedPlaceMap {
+            held: self.held.clone(),
+            own: self.own.clone(),
+            shared: self.shared.clone(),
+            len: self.len,
+        }
+    }
+}
+
+impl<T> SharedPlaceMap<T> {
+    /// An empty map over `shared`'s slots (places beyond them are kept too).
+    pub fn new(shared: Arc<PlaceSlots<T>>) -> SharedPlaceMap<T> {
+        SharedPlaceMap {
+            held: PlaceSet::with_members(shared.slots.len()),
+            own: PlaceMap::with_members(0),
+            shared,
+            len: 0,
+        }
+    }
+
+    /// An empty map with slots of its own for places below `members`.
+    pub fn with_members(members: usize) -> SharedPlaceMap<T> {
+        SharedPlaceMap::new(Arc::new(PlaceSlots::with_members(members)))
+    }
+
+    pub fn contains(&self, place: u32) -> bool {
+        self.held.contains(place as usize)
+    }
+
+    pub fn get(&self, place: u32) -> Option<&Arc<T>> {
+        if !self.contains(place) {
+            return None;
+        }
+        self.own.get(place).or_else(|| self.shared.get(place))
+    }
+
+    /// Keeps `value` for `place` unless it holds one; whether it was new.
+    pub fn insert(&mut self, place: u32, value: Arc<T>) -> bool {
+        if self.contains(place) {
+            return false;
+        }
+        if let Err(value) = self.shared.take_or_match(place, value) {
+            self.own.insert(place, value);
+        }
+        self.held.insert(place as usize);
+        self.len += 1;
+        true
+    }
+
+    /// Takes the value of `place` out.
+    pub fn remove(&mut self, place: u32) -> Option<Arc<T>> {
+        if !self.held.remove(place as usize) {
+            return None;
+        }
+        self.len -= 1;
+        self.own
+            .remove(place)
+            .or_else(|| self.shared.get(place).cloned())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The places held.
+    pub fn places(&self) -> &PlaceSet {
+        &self.held
+    }
+
+    /// Places and values, by place.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Arc<T>)> {
+        self.held.iter().map(|place| {
+            let place = u32::try_from(place).expect("places are u32");
+            (place, self.get(place).expect("a held place has a value"))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -288,5 +476,72 @@ mod tests {
             let expected: Vec<(u32, usize)> = model.into_iter().collect();
             proptest::prop_assert_eq!(held, expected);
         }
+
+        /// Two maps over shared slots each answer as a BTreeMap of their
+        /// own does, whichever of them fills a slot first and whether they
+        /// are given the slot's very allocation, an equal one or another
+        /// value (kept as their own); places beyond the slots are kept too.
+        #[test]
+        fn maps_sharing_slots_are_each_a_map(
+            ops in proptest::collection::vec((0u8..2, 0u8..5, 0u32..40, 0u8..3), 0..300),
+        ) {
+            let slots = Arc::new(PlaceSlots::with_members(30));
+            let mut maps = [SharedPlaceMap::new(slots.clone()), SharedPlaceMap::new(slots)];
+            let mut models = [BTreeMap::new(), BTreeMap::new()];
+            // Per place, a few candidate allocations (the second equal to
+            // the first, the third another value).
+            let values: Vec<[Arc<u32>; 3]> = (0..40)
+                .map(|p| [Arc::new(p), Arc::new(p), Arc::new(p + 1_000)])
+                .collect();
+            for (who, op, place, which) in ops {
+                let (map, model) = (&mut maps[usize::from(who)], &mut models[usize::from(who)]);
+                match op {
+                    0 | 1 => {
+                        let value = values[place as usize][usize::from(which)].clone();
+                        proptest::prop_assert_eq!(
+                            map.insert(place, value.clone()),
+                            !model.contains_key(&place)
+                        );
+                        model.entry(place).or_insert(value);
+                    }
+                    2 => proptest::prop_assert_eq!(
+                        map.remove(place).map(|v| *v),
+                        model.remove(&place).map(|v| *v)
+                    ),
+                    _ => proptest::prop_assert_eq!(
+                        map.get(place).map(|v| **v),
+                        model.get(&place).map(|v| **v)
+                    ),
+                }
+                proptest::prop_assert_eq!(map.len(), model.len());
+                proptest::prop_assert_eq!(map.contains(place), model.contains_key(&place));
+            }
+            for (map, model) in maps.iter().zip(&models) {
+                let held: Vec<(u32, u32)> = map.iter().map(|(p, v)| (p, **v)).collect();
+                let expected: Vec<(u32, u32)> = model.iter().map(|(&p, v)| (p, **v)).collect();
+                proptest::prop_assert_eq!(held, expected);
+            }
+        }
+    }
+
+    /// A value another map put in the slot costs the second map only a
+    /// bit; a different value for the place stays the second map's own.
+    #[test]
+    fn a_shared_slot_holds_the_first_value_kept() {
+        let slots = Arc::new(PlaceSlots::with_members(4));
+        let mut first = SharedPlaceMap::new(slots.clone());
+        let mut second = SharedPlaceMap::new(slots.clone());
+        let value = Arc::new("offer");
+        assert!(first.insert(2, value.clone()));
+        assert!(second.insert(2, value.clone()));
+        assert_eq!(Arc::strong_count(&value), 2, "the slot holds one share");
+        let other = Arc::new("equivocation");
+        let mut third = SharedPlaceMap::new(slots);
+        assert!(third.insert(2, other.clone()));
+        assert!(Arc::ptr_eq(third.get(2).unwrap(), &other));
+        assert!(Arc::ptr_eq(second.get(2).unwrap(), &value));
+        assert_eq!(third.remove(2).as_deref(), Some(&"equivocation"));
+        assert_eq!(second.remove(2).as_deref(), Some(&"offer"));
+        assert!(first.contains(2) && !second.contains(2) && !third.contains(2));
     }
 }

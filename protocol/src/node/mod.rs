@@ -39,7 +39,7 @@ use crate::clearing::{ClearingResult, clear};
 use crate::hash::{Hash32, Hasher, IdMap, sha256};
 use crate::intervals::IntervalMap;
 use crate::offer::{Offer, SignedOffer};
-use crate::places::{PlaceMap, PlaceSet};
+use crate::places::{PlaceSet, SharedPlaceMap, SlotTables};
 use crate::reconcile::{IdSum, initiate_with, respond_with};
 use crate::settlement::{IntervalSettlement, MeterReading, settle};
 use crate::types::{IntervalIndex, MarketId, OfferId, ParticipantId, Side};
@@ -174,6 +174,12 @@ pub struct Shared {
     /// (a draw scores every member) and shared, so that a thousand nodes
     /// test their attesters against one bitset in the cache.
     committees: Arc<Mutex<KeptCommittees>>,
+    /// Per interval, the members' offers, meter reports and attestations
+    /// that the nodes sharing this keep once between them
+    /// ([`SharedPlaceMap`]).
+    offer_slots: Arc<SlotTables<SignedOffer>>,
+    report_slots: Arc<SlotTables<SignedMeterReport>>,
+    attestation_slots: Arc<SlotTables<SignedAttestation>>,
 }
 
 /// The committees [`Shared`] keeps, oldest first.
@@ -223,6 +229,9 @@ impl Shared {
                     .collect(),
             ),
             committees: Arc::default(),
+            offer_slots: Arc::new(SlotTables::with_members(config.members.len())),
+            report_slots: Arc::new(SlotTables::with_members(config.members.len())),
+            attestation_slots: Arc::new(SlotTables::with_members(config.members.len())),
         }
     }
 
@@ -645,17 +654,17 @@ struct IntervalState {
     /// The interval's committee, when one attests
     /// ([`NodeConfig::attesters`]); `None`: every member.
     committee: Option<Arc<Committee>>,
-    /// The meter reports held, by the participant's place (as
-    /// `attestations`). A participant that sent two different reports is
+    /// The meter reports held, by the participant's place (kept as
+    /// `attestations` are). A participant that sent two different reports is
     /// settled as if it had none, whatever order they came in: it is in
     /// `conflicting` instead.
-    reports: PlaceMap<Arc<SignedMeterReport>>,
+    reports: SharedPlaceMap<SignedMeterReport>,
     conflicting: PlaceSet,
     /// The signed attestations held, by the member's place (kept to hand a
-    /// waiting peer the proof). An arrival tests a bit per member
-    /// ([`PlaceMap`]), which stays in the cache of a simulator of a thousand
-    /// nodes where a slot per member did not.
-    attestations: PlaceMap<Arc<SignedAttestation>>,
+    /// waiting peer the proof). An arrival tests and sets a bit per member
+    /// ([`SharedPlaceMap`]): a simulator's thousand nodes keep the
+    /// attestations they all received once between them.
+    attestations: SharedPlaceMap<SignedAttestation>,
     /// The attesters' places grouped by roots (usually one or two groups),
     /// in arrival order, so finality is checked without regrouping on every
     /// arrival. Places, not 32-byte ids: a thousand nodes each fill one of
@@ -701,22 +710,23 @@ impl IntervalState {
             .filter_map(|place| u32::try_from(place).ok())
     }
 
-    /// A new interval of a market of `members`: room for a bit per member
-    /// for its attestation and its report.
-    fn new(members: usize, committee: Option<Arc<Committee>>) -> IntervalState {
-        // Room for every attester at once (they arrive within a second).
-        let mut attestations = PlaceMap::with_members(members);
-        attestations.reserve(committee.as_ref().map_or(members, |c| c.len()));
+    /// A new interval of `shared`'s market, with its committee if one
+    /// attests: a bit per member for its attestation and its report.
+    fn new(
+        shared: &Shared,
+        interval: IntervalIndex,
+        committee: Option<Arc<Committee>>,
+    ) -> IntervalState {
         IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
             committee,
-            attestations,
+            attestations: SharedPlaceMap::new(shared.attestation_slots.for_interval(interval)),
             groups: BTreeMap::new(),
             rounds: 0,
             fetch: None,
-            reports: PlaceMap::with_members(members),
+            reports: SharedPlaceMap::new(shared.report_slots.for_interval(interval)),
             conflicting: PlaceSet::default(),
             trading: Arc::default(),
             traders: 0,
@@ -784,7 +794,11 @@ impl Node {
             key,
             me,
             now_ms: 0,
-            pool: OfferPool::for_members(shared.verifier.clone(), shared.members.clone()),
+            pool: OfferPool::for_shared(
+                shared.verifier.clone(),
+                shared.members.clone(),
+                shared.offer_slots.clone(),
+            ),
             peers: BTreeSet::new(),
             intervals: IntervalMap::new(),
             next_close: None,
@@ -1896,7 +1910,7 @@ impl Node {
             self.shared
                 .committee(&self.config.rules.market_id, interval, size)
         });
-        IntervalState::new(members, committee)
+        IntervalState::new(&self.shared, interval, committee)
     }
 
     /// A peer that has just connected (or reconnected, after a partition
@@ -2244,10 +2258,6 @@ impl Node {
         state.groups = BTreeMap::new();
         state.trading = trading;
         state.traders = state.traders().count();
-        // Room for the traders' meter reports, which are about to arrive.
-        state
-            .reports
-            .reserve(state.traders.saturating_sub(state.reports.len()));
         state.reported_traders = state
             .traders()
             .filter(|&place| state.reports.contains(place))

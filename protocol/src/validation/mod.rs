@@ -34,7 +34,7 @@ use crate::clearing::{Mechanism, Order};
 use crate::hash::{Hash32, Hasher, IdMap};
 use crate::intervals::IntervalMap;
 use crate::offer::{Offer, SignatureError, SignedOffer, verify_offers};
-use crate::places::{PlaceMap, PlaceSet};
+use crate::places::{PlaceSet, PlaceSlots, SharedPlaceMap, SlotTables};
 use crate::reconcile::IdSum;
 use crate::tariff::TariffSchedule;
 use crate::types::{IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side};
@@ -226,17 +226,19 @@ impl Sent {
 /// A member that sent one offer (most members, most intervals: every member
 /// in honest simulations) is an entry in `first`. A simulator holds a
 /// thousand nodes' pools, and an arriving offer is checked against its
-/// sender's entry in a pool that is cold: [`PlaceMap`] tests a bit per
-/// member, and a thousand nodes' bits stay in the processor's cache, where a
-/// pointer per member missed it on nearly every arrival.
+/// sender's entry in a pool that is cold: [`SharedPlaceMap`] tests and sets
+/// a bit per member, and a thousand nodes' bits stay in the processor's
+/// cache, where a pointer per member missed it on nearly every arrival (and
+/// a list of a node's own, appended to, wrote a cold line on every one).
 ///
 /// In the order written (`repr(C)`): what a member's first offer reads and
 /// writes comes first.
 #[derive(Clone, Debug)]
 #[repr(C)]
 struct IntervalPool {
-    /// The only offer of a member that sent one and is not void.
-    first: PlaceMap<Arc<SignedOffer>>,
+    /// The only offer of a member that sent one and is not void (mostly
+    /// a bit: the nodes sharing [`OfferPool::for_shared`] slots share it).
+    first: SharedPlaceMap<SignedOffer>,
     /// The members that sent more, or are void, and their offers. The
     /// bitset repeats `many`'s keys, so that the common miss (a member not
     /// in `many`) costs a bit, not a tree search.
@@ -292,12 +294,13 @@ impl IntervalPool {
     fn new(
         members: Option<Arc<IdMap<ParticipantId, u32>>>,
         expected_others: usize,
+        slots: Option<Arc<PlaceSlots<SignedOffer>>>,
     ) -> IntervalPool {
         let n = members.as_ref().map_or(0, |m| m.len());
-        let mut first = PlaceMap::with_members(n);
-        // Most members offer in every interval: room for all of them at
-        // once, rather than ten reallocations and copies as they arrive.
-        first.reserve(n);
+        let first = match slots {
+            Some(slots) => SharedPlaceMap::new(slots),
+            None => SharedPlaceMap::with_members(n),
+        };
         IntervalPool {
             first,
             many_places: PlaceSet::default(),
@@ -560,6 +563,8 @@ pub struct OfferPool {
     /// The market's members by place, if known: their offers are kept by
     /// place (a [`PlaceMap`] per interval).
     members: Option<Arc<IdMap<ParticipantId, u32>>>,
+    /// Where members' only offers are kept, per interval, if shared.
+    slots: Option<Arc<SlotTables<SignedOffer>>>,
     evidence: Vec<Equivocation>,
 }
 
@@ -637,6 +642,7 @@ impl OfferPool {
             evidence: Vec::new(),
             verifier,
             members: None,
+            slots: None,
         }
     }
 
@@ -651,6 +657,21 @@ impl OfferPool {
         OfferPool {
             members: Some(members),
             ..OfferPool::with_verifier(verifier)
+        }
+    }
+
+    /// [`OfferPool::for_members`], keeping members' only offers in `slots`
+    /// shared with other pools (a simulator's nodes share one, so that an
+    /// offer every node receives is kept once, each node holding a bit).
+    /// The verdicts are the same either way.
+    pub fn for_shared(
+        verifier: Arc<dyn SignatureVerifier>,
+        members: Arc<IdMap<ParticipantId, u32>>,
+        slots: Arc<SlotTables<SignedOffer>>,
+    ) -> OfferPool {
+        OfferPool {
+            slots: Some(slots),
+            ..OfferPool::for_members(verifier, members)
         }
     }
 
@@ -831,10 +852,11 @@ impl OfferPool {
             .values()
             .next_back()
             .map_or(0, |p| p.others.len());
-        let members = &self.members;
-        let pool = self
-            .intervals
-            .get_or_insert_with(o.interval, || IntervalPool::new(members.clone(), expected));
+        let (members, slots) = (&self.members, &self.slots);
+        let pool = self.intervals.get_or_insert_with(o.interval, || {
+            let slots = slots.as_ref().map(|s| s.for_interval(o.interval));
+            IntervalPool::new(members.clone(), expected, slots)
+        });
         // A member's first offer (within the limit, so it cannot be void)
         // is kept as its only one; a second one moves both into `many`.
         if limit >= 1
