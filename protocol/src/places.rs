@@ -7,7 +7,7 @@
 //! (8 kB per node) missed it on nearly every arrival.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use crate::types::IntervalIndex;
 
@@ -244,15 +244,17 @@ impl<T> PlaceSlots<T> {
 }
 
 /// Per interval, the [`PlaceSlots`] of the nodes that share them: the same
-/// table for every node that asks for an interval, kept for the last
-/// [`KEPT_SLOT_TABLES`] intervals asked for.
+/// table for every node that asks for an interval while another still holds
+/// it. The tables are the nodes' (a table, and the values in it, go when
+/// the last node holding it prunes the interval); this only finds them,
+/// for the last [`KEPT_SLOT_TABLES`] intervals asked for.
 #[derive(Debug)]
 pub struct SlotTables<T> {
     members: usize,
-    tables: Mutex<VecDeque<(IntervalIndex, Arc<PlaceSlots<T>>)>>,
+    tables: Mutex<VecDeque<(IntervalIndex, Weak<PlaceSlots<T>>)>>,
 }
 
-/// Intervals whose tables [`SlotTables`] keeps: those open for offers
+/// Intervals whose tables [`SlotTables`] finds: those open for offers
 /// (four ahead), being reconciled and awaiting settlement, with room.
 pub const KEPT_SLOT_TABLES: usize = 12;
 
@@ -267,14 +269,19 @@ impl<T> SlotTables<T> {
     /// The table of `interval`, made on first use.
     pub fn for_interval(&self, interval: IntervalIndex) -> Arc<PlaceSlots<T>> {
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, table)) = tables.iter().find(|(i, _)| *i == interval) {
-            return table.clone();
+        if let Some(table) = tables
+            .iter()
+            .find(|(i, _)| *i == interval)
+            .and_then(|(_, table)| table.upgrade())
+        {
+            return table;
         }
         let table = Arc::new(PlaceSlots::with_members(self.members));
+        tables.retain(|(i, _)| *i != interval);
         if tables.len() >= KEPT_SLOT_TABLES {
             tables.pop_front();
         }
-        tables.push_back((interval, table.clone()));
+        tables.push_back((interval, Arc::downgrade(&table)));
         table
     }
 }
@@ -522,6 +529,34 @@ mod tests {
                 proptest::prop_assert_eq!(held, expected);
             }
         }
+    }
+
+    /// An interval's table is found while a map holds it, and goes (with
+    /// the values in it) when the last map does.
+    #[test]
+    fn slot_tables_last_as_long_as_a_map_holds_them() {
+        let tables = SlotTables::with_members(4);
+        let value = Arc::new(7u32);
+        let mut map = SharedPlaceMap::new(tables.for_interval(IntervalIndex(1)));
+        assert!(map.insert(0, value.clone()));
+        let again = SharedPlaceMap::new(tables.for_interval(IntervalIndex(1)));
+        assert!(
+            Arc::ptr_eq(&map.shared, &again.shared),
+            "one table per interval"
+        );
+        let other = tables.for_interval(IntervalIndex(2));
+        assert!(!Arc::ptr_eq(&map.shared, &other));
+        drop((map, again));
+        assert_eq!(
+            Arc::strong_count(&value),
+            1,
+            "the value went with the table"
+        );
+        let fresh = tables.for_interval(IntervalIndex(1));
+        assert!(
+            fresh.get(0).is_none(),
+            "a new table for a forgotten interval"
+        );
     }
 
     /// A value another map put in the slot costs the second map only a
