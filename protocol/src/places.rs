@@ -246,17 +246,16 @@ impl<T> PlaceSlots<T> {
 /// Per interval, the [`PlaceSlots`] of the nodes that share them: the same
 /// table for every node that asks for an interval while another still holds
 /// it. The tables are the nodes' (a table, and the values in it, go when
-/// the last node holding it prunes the interval); this only finds them,
-/// for the last [`KEPT_SLOT_TABLES`] intervals asked for.
+/// the last node holding it prunes the interval); this only finds them.
+/// It forgets a table when nobody holds it any more, never before: so its
+/// list is as long as the intervals some node holds, and every node that
+/// holds an interval shares that interval's table however far ahead it
+/// takes offers.
 #[derive(Debug)]
 pub struct SlotTables<T> {
     members: usize,
     tables: Mutex<VecDeque<(IntervalIndex, Weak<PlaceSlots<T>>)>>,
 }
-
-/// Intervals whose tables [`SlotTables`] finds: those open for offers
-/// (four ahead), being reconciled and awaiting settlement, with room.
-pub const KEPT_SLOT_TABLES: usize = 12;
 
 impl<T> SlotTables<T> {
     pub fn with_members(members: usize) -> SlotTables<T> {
@@ -277,10 +276,7 @@ impl<T> SlotTables<T> {
             return table;
         }
         let table = Arc::new(PlaceSlots::with_members(self.members));
-        tables.retain(|(i, _)| *i != interval);
-        if tables.len() >= KEPT_SLOT_TABLES {
-            tables.pop_front();
-        }
+        tables.retain(|(i, table)| *i != interval && table.strong_count() > 0);
         tables.push_back((interval, Arc::downgrade(&table)));
         table
     }
@@ -557,6 +553,25 @@ mod tests {
             fresh.get(0).is_none(),
             "a new table for a forgotten interval"
         );
+    }
+
+    /// However many intervals are open at once, a node asking for a held
+    /// interval's table gets the one the others hold; tables nobody holds
+    /// are forgotten.
+    #[test]
+    fn held_tables_are_shared_however_many_intervals_are_open() {
+        let tables = SlotTables::<u32>::with_members(4);
+        let held: Vec<_> = (0..100)
+            .map(|i| tables.for_interval(IntervalIndex(i)))
+            .collect();
+        for (i, table) in held.iter().enumerate() {
+            let again = tables.for_interval(IntervalIndex(i as u64));
+            assert!(Arc::ptr_eq(table, &again), "interval {i}'s table is shared");
+        }
+        drop(held);
+        tables.for_interval(IntervalIndex(1000));
+        let list = tables.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(list.len(), 1, "tables nobody holds are forgotten");
     }
 
     /// A value another map put in the slot costs the second map only a
