@@ -275,6 +275,32 @@ struct SetView {
 /// [`IntervalPool::others`]).
 const NOT_A_MEMBER: u32 = u32::MAX;
 
+/// Many kept offers of one pool, looked up by place and id: the first
+/// non-member's offer asked for indexes them all, where
+/// [`IntervalPool::offer_at`] scans them (a pool without a member list
+/// holds every offer there).
+struct OfferLookup<'a> {
+    pool: &'a IntervalPool,
+    others: Option<IdMap<OfferId, &'a Arc<SignedOffer>>>,
+}
+
+impl<'a> OfferLookup<'a> {
+    fn new(pool: &'a IntervalPool) -> OfferLookup<'a> {
+        OfferLookup { pool, others: None }
+    }
+
+    fn get(&mut self, place: u32, id: &OfferId) -> Option<&'a Arc<SignedOffer>> {
+        if place != NOT_A_MEMBER {
+            return self.pool.offer_at(place, id);
+        }
+        let pool = self.pool;
+        self.others
+            .get_or_insert_with(|| pool.others_by_id())
+            .get(id)
+            .copied()
+    }
+}
+
 /// How an arriving offer changed an interval's reconciliation set.
 enum SetChange {
     None,
@@ -396,6 +422,15 @@ impl IntervalPool {
             return self.others.values().find_map(|sent| sent.as_ref().find(id));
         }
         self.at(place)?.find(id)
+    }
+
+    /// The kept offers of participants outside the member list, by id.
+    fn others_by_id(&self) -> IdMap<OfferId, &Arc<SignedOffer>> {
+        self.others
+            .values()
+            .flat_map(|sent| sent.offers.iter())
+            .map(|offer| (offer.id, offer))
+            .collect()
     }
 
     /// Every participant that sent something, in no particular order.
@@ -1029,10 +1064,11 @@ impl OfferPool {
             return Vec::new();
         };
         let view = pool.set();
+        let mut lookup = OfferLookup::new(pool);
         ids.iter()
             .filter_map(|id| {
                 let at = view.ids.binary_search(id).ok()?;
-                pool.offer_at(view.places[at], id).cloned()
+                lookup.get(view.places[at], id).cloned()
             })
             .collect()
     }
@@ -1043,11 +1079,13 @@ impl OfferPool {
             return Vec::new();
         };
         let view = pool.set();
+        let mut lookup = OfferLookup::new(pool);
         view.ids
             .iter()
             .zip(&view.places)
             .map(|(id, &place)| {
-                pool.offer_at(place, id)
+                lookup
+                    .get(place, id)
                     .expect("every id in the set is of a kept offer")
                     .clone()
             })
