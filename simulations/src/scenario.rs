@@ -207,6 +207,14 @@ impl Scenario {
             m.interval_s,
             m.reconcile_window_s
         );
+        let skew_ms = self.network.clock_skew_ms;
+        ensure!(
+            crate::sim::dispatch_after_gate_ms(m.reconcile_window_s, skew_ms)
+                .saturating_add(crate::sim::plan_before_gate_ms(m.interval_s, skew_ms))
+                < m.interval_s.saturating_mul(1_000),
+            "network.clock_skew_ms ({skew_ms}) is too large for a {} s interval: an interval's result must be final on the slowest clock before the next one's plans on the fastest",
+            m.interval_s
+        );
         m.mechanism
             .parse::<dharti_protocol::clearing::Mechanism>()
             .context("market.mechanism")?;
@@ -332,6 +340,20 @@ count = 10
                 "{markets} markets of 10 households"
             );
         }
+        // 900 s intervals: 51 s after gate closure to dispatch, 240 s of
+        // planning before the next; what is left covers twice the skew.
+        let mut s: Scenario = toml::from_str(MINIMAL).unwrap();
+        s.network.clock_skew_ms = 304_000;
+        s.validate().unwrap();
+        s.network.clock_skew_ms = 304_500;
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("network.clock_skew_ms")
+        );
+        s.network.clock_skew_ms = u64::MAX;
+        assert!(s.validate().is_err(), "no overflow");
         let mut s: Scenario = toml::from_str(MINIMAL).unwrap();
         s.households.weather = "mars".into();
         assert!(

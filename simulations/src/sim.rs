@@ -102,6 +102,12 @@ const PLAN_LEAD_MS: u64 = 180_000;
 /// household and interval.
 const PLAN_SPREAD_MS: u64 = 60_000;
 
+/// How many intervals back the nodes' settlements found equal to the
+/// reference are kept, to be recognised without a comparison
+/// ([`Sim::check_settlement`]). Nodes settle within a minute or so of an
+/// interval's end; a whole day's would hold every node's last allocations.
+const SHARED_SETTLEMENTS_KEPT: usize = 16;
+
 /// What happens at a moment of simulated time. Sixteen bytes: the queue
 /// holds hundreds of thousands of events (a delivery is one), and every one
 /// is written once and read once, so that their size is traffic between
@@ -163,9 +169,29 @@ enum Event {
     },
 }
 
-/// A node or interval number as an event carries it.
+/// When after an interval's gate closure (real time) batteries and meters
+/// follow its result: once the reconciliation window and the follow-up
+/// have passed on the slowest clock.
+pub fn dispatch_after_gate_ms(reconcile_window_s: u64, clock_skew_ms: u64) -> u64 {
+    (reconcile_window_s.saturating_add(FOLLOW_UP_S + 1))
+        .saturating_mul(1_000)
+        .saturating_add(clock_skew_ms)
+}
+
+/// How long before an interval's gate closure (real time) the first
+/// household can plan its offers: the plan lead and its spread, on the
+/// fastest clock.
+pub fn plan_before_gate_ms(interval_s: u64, clock_skew_ms: u64) -> u64 {
+    let interval_ms = interval_s.saturating_mul(1_000);
+    (PLAN_LEAD_MS.min(interval_ms / 3) + PLAN_SPREAD_MS.min(interval_ms / 6))
+        .saturating_add(clock_skew_ms)
+}
+
+/// A node, interval or gossip number as an event carries it. The scenario
+/// check bounds households and intervals to 100,000; gossip numbers count
+/// the messages published in one run, a few million at 10,000 households.
 fn small(i: usize) -> u32 {
-    u32::try_from(i).expect("at most 100,000 households and as many intervals (scenario check)")
+    u32::try_from(i).expect("an event's numbers fit in 32 bits")
 }
 
 /// Values parked under a number while an event carries the number: a
@@ -438,7 +464,9 @@ pub struct Sim<'a> {
     /// trader's meter: what each node's own settlement must equal.
     /// With it, the nodes' settlement allocations found equal to it: the
     /// nodes share a few (`ClearingCache::settle`), so each is compared in
-    /// full once, not once per node.
+    /// full once, not once per node. Those of intervals more than
+    /// [`SHARED_SETTLEMENTS_KEPT`] back are let go: a settlement that late
+    /// is compared in full.
     market_settlements: BTreeMap<usize, (IntervalSettlement, Vec<Arc<IntervalSettlement>>)>,
     /// Settlements made before their interval's reference existed.
     early_settlements: Vec<(usize, usize, Box<Settled>)>,
@@ -448,8 +476,11 @@ pub struct Sim<'a> {
     /// Direct messages on their way ([`Event::Direct`]).
     direct: Slab<Message>,
     /// Per interval, what each household's meter read (import, export),
-    /// for its [`Event::Report`].
-    readings: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// for its [`Event::Report`], and how many of those reports are still
+    /// on their way: the entry goes with the last. Clock skew can send a
+    /// report later than the next interval's dispatch, so no fixed number
+    /// of intervals would do.
+    readings: BTreeMap<u32, (Vec<(u64, u64)>, usize)>,
 }
 
 impl std::fmt::Debug for Sim<'_> {
@@ -947,6 +978,20 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// What `node`'s meter read in interval `k`, for its report; the last
+    /// report of an interval takes the interval's readings with it.
+    fn reading(&mut self, node: u32, k: u32) -> (u64, u64) {
+        let Some((read, pending)) = self.readings.get_mut(&k) else {
+            unreachable!("interval {k}'s readings outlive its reports")
+        };
+        let reading = read[node as usize];
+        *pending -= 1;
+        if *pending == 0 {
+            self.readings.remove(&k);
+        }
+        reading
+    }
+
     /// An empty output for one input, in the action list the last one left
     /// behind: the simulator hands its nodes hundreds of millions of inputs
     /// a day, and reads each output where the node wrote it
@@ -1075,20 +1120,21 @@ impl<'a> Sim<'a> {
         for i in 0..self.nodes.len() {
             self.push(start_ms, Event::Tick(small(i)));
         }
-        let window_ms = m.reconcile_window_s * 1_000;
         for k in 0..intervals {
             let gate = gate_ms(&self.rules, self.interval(k));
             // Each interval's plans are drawn when its first can be due, so
             // the queue holds one interval's plans, not a day's.
-            let earliest = gate.saturating_sub(
-                PLAN_LEAD_MS.min(interval_ms / 3)
-                    + PLAN_SPREAD_MS.min(interval_ms / 6)
-                    + self.scenario.network.clock_skew_ms,
-            );
+            let earliest = gate.saturating_sub(plan_before_gate_ms(
+                m.interval_s,
+                self.scenario.network.clock_skew_ms,
+            ));
             self.push(earliest, Event::PlanRound { k: small(k) });
-            // Batteries and meters follow the result once it can be final:
-            // after the window and the follow-up, before the next plan.
-            let dispatch_ms = gate + window_ms + (FOLLOW_UP_S + 1) * 1_000;
+            // Batteries and meters follow the result once it can be final
+            // on every clock: after the window and the follow-up on the
+            // slowest, before the next plan on the fastest (scenario check).
+            let dispatch_ms =
+                dispatch_after_gate_ms(m.reconcile_window_s, self.scenario.network.clock_skew_ms)
+                    + gate;
             self.push(dispatch_ms, Event::Dispatch { k: small(k) });
             let interval_end_ms = self
                 .rules
@@ -1148,7 +1194,7 @@ impl<'a> Sim<'a> {
                     self.deliver(to as usize, from as usize, Payload::Direct(message));
                 }
                 Event::Report { node, k } => {
-                    let (import_wh, export_wh) = self.readings[&k][node as usize];
+                    let (import_wh, export_wh) = self.reading(node, k);
                     let (node, k) = (node as usize, k as usize);
                     if !self.is_offline(node, at) {
                         self.tick(node);
@@ -1675,10 +1721,10 @@ impl<'a> Sim<'a> {
             let (node, k) = (small(node), small(k));
             self.push(at, Event::Report { node, k });
         }
-        // Reports go out within seconds of the interval's end, long before
-        // the next dispatch: the interval before last is done with.
-        self.readings.insert(small(k), read);
-        self.readings = self.readings.split_off(&small(k.saturating_sub(1)));
+        let pending = read.len();
+        if pending > 0 {
+            self.readings.insert(small(k), (read, pending));
+        }
         let traders: BTreeSet<ParticipantId> =
             trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
         let traders_readings: Vec<MeterReading> = readings
@@ -1689,6 +1735,12 @@ impl<'a> Sim<'a> {
         match settle(interval, &self.tariff, &trades, &traders_readings) {
             Ok(market) => {
                 self.market_settlements.insert(k, (market, Vec::new()));
+                if let Some((_, seen)) = k
+                    .checked_sub(SHARED_SETTLEMENTS_KEPT)
+                    .and_then(|old| self.market_settlements.get_mut(&old))
+                {
+                    *seen = Vec::new();
+                }
             }
             Err(error) => self.violations.push(format!(
                 "interval {}: market settlement failed: {error}",

@@ -101,6 +101,23 @@ fn a_partition_heals_and_everyone_agrees() {
     );
 }
 
+/// Clocks up to 70 s apart on short intervals with a long gate lead: a
+/// meter report can come after the next interval's dispatch, and results
+/// are final on the slowest clock long after the window on the fastest.
+/// Everyone still agrees, and every report finds its reading.
+#[test]
+fn skewed_clocks_agree_and_every_report_finds_its_reading() {
+    let text = DEMO
+        .replace("interval_s = 900", "interval_s = 360")
+        .replace("gate_lead_s = 60", "gate_lead_s = 330")
+        .replace("reconcile_window_s = 20", "reconcile_window_s = 5")
+        .replace("clock_skew_ms = 500", "clock_skew_ms = 70000");
+    let s = scenario(&text, 6);
+    assert_eq!(s.network.clock_skew_ms, 70_000);
+    let summary = check(&s, 7);
+    assert!(summary.settlements_complete > 0);
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace() {
     let s = scenario(DEMO, 6);
