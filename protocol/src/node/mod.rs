@@ -923,6 +923,7 @@ impl Node {
                     && self.peers.insert(peer)
                 {
                     self.ask_new_peer(peer, out);
+                    self.renew_asks();
                 }
             }
             Input::PeerDown(peer) => {
@@ -1920,6 +1921,30 @@ impl Node {
     fn ask_new_peer(&self, peer: ParticipantId, out: &mut Output) {
         for message in self.quorum_asks() {
             out.actions.push(Action::Send { to: peer, message });
+        }
+    }
+
+    /// A peer is back, perhaps because a partition healed: the quorum of an
+    /// interval this node had stopped asking for ([`MAX_ASKS`]) may form
+    /// within seconds, as the sides exchange attestations and sets. Such
+    /// intervals start another round of asks instead of waiting for the next
+    /// gate closure, a whole interval later. Bounded like the first round:
+    /// `MAX_ASKS` asks of a few peers per pending interval and reconnection.
+    fn renew_asks(&mut self) {
+        let now_ms = self.now_ms;
+        let mut renewed = false;
+        for (_, state) in self.intervals.iter_mut() {
+            if state.phase == Phase::Attested
+                && let Some((_, asked_ms, times)) = state.attestation.as_mut()
+                && *times >= MAX_ASKS
+            {
+                *times = 0;
+                *asked_ms = now_ms;
+                renewed = true;
+            }
+        }
+        if renewed {
+            self.wakeup.set(None);
         }
     }
 

@@ -74,7 +74,15 @@ struct Faults {
     offer_loss_pct: u64,
     /// Nodes cut off from everyone between these times (ms since start).
     cut: Option<(BTreeSet<usize>, u64, u64)>,
+    /// Share of messages of every kind delivered twice, in percent: the
+    /// copy arrives up to [`DUPLICATE_DELAY_MS`] after the first, which can
+    /// be after gate closure or the reconciliation window.
+    duplicate_pct: u64,
 }
+
+/// Longest delay of a duplicated message after its first copy: two gossip
+/// hops to half a reconciliation window.
+const DUPLICATE_DELAY_MS: u64 = 5_000;
 
 /// (delivery time in ms, sequence number): the queue's order.
 type QueueKey = (u64, u64);
@@ -144,6 +152,12 @@ impl Net {
             return;
         }
         let at = now_ms + 5 + self.rng.below(95);
+        if self.faults.duplicate_pct > 0 && self.rng.below(100) < self.faults.duplicate_pct {
+            let later = at + 1 + self.rng.below(DUPLICATE_DELAY_MS);
+            self.seq += 1;
+            self.queue
+                .insert((later, self.seq), (to, from, message.clone()));
+        }
         self.seq += 1;
         self.queue.insert((at, self.seq), (to, from, message));
     }
@@ -336,6 +350,7 @@ fn reconciliation_repairs_lost_gossip() {
         Faults {
             offer_loss_pct: 40,
             cut: None,
+            ..Faults::default()
         },
     );
     start(&mut net);
@@ -356,6 +371,7 @@ fn a_cut_off_node_fetches_the_quorum_set_and_converges() {
     let cut = Faults {
         offer_loss_pct: 0,
         cut: Some((BTreeSet::from([0]), gate_ms - 20_000, gate_ms + 8_000)),
+        ..Faults::default()
     };
     let mut net = Net::new(7, 3, cut);
     start(&mut net);
@@ -389,6 +405,7 @@ fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
     let cut = Faults {
         offer_loss_pct: 0,
         cut: Some((BTreeSet::from([0]), gate_ms - 20_000, heal_ms)),
+        ..Faults::default()
     };
     let mut net = Net::new(7, 5, cut);
     start(&mut net);
@@ -423,6 +440,44 @@ fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
     assert!(
         (30_000..33_000).contains(&finality),
         "node 0 should be final right after reconnecting, not at the next gate: {finality} ms"
+    );
+    net.assert_agreement(1);
+}
+
+/// As above, but the first ask after the reconnection goes unanswered (the
+/// healed side had no quorum yet to give): the node asks again for a few
+/// rounds from then on, instead of waiting for the next gate closure.
+#[test]
+fn a_reconnection_renews_the_asks_for_the_quorum() {
+    let gate_ms = (INTERVAL_S - 10) * 1_000;
+    let heal_ms = gate_ms + 30_000;
+    let cut = Faults {
+        offer_loss_pct: 0,
+        cut: Some((BTreeSet::from([0]), gate_ms - 20_000, heal_ms)),
+        ..Faults::default()
+    };
+    let mut net = Net::new(7, 6, cut);
+    start(&mut net);
+    net.run(gate_ms - 15_000);
+    net.random_offers(1);
+    net.run(heal_ms);
+    assert!(
+        !net.finals[0].contains_key(&FIRST),
+        "cut off, no quorum yet"
+    );
+    let peer = net.nodes[1].id();
+    net.nodes[0].handle(Input::PeerDown(peer));
+    let up = net.nodes[0].handle(Input::PeerUp(peer));
+    assert!(!up.actions.is_empty(), "the reconnected peer is asked");
+    // ...and the answer is lost. Renewed asks go out every two seconds.
+    net.run(heal_ms + 3_000);
+    let finality = net.finals[0]
+        .get(&FIRST)
+        .expect("final from a renewed ask, not at the next gate closure")
+        .finality_ms;
+    assert!(
+        (30_000..33_000).contains(&finality),
+        "final {finality} ms after gate closure"
     );
     net.assert_agreement(1);
 }
@@ -708,14 +763,20 @@ fn messages_round_trip_and_bad_bytes_are_refused() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Different seeds reorder every delivery (latencies) and lose gossip
-    /// differently; the final results must not change.
+    /// Different seeds reorder every delivery (latencies), lose gossip and
+    /// deliver messages of every kind twice, the copy up to seconds later;
+    /// the final results must not change.
     #[test]
-    fn delivery_order_does_not_change_the_result(seed in any::<u64>(), loss in 0u64..30) {
-        let outcome = |net_seed: u64, loss: u64| {
-            let mut net = Net::new(5, net_seed, Faults { offer_loss_pct: loss, cut: None });
+    fn delivery_order_and_duplicates_do_not_change_the_result(
+        seed in any::<u64>(),
+        loss in 0u64..30,
+        duplicate in 0u64..60,
+    ) {
+        let outcome = |net_seed: u64, loss: u64, duplicate: u64| {
+            let faults = Faults { offer_loss_pct: loss, cut: None, duplicate_pct: duplicate };
+            let mut net = Net::new(5, net_seed, faults);
             // The same offers every time: drawn from a fixed generator.
             net.rng = Rng(99);
             start(&mut net);
@@ -726,7 +787,7 @@ proptest! {
             let f = &net.finals[0][&FIRST];
             (f.set_root, f.result.result_hash)
         };
-        prop_assert_eq!(outcome(seed, loss), outcome(seed ^ 0x5555, 0));
+        prop_assert_eq!(outcome(seed, loss, duplicate), outcome(seed ^ 0x5555, 0, 0));
     }
 }
 
@@ -1146,6 +1207,7 @@ fn restart_after_missing_three(seed: u64) -> Net {
     let cut = Faults {
         offer_loss_pct: 0,
         cut: Some((BTreeSet::from([6]), 0, 4 * INTERVAL_S * 1_000)),
+        ..Faults::default()
     };
     let mut net = Net::new(7, seed, cut);
     start(&mut net);
