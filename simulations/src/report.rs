@@ -31,6 +31,10 @@ pub struct Summary {
     pub messages_per_node_per_interval: f64,
     pub bytes_per_node_per_interval: f64,
     pub payload_bytes_per_interval: f64,
+    /// Messages nodes refused: bytes that decode to no message, or a
+    /// Reject verdict (bad signature, wrong market or chain, closed
+    /// interval, over a limit). Adversaries' work; 0 in an honest market.
+    pub messages_refused: u64,
     /// Honest nodes' settlements made with every trader's meter report...
     pub settlements_complete: usize,
     /// ...the share of them equal to the reference settlement...
@@ -155,6 +159,7 @@ pub fn summarize(outcome: &Outcome, seed: u64, wall_s: f64) -> Summary {
         // market's payload only.
         payload_bytes_per_interval: outcome.payload_bytes as f64
             / (intervals * markets).max(1) as f64,
+        messages_refused: outcome.refused,
         settlements_complete: settled,
         settlement_agreement_rate: if settled == 0 {
             1.0

@@ -26,9 +26,16 @@
 //! - **Partitions**: a share of the nodes is cut off from the others.
 //! - **Clock skew**: each node's clock is off by up to `clock_skew_ms`.
 //! - **Adversaries**: equivocators show half their neighbours one offer and
-//!   the other half another with the same sequence number; spammers send
-//!   badly signed, oversized and replayed offers; withholders release their
-//!   offer only after gate closure, to one neighbour.
+//!   the other half another with the same sequence number. Spammers send
+//!   their neighbours badly signed offers, offers over the energy limit,
+//!   offers for another market and for another chain, replays of their
+//!   own offer of the interval before, and bytes that are no message:
+//!   garbage, a message over `MAX_MESSAGE_BYTES` and one of an unknown
+//!   protocol version, which the receiving shell decodes as the daemon
+//!   does. Withholders hold their offers back in turns ([`Withholding`]):
+//!   released just before gate closure to one neighbour only, or kept in
+//!   their own node until reconciliation after gate closure asks for them,
+//!   or released after gate closure to one neighbour.
 //!
 //! Households plan with the trading agent two to three minutes before gate
 //! closure, with a perfect forecast of their own load and PV. The market
@@ -42,7 +49,7 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use dharti_protocol::agent::{self, AgentSettings, IntervalForecast, Plan};
-use dharti_protocol::clearing::{ClearingResult, Mechanism};
+use dharti_protocol::clearing::{ClearingResult, Mechanism, Trade};
 use dharti_protocol::hash::{Hash32, Hasher, IdMap};
 use dharti_protocol::node::{
     Action, Input, Message, Node, NodeConfig, Output, Settled, Shared, Verdict,
@@ -53,7 +60,8 @@ use dharti_protocol::pricing::{IntervalSummary, PricingConfig, indicative_price}
 use dharti_protocol::settlement::{IntervalSettlement, MeterReading, settle};
 use dharti_protocol::tariff::{Tariff, TariffSchedule};
 use dharti_protocol::types::{
-    CHAIN_ID_VOLTA, IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId, Side,
+    CHAIN_ID_EWC, CHAIN_ID_VOLTA, IntervalClock, IntervalIndex, MarketId, OfferId, ParticipantId,
+    Side,
 };
 use dharti_protocol::validation::MarketRules;
 use ed25519_dalek::SigningKey;
@@ -143,7 +151,15 @@ enum Event {
     },
     Withheld {
         node: u32,
+        how: Withholding,
         offer: Box<SignedOffer>,
+    },
+    /// The bytes in `Sim::raw[slot]` reaching `to` from `from`: a spammer's
+    /// message that the receiver must decode first.
+    Raw {
+        to: u32,
+        from: u32,
+        slot: u32,
     },
     Dispatch {
         k: u32,
@@ -168,6 +184,37 @@ enum Event {
         k: u32,
     },
 }
+
+/// How a withholder releases an offer; it takes them in turns, by node and
+/// interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Withholding {
+    /// Just before gate closure (on its own clock), to one neighbour only:
+    /// gossip has no time to reach everyone, so the rest must learn it by
+    /// reconciliation, or drop it together.
+    ToOne,
+    /// Not at all before gate closure: only its own node holds the offer
+    /// and answers for it when peers reconcile with it inside the window.
+    Hidden,
+    /// After gate closure, to one neighbour, which refuses it.
+    Late,
+}
+
+impl Withholding {
+    const TURNS: [Withholding; 3] = [Withholding::ToOne, Withholding::Hidden, Withholding::Late];
+}
+
+/// How long before gate closure, on its own clock, a withholder releases
+/// an offer to one neighbour or its own node: a few hops' latency, so that
+/// gossip cannot reach every node in time.
+const WITHHOLD_LEAD_MS: u64 = 150;
+
+/// Offers in a spammer's oversized `Offers` message: over
+/// `MAX_OFFERS_PER_MESSAGE` and, at 171 bytes each, over
+/// `MAX_MESSAGE_BYTES`.
+const SPAM_OFFERS: usize = 400;
+/// Longest run of garbage bytes a spammer sends.
+const SPAM_GARBAGE_BYTES: u64 = 300;
 
 /// When after an interval's gate closure (real time) batteries and meters
 /// follow its result: once the reconciliation window and the follow-up
@@ -240,6 +287,8 @@ impl<T> Slab<T> {
 enum Payload {
     Gossip(usize),
     Direct(Message),
+    /// Bytes to decode first (spam).
+    Raw(Vec<u8>),
 }
 
 /// One gossiped message and who has seen it.
@@ -249,6 +298,9 @@ struct Gossip {
     seen: Vec<u64>,
     /// Whether a node other than its publisher has received it.
     reached: bool,
+    /// Whether a node on the main side of every partition in force around
+    /// its interval has received it (always true without partitions).
+    reached_main: bool,
 }
 
 /// The eager-push tree of one connectivity epoch: which churn window and
@@ -334,6 +386,8 @@ pub struct Outcome {
     pub invariant_violations: u64,
     pub violations: Vec<String>,
     pub messages: u64,
+    /// Messages a node refused (undecodable bytes or a Reject verdict).
+    pub refused: u64,
     pub bytes: u64,
     pub payload_bytes: u64,
     pub offers_total: u64,
@@ -357,6 +411,7 @@ impl Outcome {
             invariant_violations: 0,
             violations: Vec::new(),
             messages: 0,
+            refused: 0,
             bytes: 0,
             payload_bytes: 0,
             offers_total: 0,
@@ -375,6 +430,7 @@ impl Outcome {
                     .map(|v| format!("market {market}: {v}")),
             );
             all.messages += o.messages;
+            all.refused += o.refused;
             all.bytes += o.bytes;
             all.payload_bytes += o.payload_bytes;
             all.offers_total += o.offers_total;
@@ -399,6 +455,8 @@ struct Household2 {
     published: BTreeMap<usize, Vec<(OfferId, u64)>>,
     /// The two versions an equivocator sent, per interval.
     equivocations: BTreeMap<usize, Vec<(OfferId, OfferId)>>,
+    /// A spammer's last own offer, replayed in the next interval.
+    replay: Option<Arc<SignedOffer>>,
 }
 
 /// What the event loop reads of a node besides the node itself at every
@@ -442,10 +500,16 @@ pub struct Sim<'a> {
     /// The churn window found last: its start, end and number.
     last_window: Cell<(u64, u64, u64)>,
     partitions: Vec<(u64, u64, Vec<bool>)>,
+    /// Per partition, the value in its side vector of its larger side,
+    /// the one that can still reach a quorum.
+    partition_main: Vec<bool>,
     outcome_intervals: Vec<IntervalOutcome>,
     per_household: Vec<HouseholdOutcome>,
     violations: Vec<String>,
     messages: u64,
+    /// Messages a node refused: bytes that decode to no message, or a
+    /// Reject verdict.
+    refused: u64,
     bytes: u64,
     payload_bytes: u64,
     offers_total: u64,
@@ -458,6 +522,9 @@ pub struct Sim<'a> {
     /// Honest offers another node received before gate closure: the ones
     /// that "reached the network".
     reached: std::collections::HashSet<OfferId>,
+    /// Offers received before gate closure by a node on the main side of
+    /// every partition around their interval ([`Sim::main_side`]).
+    reached_main: std::collections::HashSet<OfferId>,
     clearing: Arc<ClearingMemo>,
     verifier: Arc<MemoVerifier>,
     /// Per interval, the settlement of the reference result against every
@@ -470,11 +537,19 @@ pub struct Sim<'a> {
     market_settlements: BTreeMap<usize, (IntervalSettlement, Vec<Arc<IntervalSettlement>>)>,
     /// Settlements made before their interval's reference existed.
     early_settlements: Vec<(usize, usize, Box<Settled>)>,
+    /// Intervals that no honest node had finalized when batteries and
+    /// meters had to follow them (a partition kept every side below a
+    /// quorum): what every meter read, kept until the first honest node
+    /// finalizes the interval after all ([`Sim::settle_late`]) or the run
+    /// ends with nobody having done so (then nothing traded).
+    unsettled: BTreeMap<usize, Vec<MeterReading>>,
     /// The action list of the last output carried out, for the next
     /// ([`Sim::output`]).
     spare_actions: Vec<Action>,
     /// Direct messages on their way ([`Event::Direct`]).
     direct: Slab<Message>,
+    /// Spam bytes on their way ([`Event::Raw`]).
+    raw: Slab<Vec<u8>>,
     /// Per interval, what each household's meter read (import, export),
     /// for its [`Event::Report`], and how many of those reports are still
     /// on their way: the entry goes with the last. Clock skew can send a
@@ -647,6 +722,7 @@ impl<'a> Sim<'a> {
                     finals: BTreeMap::new(),
                     published: BTreeMap::new(),
                     equivocations: BTreeMap::new(),
+                    replay: None,
                 }
             })
             .collect();
@@ -668,7 +744,7 @@ impl<'a> Sim<'a> {
         // Interval k's offline window is [gate(k) − I/2, gate(k) + I/2).
         let churn_start_ms = gate_ms(&rules, first).saturating_sub(m.interval_s * 500);
         let mut part_rng = rng.fork(6);
-        let partitions = net
+        let partitions: Vec<(u64, u64, Vec<bool>)> = net
             .partitions
             .iter()
             .map(|p| {
@@ -677,6 +753,10 @@ impl<'a> Sim<'a> {
                 let cut: Vec<bool> = (0..n).map(|_| part_rng.unit() < p.fraction).collect();
                 (from, from + p.duration_s * 1_000, cut)
             })
+            .collect();
+        let partition_main = partitions
+            .iter()
+            .map(|(_, _, cut)| 2 * cut.iter().filter(|c| **c).count() > n)
             .collect();
 
         Sim {
@@ -705,9 +785,11 @@ impl<'a> Sim<'a> {
             churn_window_ms: scenario.market.interval_s * 1_000,
             last_window: Cell::new((0, 0, 0)),
             partitions,
+            partition_main,
             outcome_intervals: Vec::new(),
             violations: Vec::new(),
             messages: 0,
+            refused: 0,
             bytes: 0,
             payload_bytes: 0,
             offers_total: 0,
@@ -716,12 +798,15 @@ impl<'a> Sim<'a> {
             results_seen: BTreeMap::new(),
             sets_seen: BTreeMap::new(),
             reached: std::collections::HashSet::new(),
+            reached_main: std::collections::HashSet::new(),
             clearing,
             verifier,
             market_settlements: BTreeMap::new(),
             early_settlements: Vec::new(),
+            unsettled: BTreeMap::new(),
             spare_actions: Vec::new(),
             direct: Slab::default(),
+            raw: Slab::default(),
             readings: BTreeMap::new(),
         }
     }
@@ -865,6 +950,20 @@ impl<'a> Sim<'a> {
             .any(|(from, to, side)| (*from..*to).contains(&t_ms) && side[a] != side[b])
     }
 
+    /// Whether node `i` is on the main side ([`Sim::partition_main`]) of
+    /// every partition in force at some time around `interval`: from an
+    /// interval before its gate closure to the end of its reconciliation
+    /// window.
+    fn main_side(&self, i: usize, interval: IntervalIndex) -> bool {
+        let gate = gate_ms(&self.rules, interval);
+        let from_ms = gate.saturating_sub(self.scenario.market.interval_s * 1_000);
+        let to_ms = gate + self.scenario.market.reconcile_window_s * 1_000;
+        self.partitions
+            .iter()
+            .zip(&self.partition_main)
+            .all(|((from, to, side), main)| *to <= from_ms || *from >= to_ms || side[i] == *main)
+    }
+
     fn latency(&mut self, a: usize, b: usize) -> u64 {
         // A node has about `degree` neighbours: a scan of its own short list
         // is cheaper than a search of every link.
@@ -887,6 +986,18 @@ impl<'a> Sim<'a> {
         let (to, from) = (small(to), small(from));
         let at = self.arrival_ms(latency);
         self.push(at, Event::Direct { to, from, slot });
+    }
+
+    /// Sends bytes that the receiver must decode first ([`Event::Raw`]).
+    fn send_raw(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        if from == to || self.cut(from, to, self.now_ms) {
+            return;
+        }
+        let latency = self.latency(from, to);
+        let slot = self.raw.insert(bytes);
+        let (to, from) = (small(to), small(from));
+        let at = self.arrival_ms(latency);
+        self.push(at, Event::Raw { to, from, slot });
     }
 
     /// When something sent now with `latency` arrives: at the end of the
@@ -932,6 +1043,7 @@ impl<'a> Sim<'a> {
             bytes,
             seen: vec![0; n.div_ceil(64)],
             reached: false,
+            reached_main: self.partitions.is_empty(),
         };
         g.mark(from);
         self.gossip.push(g);
@@ -1022,11 +1134,12 @@ impl<'a> Sim<'a> {
                     {
                         continue;
                     }
-                    if k < self.outcome_intervals.len() {
+                    if k < self.outcome_intervals.len() && !self.unsettled.contains_key(&k) {
                         self.check_settlement(i, k, &settled);
                     } else {
                         // An interval without trades settles at finality,
-                        // before the reference exists: checked at dispatch.
+                        // before the reference exists: checked at dispatch
+                        // (or, finalized late, with its first honest final).
                         self.early_settlements.push((i, k, settled));
                     }
                 }
@@ -1054,9 +1167,22 @@ impl<'a> Sim<'a> {
                     while h.recent.len() > 96 {
                         h.recent.pop_front();
                     }
-                    if k < self.outcome_intervals.len()
-                        || k >= self.scenario.simulation.intervals as usize
-                    {
+                    if k < self.outcome_intervals.len() {
+                        if self.nodes[i].role == Role::Honest && self.unsettled.contains_key(&k) {
+                            let offers = self.nodes[i]
+                                .node
+                                .final_offers(f.interval)
+                                .expect("a node holds the set it just finalized");
+                            self.settle_late(
+                                k,
+                                (f.set_root, f.result.result_hash),
+                                &f.result,
+                                &offers,
+                            );
+                        }
+                        continue;
+                    }
+                    if k >= self.scenario.simulation.intervals as usize {
                         continue;
                     }
                     // Keep the first copy of each distinct result for settlement.
@@ -1212,12 +1338,12 @@ impl<'a> Sim<'a> {
                         self.schedule_wakeup(node);
                     }
                 }
-                Event::Withheld { node, offer } => {
-                    // Released late, to one neighbour only.
-                    let node = node as usize;
-                    if let Some(&j) = self.nodes[node].neighbours.first() {
-                        self.send_direct(node, j, Message::Offer(Arc::new(*offer)));
-                    }
+                Event::Withheld { node, how, offer } => {
+                    self.release(node as usize, how, *offer);
+                }
+                Event::Raw { to, from, slot } => {
+                    let bytes = self.raw.take(slot);
+                    self.deliver(to as usize, from as usize, Payload::Raw(bytes));
                 }
                 Event::Partition { p, up } => self.relink(p as usize, up),
                 Event::Relink { node, p, up } => {
@@ -1308,12 +1434,13 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 let message = self.gossip[id].message.clone();
-                if let Message::Offer(offer) = &message
-                    && !self.gossip[id].reached
-                    && at < gate_ms(&self.rules, offer.offer.interval)
-                {
-                    self.gossip[id].reached = true;
-                    self.reached.insert(offer.id);
+                if let Message::Offer(offer) = &message {
+                    let g = &self.gossip[id];
+                    if !(g.reached && g.reached_main)
+                        && at < gate_ms(&self.rules, offer.offer.interval)
+                    {
+                        self.reach(to, id, offer);
+                    }
                 }
                 let mut out = self.output();
                 let input = Input::Message {
@@ -1321,20 +1448,62 @@ impl<'a> Sim<'a> {
                     message,
                 };
                 self.nodes[to].node.handle_into(input, &mut out);
-                if matches!(out.verdict, Some(Verdict::Accept)) {
-                    self.forward(to, Some(from), id);
+                match out.verdict {
+                    Some(Verdict::Accept) => self.forward(to, Some(from), id),
+                    Some(Verdict::Reject(_)) => self.refused += 1,
+                    _ => {}
                 }
                 self.carry_out(to, &mut out);
             }
             Payload::Direct(message) => {
                 self.bytes += message.encoded_len() as u64;
-                let mut out = self.output();
-                let input = Input::Message {
-                    from: self.ids[from],
-                    message,
-                };
-                self.nodes[to].node.handle_into(input, &mut out);
-                self.carry_out(to, &mut out);
+                self.handle_direct(to, from, message);
+            }
+            Payload::Raw(bytes) => {
+                self.bytes += bytes.len() as u64;
+                // As the daemon's shell does: bytes that are no message of
+                // this protocol never reach the node.
+                match Message::decode(&bytes) {
+                    Ok(message) => self.handle_direct(to, from, message),
+                    Err(_) => self.refused += 1,
+                }
+            }
+        }
+    }
+
+    /// Node `to` handles a direct message from `from`.
+    fn handle_direct(&mut self, to: usize, from: usize, message: Message) {
+        let mut out = self.output();
+        let input = Input::Message {
+            from: self.ids[from],
+            message,
+        };
+        self.nodes[to].node.handle_into(input, &mut out);
+        if matches!(out.verdict, Some(Verdict::Reject(_))) {
+            self.refused += 1;
+        }
+        self.carry_out(to, &mut out);
+    }
+
+    /// Gossiped offer `id` reached node `to` before gate closure: it has
+    /// reached the network, and if `to` is on the main side of every
+    /// partition around its interval and online through its window, the
+    /// part of the network that can finalize it.
+    fn reach(&mut self, to: usize, id: usize, offer: &SignedOffer) {
+        if !self.gossip[id].reached {
+            self.gossip[id].reached = true;
+            self.reached.insert(offer.id);
+        }
+        if !self.gossip[id].reached_main {
+            let interval = offer.offer.interval;
+            let gate = gate_ms(&self.rules, interval);
+            let end = gate + self.scenario.market.reconcile_window_s * 1_000;
+            if self.main_side(to, interval)
+                && !self.is_offline(to, gate)
+                && !self.is_offline(to, end)
+            {
+                self.gossip[id].reached_main = true;
+                self.reached_main.insert(offer.id);
             }
         }
     }
@@ -1414,14 +1583,15 @@ impl<'a> Sim<'a> {
                         price_micro_per_kwh: price,
                     };
                     self.nodes[i].node.handle_into(input, &mut out);
-                    if matches!(out.verdict, Some(Verdict::Accept)) && role == Role::Honest {
+                    if matches!(out.verdict, Some(Verdict::Accept)) {
                         for action in &out.actions {
                             if let Action::Publish(Message::Offer(o)) = action {
-                                self.nodes[i]
-                                    .published
-                                    .entry(k)
-                                    .or_default()
-                                    .push((o.id, self.now_ms));
+                                let h = &mut self.nodes[i];
+                                if role == Role::Honest {
+                                    h.published.entry(k).or_default().push((o.id, self.now_ms));
+                                } else {
+                                    h.replay = Some(o.clone());
+                                }
                             }
                         }
                     }
@@ -1431,10 +1601,20 @@ impl<'a> Sim<'a> {
                 Role::Withholder => {
                     let offer = self.sign(i, interval, side, energy_wh, price, 1);
                     let gate = gate_ms(&self.rules, interval);
+                    let how = Withholding::TURNS[(i + k) % Withholding::TURNS.len()];
+                    let at = match how {
+                        Withholding::Late => gate + 2_000,
+                        // On its own clock.
+                        Withholding::ToOne | Withholding::Hidden => {
+                            let skew = self.clocks[i].skew_ms;
+                            (gate.saturating_sub(WITHHOLD_LEAD_MS) as i64 - skew).max(0) as u64
+                        }
+                    };
                     self.push(
-                        gate + 2_000,
+                        at.max(self.now_ms),
                         Event::Withheld {
                             node: small(i),
+                            how,
                             offer: Box::new(offer),
                         },
                     );
@@ -1524,14 +1704,250 @@ impl<'a> Sim<'a> {
             ..forged.offer
         }
         .sign(&self.keys[i]);
+        // Signed for Energy Web Chain itself, sent to this market on Volta.
+        let other_chain = Offer {
+            chain_id: CHAIN_ID_EWC,
+            ..forged.offer
+        }
+        .sign(&self.keys[i]);
+        let mut messages = vec![
+            Message::Offer(Arc::new(forged.clone())),
+            Message::Offer(Arc::new(oversized)),
+            Message::Offer(Arc::new(other_market)),
+            Message::Offer(Arc::new(other_chain)),
+        ];
+        // Its own offer of the interval before, replayed after that
+        // interval closed.
+        if let Some(replay) = self.nodes[i].replay.take() {
+            messages.push(Message::Offer(replay));
+        }
+        // Bytes: garbage, a message too large to decode, one of an unknown
+        // protocol version.
+        let len = 1 + self.rng_misc.below(SPAM_GARBAGE_BYTES);
+        let garbage: Vec<u8> = (0..len).map(|_| self.rng_misc.next_u64() as u8).collect();
+        let too_large = Message::Offers {
+            interval,
+            offers: std::iter::repeat_n(Arc::new(forged), SPAM_OFFERS).collect(),
+        }
+        .encode();
+        let mut wrong_version = Message::FetchSet {
+            interval,
+            set_root: [0; 32],
+        }
+        .encode();
+        wrong_version[0] = wrong_version[0].wrapping_add(1);
         let neighbours = self.nodes[i].neighbours.clone();
         for j in neighbours {
-            for message in [
-                Message::Offer(Arc::new(forged.clone())),
-                Message::Offer(Arc::new(oversized.clone())),
-                Message::Offer(Arc::new(other_market.clone())),
-            ] {
-                self.send_direct(i, j, message);
+            for message in &messages {
+                self.send_direct(i, j, message.clone());
+            }
+            for bytes in [&garbage, &too_large, &wrong_version] {
+                self.send_raw(i, j, bytes.clone());
+            }
+        }
+    }
+
+    /// Releases a withheld offer of node `i` ([`Withholding`]).
+    fn release(&mut self, i: usize, how: Withholding, offer: SignedOffer) {
+        let Some(&first) = self.nodes[i].neighbours.first() else {
+            return;
+        };
+        let message = Message::Offer(Arc::new(offer));
+        if how == Withholding::Late {
+            self.send_direct(i, first, message);
+            return;
+        }
+        if self.is_offline(i, self.now_ms) {
+            return;
+        }
+        // Its own node takes the offer as if a peer had gossiped it, so
+        // that it answers for it when peers reconcile with it.
+        self.tick(i);
+        let mut out = self.output();
+        let input = Input::Message {
+            from: self.ids[first],
+            message: message.clone(),
+        };
+        self.nodes[i].node.handle_into(input, &mut out);
+        let accepted = matches!(out.verdict, Some(Verdict::Accept));
+        self.carry_out(i, &mut out);
+        self.schedule_wakeup(i);
+        if accepted && how == Withholding::ToOne && !self.cut(i, first, self.now_ms) {
+            let id = self.new_gossip(i, message);
+            let latency = self.latency(i, first);
+            self.post(i, first, latency, id);
+        }
+    }
+
+    /// Checks the invariants on interval `k`'s reference result: its final
+    /// offer set `set_root` and its `trades`.
+    fn check_final(
+        &mut self,
+        k: usize,
+        set_root: Hash32,
+        trades: &[Trade<OfferId, ParticipantId>],
+    ) {
+        // Nobody trades more than an offer in the final set offered.
+        let interval = self.interval(k);
+        let gate = gate_ms(&self.rules, interval);
+        if let Some(set) = self.sets_seen.get(&(k, set_root)) {
+            let mut traded: BTreeMap<OfferId, u64> = BTreeMap::new();
+            for t in trades {
+                *traded.entry(t.bid_id).or_default() += t.energy_wh;
+                *traded.entry(t.ask_id).or_default() += t.energy_wh;
+            }
+            for (id, energy) in traded {
+                if set.get(&id).is_none_or(|offered| energy > *offered) {
+                    self.violations.push(format!(
+                        "interval {}: offer {id} traded more than it offered",
+                        interval.0
+                    ));
+                }
+            }
+        }
+        for (i, h) in self.nodes.iter().enumerate() {
+            // An equivocation counts once both versions reached the network
+            // before gate closure; one that nobody could see is an honest offer.
+            let exposed = h.equivocations.get(&k).is_some_and(|pairs| {
+                pairs
+                    .iter()
+                    .any(|(a, b)| self.reached.contains(a) && self.reached.contains(b))
+            });
+            if h.role == Role::Equivocator
+                && exposed
+                && trades
+                    .iter()
+                    .any(|t| t.buyer == self.ids[i] || t.seller == self.ids[i])
+            {
+                self.violations
+                    .push(format!("interval {}: equivocator {i} traded", interval.0));
+            }
+        }
+        // Every honest offer that reached the network before gate
+        // closure, from a node online from its publication to the end
+        // of the window, is in the final set. Around a partition, the
+        // network is its main side: an offer of a node cut off from it
+        // must have reached a node of the main side that stayed online.
+        let end = gate + self.scenario.market.reconcile_window_s * 1_000;
+        let set = self.sets_seen.get(&(k, set_root));
+        for (i, h) in self.nodes.iter().enumerate() {
+            let main = self.main_side(i, interval);
+            for (id, t) in h.published.get(&k).into_iter().flatten() {
+                let reached = if main {
+                    self.reached.contains(id)
+                } else {
+                    self.reached_main.contains(id)
+                };
+                let connected =
+                    reached && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
+                if connected && set.is_some_and(|set| !set.contains_key(id)) {
+                    self.violations.push(format!(
+                        "interval {}: honest offer of node {i} missing",
+                        interval.0
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Settles interval `k`'s `trades` against every meter's `readings`:
+    /// the reference for the nodes' own settlements (traders only), and
+    /// every household's bill, with money conserved.
+    fn settle_money(
+        &mut self,
+        k: usize,
+        trades: &[Trade<OfferId, ParticipantId>],
+        readings: &[MeterReading],
+    ) {
+        let interval = self.interval(k);
+        let traders: BTreeSet<ParticipantId> =
+            trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
+        let traders_readings: Vec<MeterReading> = readings
+            .iter()
+            .filter(|r| traders.contains(&r.participant))
+            .copied()
+            .collect();
+        match settle(interval, &self.tariff, trades, &traders_readings) {
+            Ok(market) => {
+                self.market_settlements.insert(k, (market, Vec::new()));
+                if let Some((_, seen)) = k
+                    .checked_sub(SHARED_SETTLEMENTS_KEPT)
+                    .and_then(|old| self.market_settlements.get_mut(&old))
+                {
+                    *seen = Vec::new();
+                }
+            }
+            Err(error) => self.violations.push(format!(
+                "interval {}: market settlement failed: {error}",
+                interval.0
+            )),
+        }
+        match settle(interval, &self.tariff, trades, readings) {
+            Ok(s) => {
+                let mut sum: i128 = i128::from(s.supplier_net_micro)
+                    + i128::from(s.grid_operator_micro)
+                    + i128::from(s.market_operator_micro);
+                for p in &s.participants {
+                    sum += i128::from(p.net_micro);
+                    let i = self.index[&p.participant];
+                    let o = &mut self.per_household[i];
+                    o.bill_micro -= p.net_micro;
+                    o.p2p_revenue_micro += p.p2p_received_micro;
+                    o.p2p_paid_micro += p.p2p_paid_micro;
+                    o.bought_wh += p.bought_wh;
+                    o.sold_wh += p.sold_wh;
+                    o.sold_at_feed_in_micro += dharti_protocol::clearing::value_micro(
+                        p.sold_wh,
+                        self.tariff.feed_in_micro_per_kwh,
+                    );
+                }
+                if sum != 0 {
+                    self.violations.push(format!(
+                        "interval {}: money not conserved ({sum})",
+                        interval.0
+                    ));
+                }
+            }
+            Err(error) => self.violations.push(format!(
+                "interval {}: settlement failed: {error}",
+                interval.0
+            )),
+        }
+    }
+
+    /// Interval `k`, which nobody had finalized when batteries and meters
+    /// followed it, is final after all (an honest node finalized
+    /// `reference` with `result` and its offer set `offers`): its trades
+    /// are settled against what the meters read, shortfalls against the
+    /// grid, as the nodes do; the invariants are checked on it, and the
+    /// nodes' settlements that waited for it are compared.
+    fn settle_late(
+        &mut self,
+        k: usize,
+        reference: (Hash32, Hash32),
+        result: &Arc<ClearingResult<OfferId, ParticipantId>>,
+        offers: &[Arc<SignedOffer>],
+    ) {
+        let Some(readings) = self.unsettled.remove(&k) else {
+            return;
+        };
+        self.sets_seen
+            .entry((k, reference.0))
+            .or_insert_with(|| offers.iter().map(|o| (o.id, o.offer.energy_wh)).collect());
+        self.results_seen
+            .entry((k, reference.0, reference.1))
+            .or_insert_with(|| result.clone());
+        let outcome = &mut self.outcome_intervals[k];
+        outcome.reference = Some(reference);
+        outcome.result = Some((**result).clone());
+        self.check_final(k, reference.0, &result.trades);
+        self.settle_money(k, &result.trades, &readings);
+        let early: Vec<(usize, usize, Box<Settled>)> = std::mem::take(&mut self.early_settlements);
+        for (i, settled_k, settled) in early {
+            if settled_k == k {
+                self.check_settlement(i, k, &settled);
+            } else {
+                self.early_settlements.push((i, settled_k, settled));
             }
         }
     }
@@ -1542,7 +1958,6 @@ impl<'a> Sim<'a> {
         let interval = self.interval(k);
         let mut votes: BTreeMap<(Hash32, Hash32), usize> = BTreeMap::new();
         let mut honest_online = 0;
-        let gate = gate_ms(&self.rules, interval);
         for (i, h) in self.nodes.iter().enumerate() {
             if h.role != Role::Honest {
                 continue;
@@ -1564,69 +1979,12 @@ impl<'a> Sim<'a> {
             honest_online,
             ..IntervalOutcome::default()
         };
-        // Invariants on the reference result. Nobody trades more than an
-        // offer in the final set offered.
-        if let Some((set_root, _)) = reference
-            && let Some(set) = self.sets_seen.get(&(k, set_root))
-        {
-            let mut traded: BTreeMap<OfferId, u64> = BTreeMap::new();
-            for t in result.iter().flat_map(|r| &r.trades) {
-                *traded.entry(t.bid_id).or_default() += t.energy_wh;
-                *traded.entry(t.ask_id).or_default() += t.energy_wh;
-            }
-            for (id, energy) in traded {
-                if set.get(&id).is_none_or(|offered| energy > *offered) {
-                    self.violations.push(format!(
-                        "interval {}: offer {id} traded more than it offered",
-                        interval.0
-                    ));
-                }
-            }
-        }
         let trades = result
             .as_ref()
             .map(|r| r.trades.clone())
             .unwrap_or_default();
-        for (i, h) in self.nodes.iter().enumerate() {
-            // An equivocation counts once both versions reached the network
-            // before gate closure; one that nobody could see is an honest offer.
-            let exposed = h.equivocations.get(&k).is_some_and(|pairs| {
-                pairs
-                    .iter()
-                    .any(|(a, b)| self.reached.contains(a) && self.reached.contains(b))
-            });
-            if h.role == Role::Equivocator
-                && exposed
-                && trades
-                    .iter()
-                    .any(|t| t.buyer == self.ids[i] || t.seller == self.ids[i])
-            {
-                self.violations
-                    .push(format!("interval {}: equivocator {i} traded", interval.0));
-            }
-        }
         if let Some((set_root, _)) = reference {
-            // Every honest offer published before gate closure by a node that
-            // stayed online and outside any partition is in the final set.
-            let end = gate + self.scenario.market.reconcile_window_s * 1_000;
-            let partitioned = self
-                .partitions
-                .iter()
-                .any(|(from, to, _)| *from < end && *to > gate.saturating_sub(300_000));
-            let set = self.sets_seen.get(&(k, set_root));
-            for (i, h) in self.nodes.iter().enumerate() {
-                for (id, t) in h.published.get(&k).into_iter().flatten() {
-                    let connected = !partitioned
-                        && self.reached.contains(id)
-                        && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
-                    if connected && set.is_some_and(|set| !set.contains_key(id)) {
-                        self.violations.push(format!(
-                            "interval {}: honest offer of node {i} missing",
-                            interval.0
-                        ));
-                    }
-                }
-            }
+            self.check_final(k, set_root, &trades);
         }
         let mut readings = Vec::with_capacity(self.nodes.len());
         let mut total_import = 0u64;
@@ -1725,58 +2083,10 @@ impl<'a> Sim<'a> {
         if pending > 0 {
             self.readings.insert(small(k), (read, pending));
         }
-        let traders: BTreeSet<ParticipantId> =
-            trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
-        let traders_readings: Vec<MeterReading> = readings
-            .iter()
-            .filter(|r| traders.contains(&r.participant))
-            .copied()
-            .collect();
-        match settle(interval, &self.tariff, &trades, &traders_readings) {
-            Ok(market) => {
-                self.market_settlements.insert(k, (market, Vec::new()));
-                if let Some((_, seen)) = k
-                    .checked_sub(SHARED_SETTLEMENTS_KEPT)
-                    .and_then(|old| self.market_settlements.get_mut(&old))
-                {
-                    *seen = Vec::new();
-                }
-            }
-            Err(error) => self.violations.push(format!(
-                "interval {}: market settlement failed: {error}",
-                interval.0
-            )),
-        }
-        match settle(interval, &self.tariff, &trades, &readings) {
-            Ok(s) => {
-                let mut sum: i128 = i128::from(s.supplier_net_micro)
-                    + i128::from(s.grid_operator_micro)
-                    + i128::from(s.market_operator_micro);
-                for p in &s.participants {
-                    sum += i128::from(p.net_micro);
-                    let i = self.index[&p.participant];
-                    let o = &mut self.per_household[i];
-                    o.bill_micro -= p.net_micro;
-                    o.p2p_revenue_micro += p.p2p_received_micro;
-                    o.p2p_paid_micro += p.p2p_paid_micro;
-                    o.bought_wh += p.bought_wh;
-                    o.sold_wh += p.sold_wh;
-                    o.sold_at_feed_in_micro += dharti_protocol::clearing::value_micro(
-                        p.sold_wh,
-                        self.tariff.feed_in_micro_per_kwh,
-                    );
-                }
-                if sum != 0 {
-                    self.violations.push(format!(
-                        "interval {}: money not conserved ({sum})",
-                        interval.0
-                    ));
-                }
-            }
-            Err(error) => self.violations.push(format!(
-                "interval {}: settlement failed: {error}",
-                interval.0
-            )),
+        if reference.is_some() {
+            self.settle_money(k, &trades, &readings);
+        } else {
+            self.unsettled.insert(k, readings);
         }
         outcome.offers = self
             .nodes
@@ -1801,6 +2111,10 @@ impl<'a> Sim<'a> {
     }
 
     fn finish(mut self) -> Outcome {
+        // Intervals nobody finalized by the end: nothing was traded.
+        for (k, readings) in std::mem::take(&mut self.unsettled) {
+            self.settle_money(k, &[], &readings);
+        }
         // Agreement is judged at the end of the run, so that nodes that could
         // only finalize after a partition healed count.
         for (k, outcome) in self.outcome_intervals.iter_mut().enumerate() {
@@ -1851,6 +2165,7 @@ impl<'a> Sim<'a> {
             invariant_violations: self.violations.len() as u64,
             violations: self.violations,
             messages: self.messages,
+            refused: self.refused,
             bytes: self.bytes,
             payload_bytes: self.payload_bytes,
             offers_total: self.offers_total,
