@@ -20,6 +20,7 @@ pub struct Scenario {
     pub adversaries: Adversaries,
 }
 
+/// `[simulation]`: `intervals` and `start` are required, `seed` is not.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Simulation {
@@ -34,8 +35,9 @@ fn one() -> u64 {
     1
 }
 
+/// `[market]`: any key left out takes its default below.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Market {
     pub interval_s: u64,
     pub gate_lead_s: u64,
@@ -49,10 +51,12 @@ pub struct Market {
     pub quorum: f64,
     /// Members that attest each interval (a committee drawn per interval);
     /// 0: every member.
-    #[serde(default)]
     pub attesters: usize,
 }
 
+/// The defaults docs/simulations.md lists (a test checks the table against
+/// them): quarter-hour intervals as in European intraday trading, a
+/// two-thirds quorum, every member attesting.
 impl Default for Market {
     fn default() -> Self {
         Market {
@@ -69,6 +73,8 @@ impl Default for Market {
     }
 }
 
+/// `[households]`: `count` is required; every other key has the default
+/// of its function below.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Households {
@@ -108,6 +114,7 @@ fn weather() -> String {
     "try2010_potsdam".into()
 }
 
+/// `[network]`: any key left out takes its default below.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
@@ -122,6 +129,9 @@ pub struct Network {
     pub quantum_ms: u64,
 }
 
+/// The defaults docs/simulations.md lists (a test checks the table against
+/// them): no loss, churn, skew or partitions, so a scenario names every
+/// imperfection it simulates.
 impl Default for Network {
     fn default() -> Self {
         Network {
@@ -144,14 +154,12 @@ pub struct Partition {
     pub fraction: f64,
 }
 
+/// `[adversaries]`: shares of hostile households, none unless given.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Adversaries {
-    #[serde(default)]
     pub equivocators: f64,
-    #[serde(default)]
     pub spammers: f64,
-    #[serde(default)]
     pub withholders: f64,
 }
 
@@ -362,5 +370,97 @@ count = 10
                 .to_string()
                 .contains("households.weather")
         );
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_documented_defaults() {
+        let text = format!(
+            "{MINIMAL}
+[market]
+mechanism = \"pay-as-bid\"
+interval_s = 600
+
+[network]
+loss = 0.05
+degree = 4
+
+[adversaries]
+spammers = 0.1
+"
+        );
+        let s: Scenario = toml::from_str(&text).expect("a partial [market] parses");
+        s.validate().expect("valid");
+        let m = &s.market;
+        assert_eq!((m.mechanism.as_str(), m.interval_s), ("pay-as-bid", 600));
+        assert_eq!((m.gate_lead_s, m.reconcile_window_s), (60, 20));
+        assert_eq!(
+            (
+                m.feed_in_micro_per_kwh,
+                m.retail_micro_per_kwh,
+                m.grid_fee_micro_per_kwh
+            ),
+            (80_000, 300_000, 20_000)
+        );
+        assert_eq!((m.quorum, m.attesters), (0.67, 0));
+        let n = &s.network;
+        assert_eq!((n.loss, n.degree), (0.05, 4));
+        assert_eq!(n.latency_ms, [20, 120]);
+        assert_eq!((n.churn, n.clock_skew_ms, n.quantum_ms), (0.0, 0, 10));
+        assert!(n.partitions.is_empty());
+        let a = &s.adversaries;
+        assert_eq!((a.equivocators, a.spammers, a.withholders), (0.0, 0.1, 0.0));
+        assert_eq!(s.simulation.seed, 1);
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_partial_section_is_refused() {
+        for (section, typo) in [
+            ("market", "intervall_s = 600"),
+            ("network", "los = 0.1"),
+            ("adversaries", "spamers = 0.1"),
+        ] {
+            let text = format!("{MINIMAL}\n[{section}]\n{typo}\n");
+            let error = toml::from_str::<Scenario>(&text).unwrap_err().to_string();
+            let key = typo.split(' ').next().unwrap();
+            assert!(error.contains(key), "[{section}] {typo}: {error}");
+        }
+    }
+
+    /// Every default in the table of docs/simulations.md, written out, gives
+    /// the same scenario as leaving the key out.
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let doc = include_str!("../../docs/simulations.md");
+        let table = doc
+            .split("## Scenario keys")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/simulations.md has a Scenario keys section");
+        let left_out = format!("{:?}", toml::from_str::<Scenario>(MINIMAL).unwrap());
+        let mut checked = 0;
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (key, default) = (cells[1].trim_matches('`'), cells[2].trim_matches('`'));
+            if default == "required" {
+                continue;
+            }
+            let (section, name) = key.split_once('.').expect("keys are section.name");
+            let header = format!("[{section}]\n");
+            let text = if MINIMAL.contains(&header) {
+                MINIMAL.replace(&header, &format!("{header}{name} = {default}\n"))
+            } else {
+                format!("{MINIMAL}\n{header}{name} = {default}\n")
+            };
+            let written = toml::from_str::<Scenario>(&text)
+                .unwrap_or_else(|e| panic!("{key} = {default} does not parse: {e}"));
+            assert_eq!(
+                format!("{written:?}"),
+                left_out,
+                "{key}: the documented default {default} is not the default"
+            );
+            checked += 1;
+        }
+        // Every key but the three required ones.
+        assert!(checked >= 27, "only {checked} defaults found in the table");
     }
 }
