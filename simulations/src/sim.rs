@@ -200,6 +200,9 @@ enum Withholding {
     Late,
 }
 
+// The queue holds hundreds of thousands of events: keep them at 16 bytes.
+const _: () = assert!(std::mem::size_of::<Event>() == 16);
+
 impl Withholding {
     const TURNS: [Withholding; 3] = [Withholding::ToOne, Withholding::Hidden, Withholding::Late];
 }
@@ -1448,10 +1451,10 @@ impl<'a> Sim<'a> {
                     message,
                 };
                 self.nodes[to].node.handle_into(input, &mut out);
-                match out.verdict {
-                    Some(Verdict::Accept) => self.forward(to, Some(from), id),
-                    Some(Verdict::Reject(_)) => self.refused += 1,
-                    _ => {}
+                if matches!(out.verdict, Some(Verdict::Accept)) {
+                    self.forward(to, Some(from), id);
+                } else if matches!(out.verdict, Some(Verdict::Reject(_))) {
+                    self.refused += 1;
                 }
                 self.carry_out(to, &mut out);
             }
@@ -1459,19 +1462,27 @@ impl<'a> Sim<'a> {
                 self.bytes += message.encoded_len() as u64;
                 self.handle_direct(to, from, message);
             }
-            Payload::Raw(bytes) => {
-                self.bytes += bytes.len() as u64;
-                // As the daemon's shell does: bytes that are no message of
-                // this protocol never reach the node.
-                match Message::decode(&bytes) {
-                    Ok(message) => self.handle_direct(to, from, message),
-                    Err(_) => self.refused += 1,
-                }
-            }
+            Payload::Raw(bytes) => self.receive_raw(to, from, &bytes),
         }
     }
 
-    /// Node `to` handles a direct message from `from`.
+    /// Spam bytes reaching node `to`: as the daemon's shell does, bytes
+    /// that are no message of this protocol never reach the node. Out of
+    /// line, so that the hot delivery path stays as the compiler inlines it.
+    #[cold]
+    #[inline(never)]
+    fn receive_raw(&mut self, to: usize, from: usize, bytes: &[u8]) {
+        self.bytes += bytes.len() as u64;
+        match Message::decode(bytes) {
+            Ok(message) => self.handle_direct(to, from, message),
+            Err(_) => self.refused += 1,
+        }
+    }
+
+    /// Node `to` handles a direct message from `from`. Out of line: the
+    /// gossip path beside it, taken ten times as often, is then small
+    /// enough for the compiler to inline what it calls.
+    #[inline(never)]
     fn handle_direct(&mut self, to: usize, from: usize, message: Message) {
         let mut out = self.output();
         let input = Input::Message {
@@ -1488,7 +1499,10 @@ impl<'a> Sim<'a> {
     /// Gossiped offer `id` reached node `to` before gate closure: it has
     /// reached the network, and if `to` is on the main side of every
     /// partition around its interval and online through its window, the
-    /// part of the network that can finalize it.
+    /// part of the network that can finalize it. Runs for an offer's first
+    /// receivers only: out of line.
+    #[cold]
+    #[inline(never)]
     fn reach(&mut self, to: usize, id: usize, offer: &SignedOffer) {
         if !self.gossip[id].reached {
             self.gossip[id].reached = true;
@@ -1710,16 +1724,19 @@ impl<'a> Sim<'a> {
             ..forged.offer
         }
         .sign(&self.keys[i]);
-        let mut messages = vec![
-            Message::Offer(Arc::new(forged.clone())),
-            Message::Offer(Arc::new(oversized)),
-            Message::Offer(Arc::new(other_market)),
-            Message::Offer(Arc::new(other_chain)),
+        // (Offers, not messages: a `Message::clone` here would be one
+        // more caller of it, and the compiler would stop inlining it on
+        // the delivery path.)
+        let mut offers = vec![
+            Arc::new(forged.clone()),
+            Arc::new(oversized),
+            Arc::new(other_market),
+            Arc::new(other_chain),
         ];
         // Its own offer of the interval before, replayed after that
         // interval closed.
         if let Some(replay) = self.nodes[i].replay.take() {
-            messages.push(Message::Offer(replay));
+            offers.push(replay);
         }
         // Bytes: garbage, a message too large to decode, one of an unknown
         // protocol version.
@@ -1738,8 +1755,8 @@ impl<'a> Sim<'a> {
         wrong_version[0] = wrong_version[0].wrapping_add(1);
         let neighbours = self.nodes[i].neighbours.clone();
         for j in neighbours {
-            for message in &messages {
-                self.send_direct(i, j, message.clone());
+            for offer in &offers {
+                self.send_direct(i, j, Message::Offer(offer.clone()));
             }
             for bytes in [&garbage, &too_large, &wrong_version] {
                 self.send_raw(i, j, bytes.clone());
@@ -1752,9 +1769,9 @@ impl<'a> Sim<'a> {
         let Some(&first) = self.nodes[i].neighbours.first() else {
             return;
         };
-        let message = Message::Offer(Arc::new(offer));
+        let offer = Arc::new(offer);
         if how == Withholding::Late {
-            self.send_direct(i, first, message);
+            self.send_direct(i, first, Message::Offer(offer));
             return;
         }
         if self.is_offline(i, self.now_ms) {
@@ -1766,14 +1783,14 @@ impl<'a> Sim<'a> {
         let mut out = self.output();
         let input = Input::Message {
             from: self.ids[first],
-            message: message.clone(),
+            message: Message::Offer(offer.clone()),
         };
         self.nodes[i].node.handle_into(input, &mut out);
         let accepted = matches!(out.verdict, Some(Verdict::Accept));
         self.carry_out(i, &mut out);
         self.schedule_wakeup(i);
         if accepted && how == Withholding::ToOne && !self.cut(i, first, self.now_ms) {
-            let id = self.new_gossip(i, message);
+            let id = self.new_gossip(i, Message::Offer(offer));
             let latency = self.latency(i, first);
             self.post(i, first, latency, id);
         }
