@@ -32,7 +32,7 @@
 //!   own offer of the interval before, and bytes that are no message:
 //!   garbage, a message over `MAX_MESSAGE_BYTES` and one of an unknown
 //!   protocol version, which the receiving shell decodes as the daemon
-//!   does. Withholders hold their offers back in turns ([`Withholding`]):
+//!   does. Withholders hold their offers back in turns (`Withholding`):
 //!   released just before gate closure to one neighbour only, or kept in
 //!   their own node until reconciliation after gate closure asks for them,
 //!   or released after gate closure to one neighbour.
@@ -967,6 +967,18 @@ impl<'a> Sim<'a> {
             .all(|((from, to, side), main)| *to <= from_ms || *from >= to_ms || side[i] == *main)
     }
 
+    /// Whether offer `id` reached, before gate closure, the part of the
+    /// network that can finalize its interval: another node; around a
+    /// partition, a node of its main side that was online at gate closure
+    /// and at the window's end ([`Sim::reach`]).
+    fn reached_network(&self, id: &OfferId) -> bool {
+        if self.partitions.is_empty() {
+            self.reached.contains(id)
+        } else {
+            self.reached_main.contains(id)
+        }
+    }
+
     fn latency(&mut self, a: usize, b: usize) -> u64 {
         // A node has about `degree` neighbours: a scan of its own short list
         // is cheaper than a search of every link.
@@ -1584,6 +1596,9 @@ impl<'a> Sim<'a> {
         .map(|(side, o)| (side, o.energy_wh, o.price_micro_per_kwh))
         .collect();
         self.nodes[i].plans.insert(k, plan);
+        // A spammer replays its offer of the interval before (now closed);
+        // this interval's takes its place.
+        let replay = self.nodes[i].replay.take();
         self.tick(i);
         for (side, energy_wh, price) in orders {
             self.offers_total += 1;
@@ -1617,7 +1632,8 @@ impl<'a> Sim<'a> {
                     let gate = gate_ms(&self.rules, interval);
                     let how = Withholding::TURNS[(i + k) % Withholding::TURNS.len()];
                     let at = match how {
-                        Withholding::Late => gate + 2_000,
+                        // After gate closure on every node's clock.
+                        Withholding::Late => gate + 2_000 + self.scenario.network.clock_skew_ms,
                         // On its own clock.
                         Withholding::ToOne | Withholding::Hidden => {
                             let skew = self.clocks[i].skew_ms;
@@ -1636,7 +1652,7 @@ impl<'a> Sim<'a> {
             }
         }
         if role == Role::Spammer {
-            self.spam(i, interval);
+            self.spam(i, interval, replay);
         }
         self.schedule_wakeup(i);
     }
@@ -1695,7 +1711,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn spam(&mut self, i: usize, interval: IntervalIndex) {
+    fn spam(&mut self, i: usize, interval: IntervalIndex, replay: Option<Arc<SignedOffer>>) {
         let mut forged = self.sign(
             i,
             interval,
@@ -1735,9 +1751,7 @@ impl<'a> Sim<'a> {
         ];
         // Its own offer of the interval before, replayed after that
         // interval closed.
-        if let Some(replay) = self.nodes[i].replay.take() {
-            offers.push(replay);
-        }
+        offers.extend(replay);
         // Bytes: garbage, a message too large to decode, one of an unknown
         // protocol version.
         let len = 1 + self.rng_misc.below(SPAM_GARBAGE_BYTES);
@@ -1828,7 +1842,7 @@ impl<'a> Sim<'a> {
             let exposed = h.equivocations.get(&k).is_some_and(|pairs| {
                 pairs
                     .iter()
-                    .any(|(a, b)| self.reached.contains(a) && self.reached.contains(b))
+                    .any(|(a, b)| self.reached_network(a) && self.reached_network(b))
             });
             if h.role == Role::Equivocator
                 && exposed
@@ -1841,22 +1855,15 @@ impl<'a> Sim<'a> {
             }
         }
         // Every honest offer that reached the network before gate
-        // closure, from a node online from its publication to the end
-        // of the window, is in the final set. Around a partition, the
-        // network is its main side: an offer of a node cut off from it
-        // must have reached a node of the main side that stayed online.
+        // closure ([`Sim::reached_network`]: around a partition, its main
+        // side), from a node online from its publication to the end of the
+        // window, is in the final set.
         let end = gate + self.scenario.market.reconcile_window_s * 1_000;
         let set = self.sets_seen.get(&(k, set_root));
         for (i, h) in self.nodes.iter().enumerate() {
-            let main = self.main_side(i, interval);
             for (id, t) in h.published.get(&k).into_iter().flatten() {
-                let reached = if main {
-                    self.reached.contains(id)
-                } else {
-                    self.reached_main.contains(id)
-                };
-                let connected =
-                    reached && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
+                let connected = self.reached_network(id)
+                    && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
                 if connected && set.is_some_and(|set| !set.contains_key(id)) {
                     self.violations.push(format!(
                         "interval {}: honest offer of node {i} missing",

@@ -126,6 +126,8 @@ fn a_partitioned_hostile_market_of_fifty_stays_safe() {
         .replace("fraction = 0.3", "fraction = 0.2")
         + "\n[adversaries]\nequivocators = 0.04\nspammers = 0.04\nwithholders = 0.04\n";
     let s = scenario(&text, 6);
+    assert_eq!(s.network.churn, 0.04);
+    assert_eq!(s.network.partitions[0].fraction, 0.2);
     assert_eq!(s.adversaries.withholders, 0.04);
     let mut live = 0;
     for seed in 1..=10 {

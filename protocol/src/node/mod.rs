@@ -382,6 +382,11 @@ const ASK_AGAIN_MS: u64 = 2_000;
 /// that never finds a quorum does not cost traffic until it is given up.
 /// After that, it asks again at each gate closure.
 const MAX_ASKS: u32 = 5;
+/// A reconnection (`Input::PeerUp`) grants an interval that used up its asks
+/// another `MAX_ASKS`, at most this many times: a healed partition's quorum
+/// forms within seconds of the heal, while a peer that keeps reconnecting
+/// must not keep a node asking for an interval that has no quorum.
+const MAX_ASK_RENEWALS: u32 = 2;
 /// Round numbers of these asks, for choosing peers, after those of
 /// reconciliation.
 const ASK_ROUND_BASE: u32 = 1_000;
@@ -675,6 +680,10 @@ struct IntervalState {
     /// it is outside the interval's committee), when it last asked peers
     /// for the quorum's, and how often.
     attestation: Option<(Option<Arc<SignedAttestation>>, u64, u32)>,
+    /// Asks allowed so far: `MAX_ASKS`, plus as many for each renewal
+    /// ([`MAX_ASK_RENEWALS`]). Asks keep counting up, so renewed asks take
+    /// new round numbers and reach other peers.
+    ask_limit: u32,
     fetch: Option<Fetch>,
     /// Set while the interval is caught up, and after.
     catch_up: Option<CatchUp>,
@@ -721,6 +730,7 @@ impl IntervalState {
             phase: Phase::Reconciling,
             own: None,
             attestation: None,
+            ask_limit: MAX_ASKS,
             committee,
             attestations: SharedPlaceMap::new(shared.attestation_slots.for_interval(interval)),
             groups: BTreeMap::new(),
@@ -1719,7 +1729,7 @@ impl Node {
                 }
                 Phase::Attested => {
                     if let Some((_, asked_ms, times)) = &state.attestation
-                        && *times < MAX_ASKS
+                        && *times < state.ask_limit
                     {
                         due(asked_ms + ASK_AGAIN_MS);
                     }
@@ -1819,7 +1829,7 @@ impl Node {
             if state.phase == Phase::Attested
                 && let Some((signed, asked_ms, times)) = state.attestation.as_mut()
                 && now_ms >= *asked_ms + ASK_AGAIN_MS
-                && *times < MAX_ASKS
+                && *times < state.ask_limit
             {
                 *asked_ms = now_ms;
                 *times += 1;
@@ -1928,23 +1938,20 @@ impl Node {
     /// interval this node had stopped asking for ([`MAX_ASKS`]) may form
     /// within seconds, as the sides exchange attestations and sets. Such
     /// intervals start another round of asks instead of waiting for the next
-    /// gate closure, a whole interval later. Bounded like the first round:
-    /// `MAX_ASKS` asks of a few peers per pending interval and reconnection.
+    /// gate closure, a whole interval later: `MAX_ASKS` more asks of a few
+    /// peers, at most [`MAX_ASK_RENEWALS`] times per interval. (The input
+    /// already forgot the cached wake-up.)
     fn renew_asks(&mut self) {
         let now_ms = self.now_ms;
-        let mut renewed = false;
         for (_, state) in self.intervals.iter_mut() {
             if state.phase == Phase::Attested
                 && let Some((_, asked_ms, times)) = state.attestation.as_mut()
-                && *times >= MAX_ASKS
+                && *times >= state.ask_limit
+                && state.ask_limit < MAX_ASKS * (1 + MAX_ASK_RENEWALS)
             {
-                *times = 0;
+                state.ask_limit += MAX_ASKS;
                 *asked_ms = now_ms;
-                renewed = true;
             }
-        }
-        if renewed {
-            self.wakeup.set(None);
         }
     }
 

@@ -903,6 +903,47 @@ fn duplicated_deliveries_change_nothing() {
     assert_eq!(outcome(false), outcome(true));
 }
 
+/// A peer that keeps reconnecting to a node whose interval can never find
+/// a quorum renews its asks twice ([`MAX_ASK_RENEWALS`]), then no more.
+#[test]
+fn a_flapping_peer_renews_the_asks_a_bounded_number_of_times() {
+    // Two of seven nodes: no quorum ever forms.
+    let mut net = Net::new(7, 8, Faults::default());
+    net.nodes.truncate(2);
+    net.finals.truncate(2);
+    start(&mut net);
+    net.random_offers(1);
+    // Past the window (5 s) and the first asks (five, 2 s apart).
+    let gate_ms = (INTERVAL_S - 10) * 1_000;
+    net.run(gate_ms + 20_000);
+    assert!(!net.finals[0].contains_key(&FIRST));
+    let gone = ParticipantId(key(5).verifying_key().to_bytes());
+    let asks_first = |out: &Output| {
+        out.actions.iter().any(|a| {
+            matches!(a, Action::Send { message: Message::Pending(p), .. }
+                if p.attestation.interval == FIRST)
+        })
+    };
+    let mut now = net.start_ms + gate_ms + 20_000;
+    let mut rounds = Vec::new();
+    // Three flaps, 10 s apart: all before the next gate closure (60 s on),
+    // whose asks to every peer are another matter.
+    for _ in 0..3 {
+        net.nodes[0].handle(Input::PeerDown(gone));
+        let up = net.nodes[0].handle(Input::PeerUp(gone));
+        assert!(asks_first(&up), "the reconnected peer is asked at once");
+        let mut asked = 0;
+        for _ in 0..5 {
+            now += 2_000;
+            if asks_first(&net.nodes[0].handle(Input::Tick { now_ms: now })) {
+                asked += 1;
+            }
+        }
+        rounds.push(asked);
+    }
+    assert_eq!(rounds, [MAX_ASKS, MAX_ASKS, 0]);
+}
+
 #[test]
 fn state_stays_bounded_when_no_quorum_forms() {
     // Two of seven nodes alone can never reach a quorum.
