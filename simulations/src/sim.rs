@@ -992,27 +992,31 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn send_direct(&mut self, from: usize, to: usize, message: Message) {
+    /// When something sent directly from `from` to `to` now arrives, or
+    /// `None` if it never does (to itself, or across a cut).
+    fn direct_arrival_ms(&mut self, from: usize, to: usize) -> Option<u64> {
         if from == to || self.cut(from, to, self.now_ms) {
-            return;
+            return None;
         }
         let latency = self.latency(from, to);
-        let slot = self.direct.insert(message);
-        let (to, from) = (small(to), small(from));
-        let at = self.arrival_ms(latency);
-        self.push(at, Event::Direct { to, from, slot });
+        Some(self.arrival_ms(latency))
+    }
+
+    fn send_direct(&mut self, from: usize, to: usize, message: Message) {
+        if let Some(at) = self.direct_arrival_ms(from, to) {
+            let slot = self.direct.insert(message);
+            let (to, from) = (small(to), small(from));
+            self.push(at, Event::Direct { to, from, slot });
+        }
     }
 
     /// Sends bytes that the receiver must decode first ([`Event::Raw`]).
     fn send_raw(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
-        if from == to || self.cut(from, to, self.now_ms) {
-            return;
+        if let Some(at) = self.direct_arrival_ms(from, to) {
+            let slot = self.raw.insert(bytes);
+            let (to, from) = (small(to), small(from));
+            self.push(at, Event::Raw { to, from, slot });
         }
-        let latency = self.latency(from, to);
-        let slot = self.raw.insert(bytes);
-        let (to, from) = (small(to), small(from));
-        let at = self.arrival_ms(latency);
-        self.push(at, Event::Raw { to, from, slot });
     }
 
     /// When something sent now with `latency` arrives: at the end of the
@@ -1810,6 +1814,19 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Checks the settlements of interval `k` that were made before its
+    /// reference existed, now that it does.
+    fn check_early_settlements(&mut self, k: usize) {
+        let early: Vec<(usize, usize, Box<Settled>)> = std::mem::take(&mut self.early_settlements);
+        for (i, settled_k, settled) in early {
+            if settled_k == k {
+                self.check_settlement(i, k, &settled);
+            } else {
+                self.early_settlements.push((i, settled_k, settled));
+            }
+        }
+    }
+
     /// Checks the invariants on interval `k`'s reference result: its final
     /// offer set `set_root` and its `trades`.
     fn check_final(
@@ -1966,14 +1983,7 @@ impl<'a> Sim<'a> {
         outcome.result = Some((**result).clone());
         self.check_final(k, reference.0, &result.trades);
         self.settle_money(k, &result.trades, &readings);
-        let early: Vec<(usize, usize, Box<Settled>)> = std::mem::take(&mut self.early_settlements);
-        for (i, settled_k, settled) in early {
-            if settled_k == k {
-                self.check_settlement(i, k, &settled);
-            } else {
-                self.early_settlements.push((i, settled_k, settled));
-            }
-        }
+        self.check_early_settlements(k);
     }
 
     /// Settles interval `k` against the result most honest nodes finalized,
@@ -2119,14 +2129,7 @@ impl<'a> Sim<'a> {
             .sum();
         outcome.result = result.map(|r| (*r).clone());
         self.outcome_intervals.push(outcome);
-        let early: Vec<(usize, usize, Box<Settled>)> = std::mem::take(&mut self.early_settlements);
-        for (i, settled_k, settled) in early {
-            if settled_k == k {
-                self.check_settlement(i, k, &settled);
-            } else {
-                self.early_settlements.push((i, settled_k, settled));
-            }
-        }
+        self.check_early_settlements(k);
         self.clearing
             .prune_before(IntervalIndex(interval.0.saturating_sub(16)));
         self.verifier.age();

@@ -395,11 +395,10 @@ fn a_cut_off_node_fetches_the_quorum_set_and_converges() {
     );
 }
 
-/// Node 0 is cut off past its quick asks for the quorum (the window is
-/// 5 s, asks every 2 s for 10 s). Reconnecting a peer gets it the quorum at
-/// once; without that, it would ask again only at the next gate closure.
-#[test]
-fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
+/// Seven nodes with `seed`; node 0 is cut off from before the offers until
+/// `heal_ms` (returned), past its quick asks for the quorum (the window is
+/// 5 s, asks every 2 s for 10 s). The net has run up to the heal.
+fn cut_past_the_asks(seed: u64) -> (Net, u64) {
     let gate_ms = (INTERVAL_S - 10) * 1_000;
     let heal_ms = gate_ms + 30_000;
     let cut = Faults {
@@ -407,7 +406,7 @@ fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
         cut: Some((BTreeSet::from([0]), gate_ms - 20_000, heal_ms)),
         ..Faults::default()
     };
-    let mut net = Net::new(7, 5, cut);
+    let mut net = Net::new(7, seed, cut);
     start(&mut net);
     net.run(gate_ms - 15_000);
     net.random_offers(1);
@@ -416,6 +415,14 @@ fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
         !net.finals[0].contains_key(&FIRST),
         "cut off, no quorum yet"
     );
+    (net, heal_ms)
+}
+
+/// Reconnecting a peer gets node 0 the quorum at once; without that, it
+/// would ask again only at the next gate closure.
+#[test]
+fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
+    let (mut net, heal_ms) = cut_past_the_asks(5);
     let peer = net.nodes[1].id();
     let now = net.start_ms + heal_ms;
     // A peer that is already connected: nothing to do.
@@ -449,22 +456,7 @@ fn a_reconnected_peer_is_asked_for_the_quorum_at_once() {
 /// rounds from then on, instead of waiting for the next gate closure.
 #[test]
 fn a_reconnection_renews_the_asks_for_the_quorum() {
-    let gate_ms = (INTERVAL_S - 10) * 1_000;
-    let heal_ms = gate_ms + 30_000;
-    let cut = Faults {
-        offer_loss_pct: 0,
-        cut: Some((BTreeSet::from([0]), gate_ms - 20_000, heal_ms)),
-        ..Faults::default()
-    };
-    let mut net = Net::new(7, 6, cut);
-    start(&mut net);
-    net.run(gate_ms - 15_000);
-    net.random_offers(1);
-    net.run(heal_ms);
-    assert!(
-        !net.finals[0].contains_key(&FIRST),
-        "cut off, no quorum yet"
-    );
+    let (mut net, heal_ms) = cut_past_the_asks(6);
     let peer = net.nodes[1].id();
     net.nodes[0].handle(Input::PeerDown(peer));
     let up = net.nodes[0].handle(Input::PeerUp(peer));
