@@ -299,11 +299,8 @@ struct Gossip {
     message: Message,
     bytes: u64,
     seen: Vec<u64>,
-    /// Whether a node other than its publisher has received it.
+    /// Whether it has reached the network ([`Sim::reach`]).
     reached: bool,
-    /// Whether a node on the main side of every partition in force around
-    /// its interval has received it (always true without partitions).
-    reached_main: bool,
 }
 
 /// The eager-push tree of one connectivity epoch: which churn window and
@@ -522,12 +519,8 @@ pub struct Sim<'a> {
     results_seen: BTreeMap<(usize, Hash32, Hash32), Arc<ClearingResult<OfferId, ParticipantId>>>,
     /// The first copy of every distinct final offer set: id → energy offered.
     sets_seen: BTreeMap<(usize, Hash32), BTreeMap<OfferId, u64>>,
-    /// Honest offers another node received before gate closure: the ones
-    /// that "reached the network".
+    /// Offers that "reached the network" before gate closure ([`Sim::reach`]).
     reached: std::collections::HashSet<OfferId>,
-    /// Offers received before gate closure by a node on the main side of
-    /// every partition around their interval ([`Sim::main_side`]).
-    reached_main: std::collections::HashSet<OfferId>,
     clearing: Arc<ClearingMemo>,
     verifier: Arc<MemoVerifier>,
     /// Per interval, the settlement of the reference result against every
@@ -801,7 +794,6 @@ impl<'a> Sim<'a> {
             results_seen: BTreeMap::new(),
             sets_seen: BTreeMap::new(),
             reached: std::collections::HashSet::new(),
-            reached_main: std::collections::HashSet::new(),
             clearing,
             verifier,
             market_settlements: BTreeMap::new(),
@@ -967,18 +959,6 @@ impl<'a> Sim<'a> {
             .all(|((from, to, side), main)| *to <= from_ms || *from >= to_ms || side[i] == *main)
     }
 
-    /// Whether offer `id` reached, before gate closure, the part of the
-    /// network that can finalize its interval: another node; around a
-    /// partition, a node of its main side that was online at gate closure
-    /// and at the window's end ([`Sim::reach`]).
-    fn reached_network(&self, id: &OfferId) -> bool {
-        if self.partitions.is_empty() {
-            self.reached.contains(id)
-        } else {
-            self.reached_main.contains(id)
-        }
-    }
-
     fn latency(&mut self, a: usize, b: usize) -> u64 {
         // A node has about `degree` neighbours: a scan of its own short list
         // is cheaper than a search of every link.
@@ -1062,7 +1042,6 @@ impl<'a> Sim<'a> {
             bytes,
             seen: vec![0; n.div_ceil(64)],
             reached: false,
-            reached_main: self.partitions.is_empty(),
         };
         g.mark(from);
         self.gossip.push(g);
@@ -1453,13 +1432,11 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 let message = self.gossip[id].message.clone();
-                if let Message::Offer(offer) = &message {
-                    let g = &self.gossip[id];
-                    if !(g.reached && g.reached_main)
-                        && at < gate_ms(&self.rules, offer.offer.interval)
-                    {
-                        self.reach(to, id, offer);
-                    }
+                if let Message::Offer(offer) = &message
+                    && !self.gossip[id].reached
+                    && at < gate_ms(&self.rules, offer.offer.interval)
+                {
+                    self.reach(to, id, offer);
                 }
                 let mut out = self.output();
                 let input = Input::Message {
@@ -1512,29 +1489,26 @@ impl<'a> Sim<'a> {
         self.carry_out(to, &mut out);
     }
 
-    /// Gossiped offer `id` reached node `to` before gate closure: it has
-    /// reached the network, and if `to` is on the main side of every
-    /// partition around its interval and online through its window, the
-    /// part of the network that can finalize it. Runs for an offer's first
-    /// receivers only: out of line.
+    /// Gossiped offer `id` reached node `to` before gate closure. It has
+    /// then reached the network, the part that can finalize its interval:
+    /// with no partition in the scenario, any node other than its
+    /// publisher; with partitions, a node on the main side of every
+    /// partition around its interval that is online at gate closure and
+    /// at the window's end. Runs for an offer's first receivers only: out
+    /// of line.
     #[cold]
     #[inline(never)]
     fn reach(&mut self, to: usize, id: usize, offer: &SignedOffer) {
-        if !self.gossip[id].reached {
+        let interval = offer.offer.interval;
+        let gate = gate_ms(&self.rules, interval);
+        let end = gate + self.scenario.market.reconcile_window_s * 1_000;
+        if self.partitions.is_empty()
+            || (self.main_side(to, interval)
+                && !self.is_offline(to, gate)
+                && !self.is_offline(to, end))
+        {
             self.gossip[id].reached = true;
             self.reached.insert(offer.id);
-        }
-        if !self.gossip[id].reached_main {
-            let interval = offer.offer.interval;
-            let gate = gate_ms(&self.rules, interval);
-            let end = gate + self.scenario.market.reconcile_window_s * 1_000;
-            if self.main_side(to, interval)
-                && !self.is_offline(to, gate)
-                && !self.is_offline(to, end)
-            {
-                self.gossip[id].reached_main = true;
-                self.reached_main.insert(offer.id);
-            }
         }
     }
 
@@ -1859,7 +1833,7 @@ impl<'a> Sim<'a> {
             let exposed = h.equivocations.get(&k).is_some_and(|pairs| {
                 pairs
                     .iter()
-                    .any(|(a, b)| self.reached_network(a) && self.reached_network(b))
+                    .any(|(a, b)| self.reached.contains(a) && self.reached.contains(b))
             });
             if h.role == Role::Equivocator
                 && exposed
@@ -1872,14 +1846,14 @@ impl<'a> Sim<'a> {
             }
         }
         // Every honest offer that reached the network before gate
-        // closure ([`Sim::reached_network`]: around a partition, its main
-        // side), from a node online from its publication to the end of the
+        // closure ([`Sim::reach`]: around a partition, its main side), from
+        // a node online from its publication to the end of the
         // window, is in the final set.
         let end = gate + self.scenario.market.reconcile_window_s * 1_000;
         let set = self.sets_seen.get(&(k, set_root));
         for (i, h) in self.nodes.iter().enumerate() {
             for (id, t) in h.published.get(&k).into_iter().flatten() {
-                let connected = self.reached_network(id)
+                let connected = self.reached.contains(id)
                     && [*t, gate, end].iter().all(|at| !self.is_offline(i, *at));
                 if connected && set.is_some_and(|set| !set.contains_key(id)) {
                     self.violations.push(format!(

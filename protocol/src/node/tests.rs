@@ -895,15 +895,21 @@ fn duplicated_deliveries_change_nothing() {
     assert_eq!(outcome(false), outcome(true));
 }
 
-/// A peer that keeps reconnecting to a node whose interval can never find
-/// a quorum renews its asks twice ([`MAX_ASK_RENEWALS`]), then no more.
-#[test]
-fn a_flapping_peer_renews_the_asks_a_bounded_number_of_times() {
-    // Two of seven nodes: no quorum ever forms.
+/// Two nodes of a market of seven, started: alone they can never reach a
+/// quorum.
+fn two_of_seven() -> Net {
     let mut net = Net::new(7, 8, Faults::default());
     net.nodes.truncate(2);
     net.finals.truncate(2);
     start(&mut net);
+    net
+}
+
+/// A peer that keeps reconnecting to a node whose interval can never find
+/// a quorum renews its asks twice ([`MAX_ASK_RENEWALS`]), then no more.
+#[test]
+fn a_flapping_peer_renews_the_asks_a_bounded_number_of_times() {
+    let mut net = two_of_seven();
     net.random_offers(1);
     // Past the window (5 s) and the first asks (five, 2 s apart).
     let gate_ms = (INTERVAL_S - 10) * 1_000;
@@ -938,11 +944,7 @@ fn a_flapping_peer_renews_the_asks_a_bounded_number_of_times() {
 
 #[test]
 fn state_stays_bounded_when_no_quorum_forms() {
-    // Two of seven nodes alone can never reach a quorum.
-    let mut net = Net::new(7, 8, Faults::default());
-    net.nodes.truncate(2);
-    net.finals.truncate(2);
-    start(&mut net);
+    let mut net = two_of_seven();
     net.run(40 * INTERVAL_S * 1_000);
     assert!(
         net.finals.iter().all(BTreeMap::is_empty),
